@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Build the dbkeeper Lambda layer:
+#   dist/dbkeeper-layer-x86_64.zip   dist/layer-x86_64/   (unpacked tree; tests use it as /opt)
+#   dist/dbkeeper-layer-arm64.zip    dist/layer-arm64/
+#
+# Layout (zip root = /opt), see docs/CONVENTIONS.md:
+#   extensions/dbkeeper  dbkeeper/bootstrap.py  dbkeeper/lib/{dbkeeper,pymysql,uvloop,...}
+#   dbkeeper-wrapper (if layer/dbkeeper-wrapper exists)
+#
+# Dependencies (extension/requirements.txt) come from manylinux wheels for cp311/cp312/cp313 of
+# each architecture, downloaded once into .cache/wheels/ (the only network use: PyPI), never
+# from this machine's site-packages. No .pyc files are generated: Lambda's /opt is read-only, so
+# they could not be written there at run time either; the import cost is measured elsewhere.
+#
+# Usage: ./build.sh            (from any directory; idempotent)
+# Env:   PYTHON=...            interpreter used to run pip and build the zips
+#        SOURCE_DATE_EPOCH=... timestamp for zip entries (default 1980-01-01, the zip minimum)
+set -euo pipefail
+
+ROOT="$(cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+cd "$ROOT"
+
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif [[ -x "$ROOT/.venv/bin/python" ]]; then
+    PY="$ROOT/.venv/bin/python"
+else
+    PY="$(command -v python3)"
+fi
+
+PY_VERSIONS=(3.11 3.12 3.13)
+# layer arch name : manylinux machine name
+ARCHES=(x86_64:x86_64 arm64:aarch64)
+REQS="$ROOT/extension/requirements.txt"
+CACHE="$ROOT/.cache/wheels"
+DIST="$ROOT/dist"
+
+log() { printf 'build.sh: %s\n' "$*" >&2; }
+
+[[ -f "$REQS" ]] || { log "missing $REQS"; exit 1; }
+[[ -x "$ROOT/layer/extensions/dbkeeper" ]] || { log "layer/extensions/dbkeeper missing or not executable"; exit 1; }
+[[ -f "$ROOT/layer/dbkeeper/bootstrap.py" ]] || { log "layer/dbkeeper/bootstrap.py missing"; exit 1; }
+if [[ -e "$ROOT/layer/python" ]]; then
+    log "layer/python must not exist: /opt/python is the function's sys.path"; exit 1
+fi
+if [[ ! -f "$ROOT/extension/dbkeeper/main.py" ]]; then
+    log "WARNING: extension/dbkeeper/main.py does not exist yet: the layer will not start"
+fi
+
+# ---------------------------------------------------------------- 1. wheels (cached)
+req_hash="$("$PY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest()[:16])' "$REQS")"
+for arch_pair in "${ARCHES[@]}"; do
+    machine="${arch_pair#*:}"
+    for pyv in "${PY_VERSIONS[@]}"; do
+        tag="cp${pyv/./}"
+        dest="$CACHE/${machine}-${tag}"
+        stamp="$dest/.complete-$req_hash"
+        if [[ -f "$stamp" ]]; then
+            continue
+        fi
+        log "downloading wheels for $machine $tag"
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        "$PY" -m pip download --quiet --disable-pip-version-check \
+            --only-binary=:all: --no-deps --implementation cp \
+            --platform "manylinux2014_${machine}" --python-version "$pyv" \
+            --dest "$dest" -r "$REQS" 2> >(grep -v "is neither a file nor a directory" >&2)
+        touch "$stamp"
+    done
+done
+
+# ---------------------------------------------------------------- 2. unpacked trees + zips
+mkdir -p "$DIST"
+for arch_pair in "${ARCHES[@]}"; do
+    arch="${arch_pair%%:*}"
+    machine="${arch_pair#*:}"
+    wheel_dirs=()
+    for pyv in "${PY_VERSIONS[@]}"; do
+        wheel_dirs+=("$CACHE/${machine}-cp${pyv/./}")
+    done
+    "$PY" - "$ROOT" "$arch" "$machine" "${wheel_dirs[@]}" <<'PYEOF'
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+
+root, arch, machine, *wheel_dirs = sys.argv[1:]
+dist = os.path.join(root, "dist")
+final_tree = os.path.join(dist, f"layer-{arch}")
+final_zip = os.path.join(dist, f"dbkeeper-layer-{arch}.zip")
+tree = final_tree + ".tmp"
+shutil.rmtree(tree, ignore_errors=True)
+lib = os.path.join(tree, "dbkeeper", "lib")
+os.makedirs(lib)
+
+DROP_DIRS = {"__pycache__", "tests", "test"}
+DROP_SUFFIXES = (".pyc", ".pyo", ".pyi", ".pxd", ".pyx", ".pxi", ".c", ".h", ".cpp")
+DROP_FILES = {"_testbase.py"}  # uvloop's test helper
+
+
+def dropped(relpath: str) -> bool:
+    parts = relpath.split("/")
+    if any(p in DROP_DIRS for p in parts[:-1]):
+        return True
+    name = parts[-1]
+    return name in DROP_FILES or name.endswith(DROP_SUFFIXES)
+
+
+# --- layer skeleton: layer/ is /opt (launcher, bootstrap, wrapper, ...)
+def copy_tree(src: str, dst: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        rel = os.path.relpath(dirpath, src)
+        for name in sorted(filenames):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            target = os.path.normpath(os.path.join(dst, rel, name))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(dirpath, name), target)
+
+
+copy_tree(os.path.join(root, "layer"), tree)
+
+# --- vendored wheels: all Python versions into one lib/ (extension modules differ by name)
+owner: dict[str, tuple[str, bytes]] = {}
+shared_objects: list[str] = []
+for wdir in wheel_dirs:
+    wheels = sorted(f for f in os.listdir(wdir) if f.endswith(".whl"))
+    if not wheels:
+        sys.exit(f"build.sh: no wheels in {wdir}")
+    for whl in wheels:
+        with zipfile.ZipFile(os.path.join(wdir, whl)) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if info.is_dir() or dropped(name):
+                    continue
+                data = zf.read(info)
+                prev = owner.get(name)
+                if prev is not None and prev[1] != data and ".dist-info/" not in name:
+                    sys.exit(f"build.sh: {name} differs between {prev[0]} and {whl}")
+                owner[name] = (whl, data)
+                target = os.path.join(lib, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as fh:
+                    fh.write(data)
+                if name.endswith(".so"):
+                    shared_objects.append(target)
+
+# --- strip debug info from the extension modules (uvloop: ~16 MB -> ~3 MB each; Lambda downloads
+# and unpacks the layer at every cold sandbox). Same input -> same output: still deterministic.
+strip_tool = None
+candidates = [f"{machine}-linux-gnu-strip"]
+if platform.machine() == machine:
+    candidates.append("strip")
+for cand in candidates:
+    strip_tool = shutil.which(cand)
+    if strip_tool:
+        break
+if shared_objects and strip_tool is None:
+    print(
+        f"build.sh: WARNING: no {' or '.join(candidates)}: {machine} .so files keep their debug info "
+        f"(apt-get install binutils binutils-{machine.replace('_', '-')}-linux-gnu)",
+        file=sys.stderr,
+    )
+elif shared_objects:
+    subprocess.run([strip_tool, "--strip-debug", *shared_objects], check=True)
+
+# --- the extension package itself
+pkg = os.path.join(root, "extension", "dbkeeper")
+if not os.path.isdir(pkg):
+    sys.exit("build.sh: extension/dbkeeper is missing")
+copy_tree(pkg, os.path.join(lib, "dbkeeper"))
+
+# --- modes (tree and zip agree): 0755 for the launcher, the wrapper and .so files; 0644 else
+EXEC = {"extensions/dbkeeper", "dbkeeper-wrapper"}
+
+
+def mode_for(rel: str) -> int:
+    return 0o755 if rel in EXEC or rel.endswith(".so") else 0o644
+
+
+entries = []  # (relpath, is_dir)
+for dirpath, dirnames, filenames in os.walk(tree):
+    dirnames.sort()
+    rel_dir = os.path.relpath(dirpath, tree).replace(os.sep, "/")
+    if rel_dir != ".":
+        os.chmod(dirpath, 0o755)
+        entries.append((rel_dir, True))
+    for name in filenames:
+        rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+        os.chmod(os.path.join(dirpath, name), mode_for(rel))
+        entries.append((rel, False))
+os.chmod(tree, 0o755)
+entries.sort(key=lambda e: e[0] + "/" if e[1] else e[0])  # by the name stored in the zip
+
+# --- deterministic zip: sorted entries, fixed timestamps, unix modes, deflate level 9
+epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))
+stamp = time.gmtime(max(epoch, 315532800))[:6]
+tmp_zip = final_zip + ".tmp"
+with zipfile.ZipFile(tmp_zip, "w") as zf:
+    for rel, is_dir in entries:
+        if is_dir:
+            info = zipfile.ZipInfo(rel + "/", date_time=stamp)
+            info.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3
+            zf.writestr(info, b"")
+            continue
+        info = zipfile.ZipInfo(rel, date_time=stamp)
+        info.external_attr = (stat.S_IFREG | mode_for(rel)) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.create_system = 3
+        with open(os.path.join(tree, rel), "rb") as fh:
+            zf.writestr(info, fh.read(), compresslevel=9)
+os.replace(tmp_zip, final_zip)
+
+# --- swap the unpacked tree in (a process using the old one keeps its files until it is done)
+old = final_tree + ".old"
+shutil.rmtree(old, ignore_errors=True)
+if os.path.exists(final_tree):
+    os.rename(final_tree, old)
+os.rename(tree, final_tree)
+shutil.rmtree(old, ignore_errors=True)
+PYEOF
+done
+
+# ---------------------------------------------------------------- 3. report
+for arch_pair in "${ARCHES[@]}"; do
+    arch="${arch_pair%%:*}"
+    z="$DIST/dbkeeper-layer-${arch}.zip"
+    size=$(stat -c %s "$z")
+    unpacked=$(du -sb "$DIST/layer-${arch}" | cut -f1)
+    printf '%-42s %9d bytes (%.2f MiB zipped, %.2f MiB unpacked)\n' \
+        "dist/dbkeeper-layer-${arch}.zip" "$size" \
+        "$(awk "BEGIN{print $size/1048576}")" "$(awk "BEGIN{print $unpacked/1048576}")"
+done

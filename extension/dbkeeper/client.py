@@ -1,0 +1,311 @@
+"""Client side: one connection from the function (PgBouncer's client.c).
+
+Plays the MySQL server: greets with the upstream's own identity (minus TLS and compression,
+which a loopback hop does not need), verifies the client's password, borrows an upstream
+connection, makes its session match what the client asked for, then hands both to a Relay.
+Commands dbkeeper must answer itself (COM_QUIT, COM_RESET_CONNECTION, COM_CHANGE_USER) come back
+here. Whatever a client does, only that client is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pymysql.constants import CLIENT, COMMAND
+
+from .config import Config
+from .errors import DbkeeperError, PoolTimeout, ProtocolError, UpstreamError
+from .log import Logger
+from .pool import Pool
+from .protocol import auth, handshake, messages
+from .protocol.commands import COM_RESET_CONNECTION
+from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
+from .relay import Relay
+from .upstream import PROFILE_BITS, SessionSettings, UpstreamConnection
+
+# What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
+# INFILE (a proxy reading local files on a server's request is a hole), or features that
+# would change the framing the relay follows (DEPRECATE_EOF, session tracking).
+_OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
+            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41 | CLIENT.INTERACTIVE
+            | CLIENT.IGNORE_SIGPIPE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS
+            | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
+            | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
+_HANDSHAKE_TIMEOUT = 10.0
+_MAX_CONTROL_PACKET = 1 << 16
+CR_CONN_HOST_ERROR = 2003
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set):
+        self._config = config
+        self._pool = pool
+        self._log = log
+        self._registry = registry
+        self.transport: asyncio.Transport | None = None
+        self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
+        self._inbox: list[Packet] = []
+        self._waiter: asyncio.Future | None = None
+        self._closed = False
+        self._relay: Relay | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._task: asyncio.Task | None = None
+        self._intercepted: bytes | None = None
+        self._scramble = b""
+        self._settings: SessionSettings | None = None
+        self._trusted = False
+        self._started = 0.0
+        self._upstream_in_use = False  # a command of dbkeeper's own is in flight upstream
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        self._registry.add(self)
+        self._started = time.monotonic()
+        sockname = transport.get_extra_info("sockname")
+        self._trusted = self._config.trust_unix_socket and isinstance(sockname, (str, bytes))
+        self._task = asyncio.ensure_future(self._serve())
+
+    def data_received(self, data):
+        relay = self._relay
+        if relay is not None:
+            rest = relay.client_data(data)
+            if rest is not None:
+                self._intercept(rest)
+            return
+        try:
+            self._inbox += self._packets.feed(data)
+        except ProtocolError as exc:
+            self._reject(messages.ER_HANDSHAKE_ERROR, "08S01", f"Bad handshake ({exc})", "client_protocol_error")
+            return
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def eof_received(self):
+        return False  # a half-closed client is gone: close both directions
+
+    def connection_lost(self, exc):
+        self._closed = True
+        self._registry.discard(self)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._end_session("client_closed")
+
+    def pause_writing(self):
+        if self._relay is not None:
+            self._relay.client_congested(True)
+
+    def resume_writing(self):
+        if self._relay is not None:
+            self._relay.client_congested(False)
+
+    # --- called by the Relay ------------------------------------------------------------------
+    def set_reading(self, reading: bool) -> None:
+        if not self._closed:
+            (self.transport.resume_reading if reading else self.transport.pause_reading)()
+
+    def upstream_lost(self) -> None:
+        # The client sees the connection drop, as it would if the server died (CR 2013 on its side).
+        self._log.warning("upstream_lost_mid_session", connection_id=self._upstream.connection_id)
+        self.close()
+
+    # --- the session --------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            await self._handshake()
+        except asyncio.CancelledError:
+            pass
+        except ProtocolError as exc:
+            self._reject(messages.ER_HANDSHAKE_ERROR, "08S01", f"Bad handshake ({exc})", "client_protocol_error")
+        except DbkeeperError as exc:
+            self._log.warning("client_session_failed", error=str(exc))
+            self.close()
+
+    async def _handshake(self) -> None:
+        try:
+            upstream = await self._pool.acquire()
+        except PoolTimeout as exc:
+            self._reject(messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({exc})",
+                         "client_rejected", sequence_id=0)
+            return
+        except UpstreamError as exc:
+            errno = exc.errno or CR_CONN_HOST_ERROR
+            self._reject(errno, exc.sqlstate or "HY000", f"Can't connect to MySQL server through dbkeeper: {exc}",
+                         "client_rejected", sequence_id=0)
+            return
+        if self._closed:
+            self._pool.give_back_clean(upstream)
+            return
+        self._upstream = upstream
+        self._scramble = auth.new_scramble()
+        offered = _OFFERED & (upstream.greeting.capabilities | CLIENT.LONG_PASSWORD)
+        self._write(handshake.build_greeting(handshake.Greeting(
+            server_version=upstream.greeting.server_version, connection_id=upstream.connection_id,
+            scramble=self._scramble, capabilities=offered, collation_id=upstream.collation_id,
+            status=upstream.status, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
+
+        packet = await self._read_packet()
+        response = handshake.parse_handshake_response(packet.payload)
+        if response.ssl_request:
+            raise ProtocolError("TLS requested, but the local hop does not offer it")
+        sequence = packet.sequence_id
+        proof, sequence = await self._switch_to_native(response.auth_plugin, response.auth_response, sequence)
+        if not self._verify(response.user, proof):
+            self._deny(response.user, bool(proof), sequence + 1)
+            return
+        capabilities = response.capabilities & offered
+        settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
+                                   bool(capabilities & CLIENT.MULTI_STATEMENTS))
+        profile = capabilities & PROFILE_BITS
+        if profile != upstream.profile:
+            self._upstream = None
+            self._pool.release(upstream, reusable=False)
+            upstream = self._upstream = await self._pool.acquire(profile)
+        self._upstream_in_use = True
+        error = await upstream.prepare(settings)
+        self._upstream_in_use = False
+        if error is not None:
+            self._write(error, sequence + 1)
+            self.close()
+            return
+        if self._closed:
+            return
+        self._settings = settings
+        self._write(messages.ok_payload(status=upstream.status), sequence + 1)
+        self._log.debug("client_session_started", connection_id=upstream.connection_id,
+                        ms=round((time.monotonic() - self._started) * 1000, 3))
+        self._start_relay(self._packets.take_rest())
+
+    async def _switch_to_native(self, plugin: str | None, proof: bytes, sequence: int) -> tuple[bytes, int]:
+        if plugin in (None, handshake.NATIVE_PASSWORD):
+            return proof, sequence
+        self._write(handshake.build_auth_switch(handshake.NATIVE_PASSWORD, self._scramble), sequence + 1)
+        packet = await self._read_packet()
+        return packet.payload, packet.sequence_id
+
+    def _verify(self, user: str, proof: bytes) -> bool:
+        if user != self._config.db_user:
+            return False
+        return self._trusted or auth.verify_native(self._config.local_password, self._scramble, proof)
+
+    def _deny(self, user: str, used_password: bool, sequence_id: int) -> None:
+        self._reject(messages.ER_ACCESS_DENIED_ERROR, "28000",
+                     f"Access denied for user '{user}'@'localhost' (using password: {'YES' if used_password else 'NO'})",
+                     "client_auth_failed", sequence_id=sequence_id, user=user)
+
+    def _start_relay(self, pending: bytes) -> None:
+        self._relay = Relay(self, self._upstream)
+        self._upstream.attach(self._relay)
+        if pending:
+            self.data_received(pending)
+
+    # --- commands dbkeeper answers itself -----------------------------------------------------
+    def _intercept(self, rest: bytes) -> None:
+        self._intercepted = rest
+        self.transport.pause_reading()
+        if rest[4] == COMMAND.COM_QUIT:
+            self.close()
+            return
+        self._task = asyncio.ensure_future(self._answer_intercepted())
+
+    async def _answer_intercepted(self) -> None:
+        relay = self._relay
+        if not relay.settle():
+            # A pipelining client: replies it asked for are still on their way. Rare enough to end
+            # the session cleanly rather than wait for them.
+            self.close()
+            return
+        self._relay = None
+        self._upstream.detach()
+        self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
+        self._inbox = self._packets.feed(self._intercepted)
+        try:
+            packet = await self._read_packet()
+            if packet.payload[0] == COM_RESET_CONNECTION:
+                sequence = packet.sequence_id
+                reset_ok = True
+            else:
+                reset_ok, sequence = await self._change_user(packet)
+            if not reset_ok:
+                return
+            self._upstream_in_use = True
+            await self._upstream.reset()
+            error = await self._upstream.prepare(self._settings)
+            self._upstream_in_use = False
+            if error is not None:
+                self._write(error, sequence + 1)
+                self.close()
+                return
+            self._write(messages.ok_payload(status=self._upstream.status), sequence + 1)
+        except asyncio.CancelledError:
+            return
+        except DbkeeperError as exc:
+            self._log.warning("client_session_failed", error=str(exc))
+            self.close()
+            return
+        self.transport.resume_reading()
+        self._start_relay(self._packets.take_rest())
+
+    async def _change_user(self, packet: Packet) -> tuple[bool, int]:
+        payload = packet.payload
+        user, position = read_nul_bytes(payload, 1)
+        length = payload[position]
+        proof = payload[position + 1:position + 1 + length]
+        position += 1 + length
+        database, position = read_nul_bytes(payload, position) if position < len(payload) else (b"", position)
+        collation_id = int.from_bytes(payload[position:position + 2], "little") if position + 2 <= len(payload) else None
+        position += 2
+        plugin = read_nul_bytes(payload, position)[0].decode() if position < len(payload) else None
+        proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)
+        if not self._verify(user.decode("utf-8", "replace"), proof):
+            self._deny(user.decode("utf-8", "replace"), bool(proof), sequence + 1)
+            return False, sequence
+        self._settings = SessionSettings(collation_id or self._settings.collation_id,
+                                         database.decode("utf-8", "replace") or None,
+                                         self._settings.multi_statements)
+        return True, sequence
+
+    # --- I/O helpers --------------------------------------------------------------------------
+    async def _read_packet(self) -> Packet:
+        deadline = asyncio.get_running_loop().time() + _HANDSHAKE_TIMEOUT
+        while not self._inbox:
+            if self._closed:
+                raise asyncio.CancelledError
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise ProtocolError("handshake timed out")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.wait((self._waiter,), timeout=remaining)
+        return self._inbox.pop(0)
+
+    def _write(self, payload: bytes, sequence_id: int) -> None:
+        if not self._closed:
+            self.transport.write(frame(payload, sequence_id))
+
+    def _reject(self, errno: int, sqlstate: str, message: str, event: str, sequence_id: int = 2, **fields) -> None:
+        self._log.warning(event, errno=errno, error=message, **fields)
+        self._write(messages.err_payload(errno, sqlstate, message), sequence_id)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _end_session(self, reason: str) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        relay, self._relay = self._relay, None
+        if relay is None:
+            # ended before or between relays: reusable unless one of our own commands was cut off
+            self._pool.release(upstream, reusable=not self._upstream_in_use and not upstream.closed)
+            return
+        reusable = relay.settle()
+        if not reusable:
+            self._log.info("upstream_not_reusable", connection_id=upstream.connection_id, reason=relay.why_not_idle)
+        self._pool.release(upstream, reusable)
+        self._log.debug("client_session_ended", reason=reason, commands=relay.commands, reusable=reusable,
+                        ms=round((time.monotonic() - self._started) * 1000, 3))

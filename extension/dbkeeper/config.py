@@ -1,0 +1,186 @@
+"""Every setting, read once from the environment into one frozen Config.
+
+Only the entry point reads os.environ; everything else receives a Config. All problems are
+collected and raised together, each naming its setting, so one failed INIT tells the whole story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TLS_MODES = ("disabled", "preferred", "required")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    meaning: str
+    fallback: str | None = None  # the function's conventional variable, used when `name` is unset
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DBKEEPER_DB_HOST", None, "Upstream MySQL/MariaDB host (required).", "DB_HOST"),
+    Setting("DBKEEPER_DB_PORT", "3306", "Upstream port.", "DB_PORT"),
+    Setting("DBKEEPER_DB_USER", None, "Upstream user (required).", "DB_USER"),
+    Setting("DBKEEPER_DB_PASSWORD", "", "Upstream password. Never logged.", "DB_PASSWORD"),
+    Setting("DBKEEPER_DB_NAME", "", "Default database of every session.", "DB_NAME"),
+    Setting("DBKEEPER_DB_TLS", "preferred",
+            "Upstream TLS: disabled, preferred (TLS when the server offers it) or required. "
+            "Certificates are always verified (CA and host name)."),
+    Setting("DBKEEPER_DB_TLS_CA", "", "PEM bundle to verify the upstream certificate "
+            "(e.g. the RDS bundle); empty: the system trust store."),
+    Setting("DBKEEPER_LISTEN_PORT", "3306", "Local TCP port on 127.0.0.1 (0 disables TCP)."),
+    Setting("DBKEEPER_SOCKET", "/tmp/dbkeeper.sock", "Local Unix socket, mode 0600 (empty disables)."),
+    Setting("DBKEEPER_CLIENT_PASSWORD", "",
+            "Password the function must present locally instead of the upstream one "
+            "(for IAM tokens or secrets the function never sees). Never logged."),
+    Setting("DBKEEPER_TRUST_UNIX_SOCKET", "false",
+            "true: clients on the 0600 Unix socket are not asked for a password."),
+    Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
+    Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
+            "How long a client waits for a free upstream connection before it gets an error."),
+    Setting("DBKEEPER_CONNECT_TIMEOUT_MS", "2000", "Bound on one upstream connect + handshake."),
+    Setting("DBKEEPER_INIT_CONNECT_BUDGET_MS", "8000",
+            "Total time the INIT-time connect keeps retrying (jittered backoff); later borrows retry lazily."),
+    Setting("DBKEEPER_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Setting("DBKEEPER_EVENT_LOOP", "auto", "auto (uvloop when it imports, else asyncio), uvloop or asyncio."),
+    Setting("DBKEEPER_ENABLED", "true", "false: register and stay idle; never touch the database."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    db_host: str
+    db_port: int
+    db_user: str
+    db_password: str = field(repr=False)
+    db_name: str | None
+    db_tls: str
+    db_tls_ca: str | None
+    listen_port: int
+    socket_path: str | None
+    client_password: str | None = field(repr=False)
+    trust_unix_socket: bool
+    pool_size: int
+    borrow_timeout: float
+    connect_timeout: float
+    init_connect_budget: float
+    log_level: str
+    event_loop: str
+    enabled: bool
+
+    @property
+    def local_password(self) -> str:
+        """The password a local client must prove it knows."""
+        return self.client_password if self.client_password is not None else self.db_password
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> "Config":
+        problems: list[str] = []
+        raw = {s.name: _lookup(env, s) for s in SETTINGS}
+
+        def parsed(name: str, parse: Callable[[str], object]):
+            try:
+                return parse(raw[name])
+            except ValueError as exc:
+                problems.append(f"{name}={_shown(name, raw[name])!s}: {exc}")
+                return None
+
+        enabled = parsed("DBKEEPER_ENABLED", _boolean)
+        for required in ("DBKEEPER_DB_HOST", "DBKEEPER_DB_USER"):
+            if enabled is not False and not raw[required]:
+                problems.append(f"{required} (or {required.removeprefix('DBKEEPER_')}) is required")
+
+        values = dict(
+            db_host=raw["DBKEEPER_DB_HOST"] or "",
+            db_port=parsed("DBKEEPER_DB_PORT", _port(allow_zero=False)),
+            db_user=raw["DBKEEPER_DB_USER"] or "",
+            db_password=raw["DBKEEPER_DB_PASSWORD"] or "",
+            db_name=raw["DBKEEPER_DB_NAME"] or None,
+            db_tls=parsed("DBKEEPER_DB_TLS", _choice(TLS_MODES)),
+            db_tls_ca=raw["DBKEEPER_DB_TLS_CA"] or None,
+            listen_port=parsed("DBKEEPER_LISTEN_PORT", _port(allow_zero=True)),
+            socket_path=parsed("DBKEEPER_SOCKET", _socket_path),
+            client_password=raw["DBKEEPER_CLIENT_PASSWORD"] or None,
+            trust_unix_socket=parsed("DBKEEPER_TRUST_UNIX_SOCKET", _boolean),
+            pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
+            borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
+            connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
+            init_connect_budget=parsed("DBKEEPER_INIT_CONNECT_BUDGET_MS", _milliseconds(0, 9_000)),
+            log_level=parsed("DBKEEPER_LOG_LEVEL", _choice(LOG_LEVELS)),
+            event_loop=parsed("DBKEEPER_EVENT_LOOP", _choice(EVENT_LOOPS)),
+            enabled=enabled,
+        )
+        if values["listen_port"] == 0 and values["socket_path"] is None:
+            problems.append("DBKEEPER_LISTEN_PORT=0 and DBKEEPER_SOCKET='' leave no listener")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
+
+
+def _lookup(env: Mapping[str, str], setting: Setting) -> str | None:
+    if setting.name in env:
+        return env[setting.name].strip()
+    if setting.fallback and setting.fallback in env:
+        return env[setting.fallback].strip()
+    return setting.default
+
+
+def _shown(name: str, value: str | None) -> str:
+    return "<hidden>" if "PASSWORD" in name else repr(value)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected {low}..{high}")
+        return number
+    return parse
+
+
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    return _integer(0 if allow_zero else 1, 65535)
+
+
+def _milliseconds(low: int, high: int) -> Callable[[str], float]:
+    whole = _integer(low, high)
+    return lambda text: whole(text) / 1000.0
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return text.lower()
+    return parse
+
+
+def _socket_path(text: str) -> str | None:
+    if not text:
+        return None
+    if not text.startswith("/"):
+        raise ValueError("expected an absolute path")
+    if len(text.encode()) > 107:
+        raise ValueError("longer than a Unix socket path may be (107 bytes)")
+    return text

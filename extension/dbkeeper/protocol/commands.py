@@ -1,0 +1,66 @@
+"""Finds command boundaries in the function's byte stream, so the relay can forward whole chunks
+untouched and still see every command's code. No I/O.
+
+Bytes of a packet whose command byte has not arrived yet are held back (at most 4), so a command
+dbkeeper must answer itself (COM_QUIT, COM_CHANGE_USER, COM_RESET_CONNECTION) is never half-sent
+upstream.
+"""
+
+from __future__ import annotations
+
+from pymysql.constants import COMMAND
+
+from .packets import HEADER_SIZE, MAX_FRAME
+
+COM_RESET_CONNECTION = 0x1F  # MySQL 5.7+/MariaDB 10.2+; pymysql.constants.COMMAND calls it COM_END
+
+INTERCEPTED = frozenset((COMMAND.COM_QUIT, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
+NO_REPLY = frozenset((COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE))
+
+
+class CommandScanner:
+    def __init__(self) -> None:
+        self._remaining = 0        # payload bytes of the current frame still to pass
+        self._continuation = False  # the current frame's packet goes on in the next frame
+        self._held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, list[int], bytes | None]:
+        """Return (bytes to forward now, codes of commands starting in them, rest or None).
+
+        `rest` is not None when an intercepted command starts: it holds that command's bytes and
+        everything after, none of which has been forwarded; the scanner then expects to be reset.
+        """
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        size = len(data)
+        if self._remaining >= size:  # the middle of a large packet: the common case for bulk data
+            self._remaining -= size
+            return data, [], None
+        position = self._remaining
+        self._remaining = 0
+        commands = []
+        while position < size:
+            if position + HEADER_SIZE >= size:  # header or command byte not here yet
+                self._held = data[position:]
+                return data[:position], commands, None
+            length = data[position] | data[position + 1] << 8 | data[position + 2] << 16
+            if not self._continuation:
+                if length == 0:
+                    commands.append(-1)  # an empty packet: not a command (the server will reject it)
+                else:
+                    code = data[position + HEADER_SIZE]
+                    if code in INTERCEPTED:
+                        return data[:position], commands, data[position:]
+                    commands.append(code)
+            self._continuation = length == MAX_FRAME
+            end = position + HEADER_SIZE + length
+            if end > size:
+                self._remaining = end - size
+                return data, commands, None
+            position = end
+        return data, commands, None
+
+    @property
+    def at_boundary(self) -> bool:
+        return not (self._remaining or self._continuation or self._held)

@@ -1,0 +1,235 @@
+"""Follows the server's replies to relayed commands, to know when the upstream is idle again
+(so a session can end with the connection reusable) or left mid-reply (so it must be closed).
+
+No I/O. The relay forwards reply bytes as they come and feeds them here lazily: walking every row
+of a large result in Python would cost more CPU than relaying it, so `Relay` (session.py) only feeds
+what it cannot vouch for otherwise (see `ends_with_final_eof`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pymysql.constants import COMMAND, SERVER_STATUS
+
+from .commands import COM_RESET_CONNECTION
+from .messages import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
+from .packets import HEADER_SIZE, MAX_FRAME, read_lenenc_int
+
+_HEAD = 24  # enough payload bytes to classify any packet (OK status, prepare counts, EOF)
+
+# What each command's reply looks like.
+_RESULT_SET = frozenset((COMMAND.COM_QUERY, COMMAND.COM_PROCESS_INFO))
+_SINGLE_PACKET = frozenset((
+    COMMAND.COM_INIT_DB, COMMAND.COM_PING, COMMAND.COM_STATISTICS, COMMAND.COM_SET_OPTION,
+    COMMAND.COM_STMT_RESET, COM_RESET_CONNECTION, COMMAND.COM_REFRESH, COMMAND.COM_CREATE_DB,
+    COMMAND.COM_DROP_DB, COMMAND.COM_PROCESS_KILL, COMMAND.COM_DEBUG, COMMAND.COM_SHUTDOWN,
+    COMMAND.COM_SLEEP, COMMAND.COM_TIME, COMMAND.COM_CONNECT, COMMAND.COM_DELAYED_INSERT,
+))
+
+# Parser states.
+_FIRST = "first"            # first packet of a reply (or of the next result of a multi-result)
+_COLUMNS = "columns"        # column definitions, then EOF
+_ROWS = "rows"              # rows, then EOF or ERR
+_PARAMS = "params"          # prepare: parameter definitions, then EOF
+_PREPARE_COLUMNS = "prepare_columns"
+_FIELD_LIST = "field_list"  # column definitions until EOF
+_SINGLE = "single"          # any one packet ends the reply
+
+
+class ResponseTracker:
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()  # commands whose reply has not ended
+        self._state: str | None = None
+        self._count = 0                      # definitions left in _COLUMNS/_PARAMS
+        self._after_params = 0               # prepare: column count that follows the params
+        self._binary = False                 # rows of COM_STMT_EXECUTE / FETCH
+        self._header = b""
+        self._head = b""
+        self._length = 0
+        self._skip = 0
+        self._collecting_head = False
+        self._continuation = False
+        self.broken: str | None = None       # why the stream can no longer be followed
+
+    @property
+    def idle(self) -> bool:
+        """Every reply relayed so far is complete and the stream is at a packet boundary."""
+        return (not self._pending and not self._skip and not self._header and not self._collecting_head
+                and not self._continuation and self.broken is None)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def expect(self, command: int) -> None:
+        if not self._pending:
+            self._begin(command)
+        self._pending.append(command)
+
+    def assume_complete(self) -> None:
+        """The caller knows every reply so far ended (see Relay): start afresh at a boundary."""
+        self._pending.clear()
+        self._state = None
+        self._header = self._head = b""
+        self._collecting_head = False
+        self._skip = 0
+        self._continuation = False
+
+    def feed(self, data: bytes) -> None:
+        if self.broken is not None:
+            return
+        position = 0
+        size = len(data)
+        while position < size:
+            if self._skip:
+                taken = min(self._skip, size - position)
+                self._skip -= taken
+                position += taken
+                continue
+            if self._collecting_head:
+                wanted = min(self._length, _HEAD) - len(self._head)
+                piece = data[position:position + wanted]
+                self._head += piece
+                position += len(piece)
+                if len(piece) < wanted:
+                    return
+                self._collecting_head = False
+                self._finish_packet()
+                continue
+            if not self._header and position + HEADER_SIZE <= size:
+                length = data[position] | data[position + 1] << 8 | data[position + 2] << 16
+                start = position + HEADER_SIZE
+                wanted = min(length, _HEAD)
+                if start + wanted <= size:  # the common case: header and head in this chunk
+                    self._length = length
+                    self._head = data[start:start + wanted]
+                    position = start + wanted
+                    self._finish_packet()
+                    continue
+            piece = data[position:position + HEADER_SIZE - len(self._header)]
+            self._header += piece
+            position += len(piece)
+            if len(self._header) == HEADER_SIZE:
+                self._length = int.from_bytes(self._header[:3], "little")
+                self._header = b""
+                self._head = b""
+                self._collecting_head = self._length > 0
+                if not self._collecting_head:
+                    self._finish_packet()
+
+    def _finish_packet(self) -> None:
+        length, head = self._length, self._head
+        self._head = b""
+        self._skip = length - len(head)
+        continuation = self._continuation
+        self._continuation = length == MAX_FRAME
+        if continuation or self.broken is not None:
+            return  # the tail of a large packet carries no structure of its own
+        if not self._pending:
+            self.broken = "reply bytes with no command outstanding"
+            return
+        self._on_packet(length, head)
+
+    def _on_packet(self, length: int, head: bytes) -> None:
+        first = head[0] if head else -1
+        state = self._state
+        if state == _ROWS:
+            if first == EOF_HEADER and length < 9:
+                self._end_result(_eof_status(head))
+            elif first == ERR_HEADER:
+                self._reply_done()
+            return
+        if first == ERR_HEADER:
+            self._reply_done()
+            return
+        if state == _FIRST:
+            if first == OK_HEADER:
+                self._end_result(_ok_status(head))
+            elif first == LOCAL_INFILE_HEADER:
+                self.broken = "server asked for a LOCAL INFILE"
+            elif first == EOF_HEADER and length < 9:
+                self._reply_done()
+            else:
+                count, _ = read_lenenc_int(head, 0)
+                self._state, self._count = _COLUMNS, count or 0
+        elif state in (_COLUMNS, _PARAMS, _PREPARE_COLUMNS, _FIELD_LIST):
+            if first == EOF_HEADER and length < 9:
+                self._end_definitions(_eof_status(head))
+            elif state != _FIELD_LIST:
+                self._count -= 1
+        elif state == _SINGLE:
+            self._reply_done()
+        elif state == COMMAND.COM_STMT_PREPARE:
+            if first != OK_HEADER or len(head) < 9:
+                self.broken = "unexpected prepare reply"
+                return
+            columns = int.from_bytes(head[5:7], "little")
+            params = int.from_bytes(head[7:9], "little")
+            self._after_params = columns
+            if params:
+                self._state, self._count = _PARAMS, params
+            elif columns:
+                self._state, self._count = _PREPARE_COLUMNS, columns
+            else:
+                self._reply_done()
+        else:
+            self.broken = f"cannot follow replies to command 0x{self._pending[0]:02x}"
+
+    def _end_definitions(self, status: int) -> None:
+        state = self._state
+        if state == _PARAMS and self._after_params:
+            self._state, self._count = _PREPARE_COLUMNS, self._after_params
+        elif state in (_PARAMS, _PREPARE_COLUMNS, _FIELD_LIST):
+            self._reply_done()
+        elif self._binary and status & SERVER_STATUS.SERVER_STATUS_CURSOR_EXISTS:
+            self._reply_done()  # rows come later, one COM_STMT_FETCH at a time
+        else:
+            self._state = _ROWS
+
+    def _end_result(self, status: int) -> None:
+        if status & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS:
+            self._state = _FIRST
+        else:
+            self._reply_done()
+
+    def _reply_done(self) -> None:
+        self._pending.popleft()
+        self._state = None
+        if self._pending:
+            self._begin(self._pending[0])
+
+    def _begin(self, command: int) -> None:
+        self._binary = command in (COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_FETCH)
+        if command in _RESULT_SET or command == COMMAND.COM_STMT_EXECUTE:
+            self._state = _FIRST
+        elif command == COMMAND.COM_STMT_FETCH:
+            self._state = _ROWS
+        elif command == COMMAND.COM_STMT_PREPARE:
+            self._state = COMMAND.COM_STMT_PREPARE
+        elif command == COMMAND.COM_FIELD_LIST:
+            self._state = _FIELD_LIST
+        elif command in _SINGLE_PACKET:
+            self._state = _SINGLE
+        else:
+            self._state = command  # unknown shape: _on_packet marks the stream unfollowable
+
+
+def ends_with_final_eof(chunks: list[bytes]) -> bool:
+    """True when the relayed bytes end with an EOF packet that closes a whole reply (no more
+    results follow). A cheap witness for large result sets: see Relay.on_command."""
+    tail = chunks[-1][-9:]
+    if len(tail) < 9 and len(chunks) > 1:
+        tail = (chunks[-2] + chunks[-1])[-9:]
+    return (len(tail) == 9 and tail[0] == 5 and tail[1] == 0 and tail[2] == 0 and tail[4] == EOF_HEADER
+            and not int.from_bytes(tail[7:9], "little") & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS)
+
+
+def _eof_status(head: bytes) -> int:
+    return int.from_bytes(head[3:5], "little") if len(head) >= 5 else 0
+
+
+def _ok_status(head: bytes) -> int:
+    _, position = read_lenenc_int(head, 1)
+    _, position = read_lenenc_int(head, position)
+    return int.from_bytes(head[position:position + 2], "little")

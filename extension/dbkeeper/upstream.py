@@ -1,0 +1,336 @@
+"""Server side: one connection to the real database (PgBouncer's server.c).
+
+Opens and authenticates the connection (TLS verified when used), runs the few commands dbkeeper
+issues itself (reset, USE, SET NAMES, multi-statement switch, QUIT), and hands its byte stream to
+a Relay while a client session owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+from pymysql.charset import charset_by_id
+from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
+
+from . import __version__
+from .config import Config
+from .errors import ProtocolError, UpstreamError
+from .log import Logger
+from .protocol import auth, handshake, messages
+from .protocol.commands import COM_RESET_CONNECTION
+from .protocol.packets import Packet, PacketBuffer, frame
+
+# Capability bits that change what a session means (affected-rows semantics, parser flags,
+# multi-result framing). The upstream must have the same ones as its client, so they form the
+# pool's "profile"; every other bit is either fixed by dbkeeper or only shapes the handshake.
+PROFILE_BITS = (CLIENT.FOUND_ROWS | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE
+                | CLIENT.INTERACTIVE | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS)
+DEFAULT_PROFILE = CLIENT.MULTI_RESULTS  # what PyMySQL and most drivers ask for
+_BASE_CAPABILITIES = (CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
+                      | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.PLUGIN_AUTH
+                      | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS)
+UTF8MB4_GENERAL_CI = 45
+MAX_PACKET = 1 << 30
+_SET_OPTION_MULTI_STATEMENTS_ON = b"\x00\x00"
+_SET_OPTION_MULTI_STATEMENTS_OFF = b"\x01\x00"
+_QUIT = frame(bytes((COMMAND.COM_QUIT,)), 0)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a client asked for in its handshake that the upstream session must match."""
+    collation_id: int
+    database: str | None
+    multi_statements: bool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, config: Config, log: Logger, profile: int):
+        self._config = config
+        self._log = log
+        self.profile = profile
+        self.transport: asyncio.Transport | None = None
+        self._packets = PacketBuffer(max_packet=MAX_PACKET)
+        self._inbox: list[Packet] = []
+        self._waiter: asyncio.Future | None = None
+        self._lost: Exception | None = None
+        self._relay = None  # the Relay of the session that owns this connection
+        self.greeting: handshake.Greeting | None = None
+        self.secure = False
+        self.collation_id = UTF8MB4_GENERAL_CI
+        self.database: str | None = config.db_name
+        self.multi_statements = True
+        self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+        self.resetting: asyncio.Task | None = None
+        self.opened_at = time.monotonic()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        relay = self._relay
+        if relay is not None:
+            relay.upstream_data(data)
+            return
+        try:
+            self._inbox += self._packets.feed(data)
+        except ProtocolError as exc:
+            self._fail(UpstreamError(f"upstream sent a malformed packet: {exc}"))
+            return
+        self._wake()
+
+    def eof_received(self):
+        return False  # a half-closed upstream is a closed upstream
+
+    def connection_lost(self, exc):
+        self._lost = UpstreamError(f"upstream connection lost: {exc or 'closed by server'}")
+        relay = self._relay
+        if relay is not None:
+            relay.upstream_lost()
+        self._wake()
+
+    def pause_writing(self):
+        if self._relay is not None:
+            self._relay.upstream_congested(True)
+
+    def resume_writing(self):
+        if self._relay is not None:
+            self._relay.upstream_congested(False)
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None or self.transport is None or self.transport.is_closing()
+
+    @property
+    def connection_id(self) -> int:
+        return self.greeting.connection_id if self.greeting else 0
+
+    def looks_dead(self) -> bool:
+        """After a freeze the socket may be dead with its close not yet seen by the loop: ask the
+        kernel without a round trip. An idle upstream has nothing to say, so any byte (an ERR
+        the server sent before closing, a TLS alert) or EOF means it is gone."""
+        if self.closed:
+            return True
+        try:
+            probe = self.transport.get_extra_info("socket").dup()
+        except (AttributeError, OSError):
+            return False
+        try:
+            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            probe.close()
+
+    def attach(self, relay) -> None:
+        if self._inbox or self._packets.take_rest():
+            raise UpstreamError("upstream sent unsolicited data")
+        self._relay = relay
+
+    def detach(self) -> None:
+        self._relay = None
+
+    # --- opening ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        config = self._config
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(self._open(loop), config.connect_timeout)
+        except asyncio.TimeoutError as exc:
+            self.abort()
+            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} timed out "
+                                f"after {config.connect_timeout * 1000:.0f} ms") from exc
+        except (UpstreamError, ProtocolError) as exc:
+            self.abort()
+            raise UpstreamError(str(exc), getattr(exc, "errno", None), getattr(exc, "sqlstate", None)) from exc
+        except OSError as exc:
+            self.abort()
+            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} failed: {exc.strerror or exc}") from exc
+
+    async def _open(self, loop) -> None:
+        config = self._config
+        await loop.create_connection(lambda: self, config.db_host, config.db_port)
+        packet = await self.read_packet()
+        if messages.is_err(packet.payload):
+            raise _server_error("upstream refused the connection", packet.payload)
+        greeting = self.greeting = handshake.parse_greeting(packet.payload)
+        capabilities = (_BASE_CAPABILITIES | self.profile) & (greeting.capabilities | CLIENT.LONG_PASSWORD)
+        if config.db_name:
+            capabilities |= CLIENT.CONNECT_WITH_DB
+        sequence = 1
+        if config.db_tls != "disabled" and greeting.capabilities & CLIENT.SSL:
+            capabilities |= CLIENT.SSL
+            self.write_packet(handshake.build_ssl_request(capabilities, MAX_PACKET, UTF8MB4_GENERAL_CI), sequence)
+            sequence += 1
+            await self._start_tls(loop)
+        elif config.db_tls == "required":
+            raise UpstreamError("DBKEEPER_DB_TLS=required but the server does not offer TLS")
+        plugin = greeting.auth_plugin
+        if plugin not in (handshake.NATIVE_PASSWORD, handshake.CACHING_SHA2_PASSWORD, handshake.CLEAR_PASSWORD):
+            plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
+        response = handshake.HandshakeResponse(
+            capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
+            user=config.db_user, auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
+            database=config.db_name, auth_plugin=plugin,
+            attributes={"_client_name": "dbkeeper", "_client_version": __version__, "program_name": "dbkeeper"},
+        )
+        self.write_packet(handshake.build_handshake_response(response), sequence)
+        await self._finish_authentication(plugin, greeting.scramble)
+        self.capabilities = capabilities
+
+    async def _start_tls(self, loop) -> None:
+        import ssl  # only when the server offers TLS: it costs start-up time
+
+        context = ssl.create_default_context(cafile=self._config.db_tls_ca)
+        try:
+            self.transport = await loop.start_tls(self.transport, self, context,
+                                                  server_hostname=self._config.db_host)
+        except ssl.SSLError as exc:
+            raise UpstreamError(f"TLS with the upstream failed: {exc}") from exc
+        self.secure = True
+
+    async def _finish_authentication(self, plugin: str, scramble: bytes) -> None:
+        password = self._config.db_password
+        while True:
+            packet = await self.read_packet()
+            payload = packet.payload
+            if messages.is_ok(payload):
+                self.status = messages.ok_status(payload)
+                return
+            if messages.is_err(payload):
+                raise _server_error("upstream authentication failed", payload)
+            if payload[:1] == b"\xfe":
+                plugin, scramble = handshake.parse_auth_switch(payload)
+                self.write_packet(auth.upstream_proof(plugin, password, scramble, self.secure), packet.sequence_id + 1)
+            elif payload[:1] == b"\x01" and plugin == handshake.CACHING_SHA2_PASSWORD:
+                if payload[1:2] == b"\x03":  # fast authentication succeeded; OK follows
+                    continue
+                if payload[1:2] == b"\x04":  # full authentication: only over a secure channel
+                    if not self.secure:
+                        raise UpstreamError("caching_sha2_password full authentication needs TLS "
+                                            "(set DBKEEPER_DB_TLS=required) or a cached login")
+                    self.write_packet(password.encode() + b"\0", packet.sequence_id + 1)
+                else:
+                    raise UpstreamError("unexpected caching_sha2_password exchange")
+            else:
+                raise UpstreamError(f"unexpected authentication reply 0x{payload[:1].hex()}")
+
+    # --- control-phase I/O --------------------------------------------------------------------
+    def write_packet(self, payload: bytes, sequence_id: int) -> None:
+        self.transport.write(frame(payload, sequence_id))
+
+    async def read_packet(self) -> Packet:
+        while not self._inbox:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._inbox.pop(0)
+
+    async def command(self, code: int, argument: bytes = b"") -> bytes:
+        """Run a command whose reply is one packet (OK/ERR/EOF); return that payload."""
+        self.write_packet(bytes((code,)) + argument, 0)
+        payload = (await self.read_packet()).payload
+        if messages.is_ok(payload):
+            self.status = messages.ok_status(payload)
+        return payload
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        self._lost = error
+        self.abort()
+        self._wake()
+
+    # --- session management -------------------------------------------------------------------
+    async def prepare(self, wanted: SessionSettings) -> bytes | None:
+        """Make this session look like the one the client asked for. Returns an ERR payload to
+        pass on to the client (e.g. unknown database), or None."""
+        if wanted.collation_id != self.collation_id:
+            charset = _charset(wanted.collation_id)
+            if charset is not None:
+                reply = await self.command(COMMAND.COM_QUERY, f"SET NAMES {charset[0]} COLLATE {charset[1]}".encode())
+                if messages.is_err(reply):
+                    return reply
+                self.collation_id = wanted.collation_id
+        if wanted.database and wanted.database != self.database:
+            reply = await self.command(COMMAND.COM_INIT_DB, wanted.database.encode())
+            if messages.is_err(reply):
+                return reply
+            self.database = wanted.database
+        if wanted.multi_statements != self.multi_statements:
+            option = _SET_OPTION_MULTI_STATEMENTS_ON if wanted.multi_statements else _SET_OPTION_MULTI_STATEMENTS_OFF
+            reply = await self.command(COMMAND.COM_SET_OPTION, option)
+            if messages.is_err(reply):
+                return reply
+            self.multi_statements = wanted.multi_statements
+        return None
+
+    async def reset(self) -> None:
+        """Forget everything the last session did: COM_RESET_CONNECTION rolls back, drops temporary
+        tables, user variables, prepared statements and locks, and restores the handshake's
+        character set. It keeps the current database, so the default one is selected again."""
+        self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
+        default = self._config.db_name
+        if default:  # pipelined: one round trip for both
+            self.write_packet(bytes((COMMAND.COM_INIT_DB,)) + default.encode(), 0)
+        else:
+            self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT DATABASE()", 0)
+        reply = (await self.read_packet()).payload
+        if not messages.is_ok(reply):
+            raise _server_error("COM_RESET_CONNECTION failed", reply)
+        self.collation_id = UTF8MB4_GENERAL_CI
+        if default:
+            reply = (await self.read_packet()).payload
+            if not messages.is_ok(reply):
+                raise _server_error("selecting the default database failed", reply)
+            self.status = messages.ok_status(reply)
+        else:
+            # column count, column definition, EOF, one row, EOF
+            packets = [await self.read_packet() for _ in range(5)]
+            if packets[3].payload != b"\xfb":
+                raise UpstreamError("a session selected a database and none is configured to return to "
+                                    "(set DBKEEPER_DB_NAME)")
+        self.database = default
+
+    def quit(self) -> None:
+        """Say goodbye so the server ends the session at once, then close. Never waits."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            transport.write(_QUIT)
+        finally:
+            transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _server_error(context: str, payload: bytes) -> UpstreamError:
+    if not messages.is_err(payload):
+        return UpstreamError(f"{context}: unexpected reply 0x{payload[:1].hex()}")
+    error = messages.parse_err(payload)
+    return UpstreamError(f"{context}: ({error.errno}) {error.message}", error.errno, error.sqlstate)
+
+
+def _charset(collation_id: int) -> tuple[str, str] | None:
+    try:
+        charset = charset_by_id(collation_id)
+    except KeyError:
+        return None
+    return charset.name, charset.collation

@@ -1,0 +1,41 @@
+"""Tiny handler for the lambda_sandbox tests. The event says what to do."""
+
+import json
+import os
+import socket
+import sys
+import time
+
+COLD = {"pid": os.getpid(), "invocations": 0}
+KEEP = []
+
+
+def handler(event, context):
+    COLD["invocations"] += 1
+    event = event or {}
+    print(json.dumps({"event": "handler", "requestId": context.aws_request_id, "n": COLD["invocations"]}))
+    sys.stdout.flush()
+    if event.get("sleep_s"):
+        time.sleep(event["sleep_s"])
+    if event.get("raise"):
+        raise ValueError(event["raise"])
+    if event.get("connect"):
+        host, port = event["connect"].rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=5)
+        KEEP.append(s)
+    if event.get("exit"):
+        os._exit(event["exit"])
+    out = {
+        "echo": event,
+        "pid": os.getpid(),
+        "invocations": COLD["invocations"],
+        "request_id": context.aws_request_id,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "arn": context.invoked_function_arn,
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+        "cwd": os.getcwd(),
+    }
+    if event.get("env"):
+        out["env"] = dict(os.environ)
+        out["sys_path"] = sys.path
+    return out
