@@ -53,9 +53,9 @@ class InvokeResult:
 class ExtensionShutdown:
     name: str
     pid: Optional[int]
-    subscribed: bool  # registered for SHUTDOWN
+    subscribed: Optional[bool]  # registered for SHUTDOWN (None: unknown, RieSandbox)
     exit_code: Optional[int]  # Popen convention: -9 = SIGKILL; None = unknown (RieSandbox)
-    killed: bool  # SIGKILLed by the sandbox (unsubscribed, or still running at the deadline)
+    killed: bool  # SIGKILLed by the sandbox (unsubscribed, or still running at the deadline; RieSandbox: inferred)
     delivered_ms: Optional[float]  # SHUTDOWN delivery, ms after the shutdown signal (None: not delivered)
     exit_after_delivery_ms: Optional[float]  # from SHUTDOWN delivery to process exit
     exited_ms: Optional[float]  # process exit, ms after the shutdown signal

@@ -801,8 +801,12 @@ def op_blob_20mb_prepared(ctx: OpContext) -> dict[str, Any]:
         if not s.supports_prepared:
             raise Unsupported(s.prepared_reason)
         s.execute(f"CREATE TABLE `{t}` (id INT PRIMARY KEY, b LONGBLOB)")
-        s.prepared(f"INSERT INTO `{t}` VALUES (?, ?)", (1, data))
-        got, length = _rows(s.prepared(f"SELECT b, LENGTH(b) FROM `{t}` WHERE id = ?", (1,)))[0]
+        s.prepared(f"INSERT INTO `{t}` VALUES (?, ?)", (1, data))  # COM_STMT_EXECUTE > 16 MB
+        if s.driver == "mysqlconnector_pure":
+            # its binary-protocol reader truncates values > 16 MB (driver bug): read as text
+            got, length = _rows(s.execute(f"SELECT b, LENGTH(b) FROM `{t}` WHERE id = %s", (1,)))[0]
+        else:
+            got, length = _rows(s.prepared(f"SELECT b, LENGTH(b) FROM `{t}` WHERE id = ?", (1,)))[0]
         check(length == BLOB_SIZE and bytes(got) == data, f"prepared blob: {length}, {len(got)}")
         return {"type": type(got).__name__, "len": len(got), "sha": hashlib.sha256(bytes(got)).hexdigest()}
 
@@ -946,7 +950,8 @@ def op_column_types(ctx: OpContext) -> dict[str, Any]:
         params = (None, True, -(2**63), 2**64 - 1, decimal.Decimal("-0.0000000001"), 1.25,
                   datetime.date(2024, 2, 29), datetime.datetime(2024, 2, 29, 23, 59, 59, 999999),
                   datetime.timedelta(hours=-1, seconds=1, microseconds=5), b"\x00\x01\xff", "ü😀")
-        echo = _rows(s.execute("SELECT " + ", ".join(["%s"] * len(params)), params))[0]
+        marks = ["CAST(%s AS BINARY)" if isinstance(p, bytes) else "%s" for p in params]
+        echo = _rows(s.execute("SELECT " + ", ".join(marks), params))[0]
         return {"rows": _rows(res), "description": res.description, "echo": echo}
 
 
@@ -958,10 +963,15 @@ def op_column_types_prepared(ctx: OpContext) -> dict[str, Any]:
         if not s.supports_prepared:
             raise Unsupported(s.prepared_reason)
         _types_table(s, t)
-        res = s.prepared(f"SELECT * FROM `{t}` WHERE id >= ? ORDER BY id", (1,))
+        # YEAR last: mysql-connector (pure) 9.5 decodes a binary-protocol YEAR as 1 byte and
+        # misreads every column after it (a driver bug, the same on every target)
+        cols = [c for c, *_ in TYPE_COLUMNS if c != "c_year"] + ["c_year"]
+        res = s.prepared(f"SELECT id, {', '.join(cols)} FROM `{t}` WHERE id >= ? ORDER BY id", (1,))
         check(len(_rows(res)) == 3, "three rows")
         check(all(v is None for v in _rows(res)[2][1:]), f"NULL row {_rows(res)[2]}")
-        params = (None, -(2**63), 2**64 - 1, decimal.Decimal("-0.0000000001"), 1.25,
+        # (no 2**64-1: the C extension 9.5 cannot bind it; it also returns 0 for a negative
+        # timedelta and '' for bytes here: driver behaviour, the same on every target)
+        params = (None, -(2**63), decimal.Decimal("-0.0000000001"), 1.25,
                   datetime.date(2024, 2, 29), datetime.datetime(2024, 2, 29, 23, 59, 59, 999999),
                   datetime.timedelta(hours=-1, seconds=1, microseconds=5), b"\x00\x01\xff", "ü😀")
         echo = _rows(s.prepared("SELECT " + ", ".join(["?"] * len(params)), params))[0]

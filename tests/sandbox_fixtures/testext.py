@@ -10,6 +10,7 @@ config keys (all optional):
   register_name         Lambda-Extension-Name to send (default: own file name; null: omit the header)
   accept_feature        value for Lambda-Extension-Accept-Feature
   crash_before_register exit code: exit before registering
+  register_delay_ms     sleep before registering
   init_error            error type: POST /extension/init/error after registering, then exit 0
   exit_error            error type: POST /extension/exit/error when the first INVOKE arrives, then exit 0
   first_next_delay_ms   sleep before the first event/next
@@ -76,6 +77,8 @@ def main():
                 log("tick", n=n)
                 time.sleep(CFG["tick_ms"] / 1000)
         threading.Thread(target=tick, daemon=True).start()
+    if CFG.get("register_delay_ms"):
+        time.sleep(CFG["register_delay_ms"] / 1000)
     headers = {"Content-Type": "application/json"}
     reg_name = CFG.get("register_name", NAME)
     if reg_name is not None:

@@ -283,3 +283,48 @@ def test_real_launch_chain_outside_lambda_fails_cleanly_with_json_logs(built_lay
     assert lines and all(line.get("level") and line.get("event") for line in lines), proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not list(built_layer.tree_x86_64.rglob("__pycache__"))
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter for `version` (e.g. "3.12"): pythonX.Y on PATH or under pyenv, verified."""
+    import glob
+
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"), reverse=True)
+    candidates += [p for p in (shutil.which(f"python{version}"), f"/usr/bin/python{version}") if p]
+    for cand in candidates:
+        try:
+            out = subprocess.run([cand, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return cand
+    return None
+
+
+# Every module of the extension package (not __main__, which runs main), as the layer ships it.
+IMPORT_WHOLE_PACKAGE = (
+    "import importlib, pkgutil, dbkeeper\n"
+    "for m in pkgutil.walk_packages(dbkeeper.__path__, 'dbkeeper.'):\n"
+    "    if not m.name.endswith('__main__'):\n"
+    "        importlib.import_module(m.name)\n"
+)
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_layer_imports_and_runs_uvloop_on_each_lambda_python(built_layer: BuiltLayer, version: str) -> None:
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine")
+    lib = built_layer.tree_x86_64 / "dbkeeper" / "lib"
+    probe = (
+        "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1])\n"
+        "import asyncio, uvloop, pymysql\n"
+        + (IMPORT_WHOLE_PACKAGE if HAS_MAIN else "")
+        + "async def f():\n    await asyncio.sleep(0)\n    return 42\n"
+        "assert uvloop.run(f()) == 42\nprint(uvloop.loop.__file__)\n"
+    )
+    proc = subprocess.run([python, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"loop.cpython-{version.replace('.', '')}-x86_64-linux-gnu.so")

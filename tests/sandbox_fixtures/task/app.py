@@ -2,12 +2,15 @@
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
 
 COLD = {"pid": os.getpid(), "invocations": 0}
 KEEP = []
+print(json.dumps({"event": "import", "ts": time.time(), "pid": os.getpid()}))
+sys.stdout.flush()
 
 
 def handler(event, context):
@@ -15,6 +18,8 @@ def handler(event, context):
     event = event or {}
     print(json.dumps({"event": "handler", "requestId": context.aws_request_id, "n": COLD["invocations"]}))
     sys.stdout.flush()
+    if event.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if event.get("sleep_s"):
         time.sleep(event["sleep_s"])
     if event.get("raise"):

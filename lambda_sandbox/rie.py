@@ -1,0 +1,465 @@
+"""RieSandbox: the Sandbox API on top of a real `aws-lambda-rie` binary (AWS Runtime Interface Emulator).
+
+The RIE insists on /opt/extensions and /var/task, so it runs in a private mount namespace
+(`unshare -m --propagation private`, root only) in which opt_dir is bind-mounted on /opt and task_dir on
+/var/task; nothing changes for the rest of the machine (except that an empty /var/task mount point is
+created if missing). Ports: the invoke endpoint and the Runtime API each get a free port on 127.0.0.1
+(with netns=True the RIE runs in its own network namespace and uses 8080/9001 there; the invoke endpoint
+is reached on the sandbox-side veth address).
+
+What the RIE can't tell us: per-extension exit codes and SHUTDOWN delivery times (the extensions are the
+RIE's children); ShutdownReport marks those as None and infers `killed` from the exit time reaching the
+deadline. Output of the RIE, the runtime and the extensions is one merged stream: every line has source
+"rie" (wait_for_log/wait_for_json therefore ignore the source argument).
+
+freeze (off by default, the RIE never freezes) is approximated: after each invoke every process below the
+RIE is SIGSTOPped (the RIE has answered, so the extensions already called next; the runtime may be stopped
+just before its next call, which it makes after the thaw) and SIGCONTed before the next invoke/shutdown.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import procs
+from .logs import LogRecord, LogStore, pump
+from .netns import Netns
+from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
+from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE
+
+INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+MOUNT_SCRIPT = (
+    'opt="$1"; task="$2"; shift 2; '
+    "mkdir -p /opt /var/task && "
+    'mount --bind "$opt" /opt && mount --bind "$task" /var/task && '
+    'cd /var/task && exec "$@"'
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def parse_rie_response(status: int, body: bytes, timeout_s: float) -> tuple[bool, Optional[str], bool]:
+    """(ok, error_type, timed_out) from what the RIE's invoke endpoint answered."""
+    if body.startswith(b"Task timed out after"):
+        return False, "Sandbox.Timedout", True
+    if status != 200:
+        try:
+            obj = json.loads(body)
+            if isinstance(obj, dict) and obj.get("errorType"):
+                return False, str(obj["errorType"]), False
+        except ValueError:
+            pass
+        return False, None, False
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return True, None, False
+    if isinstance(obj, dict) and "errorType" in obj and "errorMessage" in obj and set(obj) <= {
+        "errorType", "errorMessage", "requestId", "stackTrace", "cause"}:
+        return False, str(obj["errorType"]), False
+    return True, None, False
+
+
+class RieSandbox:
+    """Same Python API as Sandbox, backed by `aws-lambda-rie` (root only)."""
+
+    def __init__(
+        self,
+        rie_binary: str,
+        opt_dir: str,
+        task_dir: str,
+        handler: str = "app.handler",
+        *,
+        env: Optional[dict[str, str]] = None,
+        timeout_s: float = 10,
+        memory_mb: int = 3008,
+        function_name: str = "test_function",
+        function_version: str = "$LATEST",
+        region: str = "us-east-1",
+        python: Optional[str] = None,
+        runtime_cmd: Optional[list[str]] = None,
+        freeze: bool = False,
+        netns: bool = False,
+        shutdown_budget_ms: int = 2000,
+        name: Optional[str] = None,
+        on_log: Optional[Callable[[LogRecord], None]] = None,
+        rie_port: Optional[int] = None,
+        api_port: Optional[int] = None,
+        log_level: Optional[str] = None,
+    ) -> None:
+        self.rie_binary = os.path.abspath(rie_binary) if os.sep in rie_binary else (shutil.which(rie_binary) or rie_binary)
+        self.opt_dir = os.path.abspath(opt_dir)
+        self.task_dir = os.path.abspath(task_dir)
+        self.handler = handler
+        self.env = dict(env or {})
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self.function_name = function_name
+        self.function_version = function_version
+        self.region = region
+        self.python = python or sys.executable
+        self.runtime_cmd = runtime_cmd
+        self.freeze = freeze
+        self.use_netns = netns
+        self.shutdown_budget_ms = shutdown_budget_ms
+        self.name = name or f"rie-{os.getpid()}-{id(self):x}"
+        self.log_level = log_level
+        self.logs_store = LogStore(on_log)
+        self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
+        self._rie_port = rie_port
+        self._api_port = api_port
+        self._netns: Optional[Netns] = None
+        self._proc: Optional[procs.Managed] = None
+        self._op_lock = threading.Lock()
+        self._state = "new"
+        self._frozen_pids: set[int] = set()
+        self.freeze_count = 0
+
+    # ------------------------------------------------------------------ command line (unit-tested)
+    def ports(self) -> tuple[int, int]:
+        if self.use_netns:  # own namespace: the RIE's defaults cannot collide with anything
+            return self._rie_port or 8080, self._api_port or 9001
+        if self._rie_port is None:
+            self._rie_port = free_port()
+        if self._api_port is None:
+            self._api_port = free_port()
+            while self._api_port == self._rie_port:
+                self._api_port = free_port()
+        return self._rie_port, self._api_port
+
+    def runtime_command(self) -> list[str]:
+        """The runtime command given to the RIE (its last element must be the handler). PYTHONPATH is set
+        for the runtime only (/var/task, /opt/python like Lambda); the exec wrapper is honoured the way the
+        base images' bootstrap does it (the RIE alone ignores AWS_LAMBDA_EXEC_WRAPPER)."""
+        cmd = list(self.runtime_cmd) if self.runtime_cmd else [self.python, "-m", "awslambdaric", self.handler]
+        wrapper = self.env.get("AWS_LAMBDA_EXEC_WRAPPER")
+        if wrapper:
+            cmd = [wrapper] + cmd
+        pythonpath = ["/var/task"]
+        if os.path.isdir(os.path.join(self.opt_dir, "python")):
+            pythonpath.append("/opt/python")
+        return ["/usr/bin/env", "PYTHONPATH=" + ":".join(pythonpath)] + cmd
+
+    def command(self) -> list[str]:
+        rie_port, api_port = self.ports()
+        listen = "0.0.0.0" if self.use_netns else "127.0.0.1"
+        rie = [self.rie_binary, "--runtime-interface-emulator-address", f"{listen}:{rie_port}",
+               "--runtime-api-address", f"127.0.0.1:{api_port}"]
+        if self.log_level:
+            rie += ["--log-level", self.log_level]
+        argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_SCRIPT, "lsb-rie",
+                self.opt_dir, self.task_dir] + rie + self.runtime_command()
+        if self._netns is not None:
+            argv = self._netns.exec_prefix() + argv
+        return argv
+
+    def environment(self) -> dict[str, str]:
+        """The RIE's environment; it forwards all of it to the function (and, minus _* names, to extensions)."""
+        env = {
+            "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            "AWS_ACCESS_KEY_ID": "ASIALAMBDASANDBOXKEY",
+            "AWS_SECRET_ACCESS_KEY": "lambda-sandbox-dummy-secret",
+            "AWS_SESSION_TOKEN": "lambda-sandbox-dummy-session-token",
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": self.function_version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(self.timeout_s)),
+        }
+        env.update(self.env)
+        env.pop("AWS_LAMBDA_MAX_CONCURRENCY", None)  # would switch the RIE to Managed Instances mode
+        return env
+
+    @property
+    def invoke_url(self) -> str:
+        host = self._netns.sandbox_address if self._netns else "127.0.0.1"
+        return f"http://{host}:{self.ports()[0]}{INVOKE_PATH}"
+
+    @property
+    def host_address(self) -> str:
+        return self._netns.host_address if self._netns else "127.0.0.1"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "RieSandbox":
+        if self._state != "new":
+            return self
+        if os.geteuid() != 0:
+            raise SandboxError("RieSandbox needs root (unshare -m and bind mounts on /opt and /var/task)")
+        if not os.path.exists(self.rie_binary):
+            raise SandboxError(f"aws-lambda-rie not found: {self.rie_binary}")
+        if self.use_netns:
+            self._netns = Netns()
+        self._proc = procs.launch("rie", self.command(), cwd="/", env=self.environment(), logs=self.logs_store,
+                                  on_exit=lambda m: None)
+        self._state = "running"
+        self._wait_listening(10.0)
+        return self
+
+    def _wait_listening(self, timeout: float) -> None:
+        host = self._netns.sandbox_address if self._netns else "127.0.0.1"
+        port = self.ports()[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._proc.alive:
+                raise SandboxError(f"aws-lambda-rie exited with {self._proc.returncode}: "
+                                   + " | ".join(r.line for r in self.logs_store.records[-10:]))
+            try:
+                socket.create_connection((host, port), timeout=0.2).close()
+                return
+            except OSError:
+                self._proc.exited.wait(0.02)  # polling a port: there is no readiness signal to wait on
+        raise SandboxError(f"aws-lambda-rie did not listen on {host}:{port} within {timeout}s")
+
+    def __enter__(self) -> "RieSandbox":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._state == "closed":
+            return
+        try:
+            if self._state == "running":
+                self.shutdown()
+        finally:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        self._state = "closed"
+        if self._proc is not None and self._proc.alive:
+            procs.signal_pids(self._tree() | {self._proc.pid}, signal.SIGKILL)
+            self._proc.exited.wait(5)
+        if self._netns is not None:
+            if self._netns.inode is not None:
+                procs.signal_pids(procs.pids_in_netns(self._netns.inode), signal.SIGKILL)
+            self._netns.delete()
+
+    # ------------------------------------------------------------------ processes
+    def _tree(self) -> set[int]:
+        """Every process below the RIE (not the RIE itself)."""
+        if self._proc is None or not self._proc.alive:
+            return set()
+        rie = self._proc.pid
+        table = procs.scan()
+        children: dict[int, list[int]] = {}
+        for p, i in table.items():
+            children.setdefault(i.ppid, []).append(p)
+        out, stack = set(), [rie]
+        while stack:
+            for c in children.get(stack.pop(), ()):
+                if c not in out:
+                    out.add(c)
+                    stack.append(c)
+        if self._netns is not None and self._netns.inode is not None:
+            out |= procs.pids_in_netns(self._netns.inode)
+        out.discard(rie)
+        return {p for p in out if p in table and table[p].state != "Z"}
+
+    def pids(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for pid in self._tree():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if "awslambdaric" in argv and "runtime" not in out:
+                out["runtime"] = pid
+                continue
+            for a in argv:
+                if a.startswith("/opt/extensions/"):
+                    name = a[len("/opt/extensions/"):]
+                    if "/" not in name and (name not in out or pid < out[name]):
+                        out[name] = pid
+        return out
+
+    def all_pids(self) -> set[int]:
+        return self._tree()
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self._frozen_pids)
+
+    def wait_frozen(self, timeout: float = 5.0) -> bool:
+        return self.frozen
+
+    def _freeze(self) -> None:
+        pids = self._tree()
+        procs.signal_pids(pids, signal.SIGSTOP)
+        self._frozen_pids = pids
+        self.freeze_count += 1
+
+    def _thaw(self) -> None:
+        procs.signal_pids(self._frozen_pids, signal.SIGCONT)
+        self._frozen_pids = set()
+
+    # ------------------------------------------------------------------ logs (one merged stream)
+    @property
+    def logs(self) -> list[tuple[str, str]]:
+        return self.logs_store.pairs()
+
+    @property
+    def log_records(self) -> list[LogRecord]:
+        return self.logs_store.records
+
+    def log_mark(self) -> int:
+        return len(self.logs_store)
+
+    def wait_for_log(self, predicate: Callable[[str, str], bool], timeout: float = 5.0, since: int = 0):
+        return self.logs_store.wait_for(predicate, timeout, since)
+
+    def wait_for_json(self, source: Optional[str], predicate: Callable[[dict], bool], timeout: float = 5.0,
+                      since: int = 0) -> dict:
+        def pred(_src: str, line: str) -> bool:
+            if not line.startswith("{"):
+                return False
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                return False
+            return isinstance(obj, dict) and predicate(obj)
+
+        return json.loads(self.logs_store.wait_for(pred, timeout, since)[1])
+
+    def json_logs(self, source: Optional[str] = None) -> list[dict]:
+        out = []
+        for r in self.logs_store.records:
+            if r.line.startswith("{"):
+                try:
+                    out.append(json.loads(r.line))
+                except ValueError:
+                    pass
+        return out
+
+    # ------------------------------------------------------------------ invoke
+    def invoke(self, payload: Any = None, *, raw: Optional[bytes] = None, trace_id: Optional[str] = None,
+               client_context: Optional[str] = None, cognito_identity: Optional[str] = None,
+               content_type: str = "application/json") -> InvokeResult:
+        if self._state == "closed":
+            raise SandboxClosed(self.name)
+        self.start()
+        if not self._op_lock.acquire(blocking=False):
+            raise SandboxBusy("the RIE cannot take overlapping invokes")
+        try:
+            self._thaw()
+            body = json.dumps(payload).encode() if raw is None else raw
+            host = self._netns.sandbox_address if self._netns else "127.0.0.1"
+            headers = {"Content-Type": content_type}
+            if trace_id:
+                headers["X-Amzn-Trace-Id"] = trace_id
+            t0 = time.monotonic()
+            conn = http.client.HTTPConnection(host, self.ports()[0], timeout=self.timeout_s * 2 + 30)
+            try:
+                conn.request("POST", INVOKE_PATH, body=body, headers=headers)
+                resp = conn.getresponse()
+                rbody = resp.read()
+                status = resp.status
+                ctype = resp.getheader("Content-Type") or "application/json"
+            finally:
+                conn.close()
+            dur = (time.monotonic() - t0) * 1000
+            ok, etype, timed_out = parse_rie_response(status, rbody, self.timeout_s)
+            if self.freeze:
+                self._freeze()
+            return InvokeResult(ok=ok, status=status, body=rbody, error_type=etype, duration_ms=dur,
+                                content_type=ctype, timed_out=timed_out)
+        finally:
+            self._op_lock.release()
+
+    # ------------------------------------------------------------------ shutdown / reclaim
+    def shutdown(self, reason: str = "SandboxTerminated") -> ShutdownReport:
+        """SIGTERM to the RIE: it runs the SHUTDOWN flow itself (reason SandboxTerminated) and exits."""
+        if self._state == "closed":
+            raise SandboxClosed(self.name)
+        with self._op_lock:
+            try:
+                return self._sigterm_flow(cut_at=None)
+            finally:
+                self._teardown()
+
+    def reclaim(self, graceful: Optional[bool] = None) -> ShutdownReport:
+        """Needs netns=True. graceful (default True): SIGTERM the RIE (SHUTDOWN to extensions) and wait until
+        the extensions exit or ~the deadline; then stop everything, cut the network, SIGKILL. The RIE itself
+        SIGKILLs unsubscribed extensions right away, while the network is still up."""
+        if self._state == "closed":
+            raise SandboxClosed(self.name)
+        if self._netns is None:
+            raise SandboxError("reclaim() needs netns=True")
+        with self._op_lock:
+            try:
+                if graceful is False:
+                    t0 = time.monotonic()
+                    pids = self._tree() | {self._proc.pid}
+                    procs.signal_pids(pids, signal.SIGSTOP)
+                    self._netns.cut()
+                    procs.signal_pids(pids, signal.SIGKILL)
+                    self._proc.exited.wait(5)
+                    return ShutdownReport(reason="SandboxTerminated", deadline_ms=int(time.time() * 1000),
+                                          duration_ms=(time.monotonic() - t0) * 1000, reclaimed=True)
+                return self._sigterm_flow(cut_at=self.shutdown_budget_ms / 1000.0 - 0.1)
+            finally:
+                self._teardown()
+
+    def _sigterm_flow(self, cut_at: Optional[float]) -> ShutdownReport:
+        self._thaw()
+        names = self.pids()
+        watch: dict[str, int] = {}
+        for n, pid in names.items():
+            try:
+                watch[n] = os.pidfd_open(pid)
+            except OSError:
+                pass
+        t_sig = time.monotonic()
+        deadline_ms = int(time.time() * 1000) + self.shutdown_budget_ms
+        procs.signal_pids([self._proc.pid], signal.SIGTERM)
+        exited_at: dict[str, float] = {}
+        end = t_sig + (cut_at if cut_at is not None else self.shutdown_budget_ms / 1000.0 + 1.0)
+        pending = dict(watch)
+        while pending and time.monotonic() < end:
+            ready, _, _ = select.select(list(pending.values()), [], [], max(0.0, end - time.monotonic()))
+            now = time.monotonic()
+            for n, fd in list(pending.items()):
+                if fd in ready:
+                    exited_at[n] = now
+                    del pending[n]
+        if cut_at is not None:
+            pids = self._tree() | {self._proc.pid}
+            procs.signal_pids(pids, signal.SIGSTOP)
+            self._netns.cut()
+            procs.signal_pids(pids, signal.SIGKILL)
+        self._proc.exited.wait(self.shutdown_budget_ms / 1000.0 + 5)
+        for fd in watch.values():
+            os.close(fd)
+        budget_ms = self.shutdown_budget_ms
+        report = ShutdownReport(reason="SandboxTerminated", deadline_ms=deadline_ms, reclaimed=cut_at is not None,
+                                duration_ms=(time.monotonic() - t_sig) * 1000)
+        for n, pid in names.items():
+            ms = (exited_at[n] - t_sig) * 1000 if n in exited_at else None
+            if n == "runtime":
+                report.runtime_exit_ms = ms
+                report.runtime_killed = ms is None or ms >= budget_ms * RUNTIME_DEADLINE_SHARE - 5
+                continue
+            report.extensions[n] = ExtensionShutdown(
+                name=n, pid=pid, subscribed=None, exit_code=None,
+                killed=ms is None or ms >= budget_ms - 20, delivered_ms=None, exit_after_delivery_ms=None,
+                exited_ms=ms)
+        return report

@@ -1,0 +1,5 @@
+"""A function that does nothing: integration tests talk to the extension directly."""
+
+
+def handler(event, context):
+    return {"ok": True}

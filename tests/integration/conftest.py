@@ -1,0 +1,33 @@
+"""The `dbkeeper` fixtures: the built layer's extension, running for real, in front of a real MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dbkeeper_process import start_dbkeeper
+
+
+@pytest.fixture(scope="module")
+def dbkeeper(built_layer, mariadb):
+    from tests.mariadb import free_port
+
+    running = start_dbkeeper(built_layer.tree_x86_64, mariadb, free_port())
+    running.wait_for_event("upstream_connected")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def dbkeeper_factory(built_layer, free_port):
+    """start(upstream, **env) -> RunningDbkeeper, stopped after the test."""
+    started = []
+
+    def start(upstream, freeze=False, **env):
+        running = start_dbkeeper(built_layer.tree_x86_64, upstream, free_port(), env, freeze=freeze)
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        if running.sandbox is not None:
+            running.stop()

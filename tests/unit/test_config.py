@@ -1,0 +1,100 @@
+"""Config: every setting read once, fallbacks to the function's DB_* names, all problems at once."""
+
+import pytest
+
+from dbkeeper.config import SETTINGS, Config
+from dbkeeper.errors import ConfigError
+
+MINIMAL = {"DB_HOST": "db.example", "DB_USER": "app"}
+
+
+def test_given_only_the_functions_db_settings_then_every_other_setting_has_its_default():
+    config = Config.from_environ(MINIMAL)
+    assert (config.db_host, config.db_port, config.db_user, config.db_password, config.db_name) == (
+        "db.example", 3306, "app", "", None)
+    assert config.listen_port == 3306
+    assert config.socket_path == "/tmp/dbkeeper.sock"
+    assert config.db_tls == "preferred"
+    assert config.pool_size == 4
+    assert config.borrow_timeout == 5.0
+    assert config.connect_timeout == 2.0
+    assert config.init_connect_budget == 8.0
+    assert config.log_level == "info"
+    assert config.event_loop == "auto"
+    assert config.enabled is True
+    assert config.trust_unix_socket is False
+    assert config.local_password == ""
+
+
+def test_dbkeeper_names_win_over_the_functions_conventional_names():
+    env = {**MINIMAL, "DB_PORT": "3307", "DBKEEPER_DB_HOST": "proxy-target", "DBKEEPER_DB_PORT": "3308",
+           "DB_PASSWORD": "fn-secret", "DBKEEPER_DB_PASSWORD": "ext-secret", "DB_NAME": "fn", "DBKEEPER_DB_NAME": "ext"}
+    config = Config.from_environ(env)
+    assert (config.db_host, config.db_port, config.db_password, config.db_name) == ("proxy-target", 3308, "ext-secret", "ext")
+
+
+def test_every_setting_is_parsed():
+    env = {
+        "DBKEEPER_DB_HOST": "h", "DBKEEPER_DB_USER": "u", "DBKEEPER_DB_PASSWORD": "p", "DBKEEPER_DB_NAME": "d",
+        "DBKEEPER_DB_PORT": "1234", "DBKEEPER_DB_TLS": "REQUIRED", "DBKEEPER_DB_TLS_CA": "/opt/ca.pem",
+        "DBKEEPER_LISTEN_PORT": "0", "DBKEEPER_SOCKET": "/tmp/x.sock", "DBKEEPER_CLIENT_PASSWORD": "local",
+        "DBKEEPER_TRUST_UNIX_SOCKET": "yes", "DBKEEPER_POOL_SIZE": "2", "DBKEEPER_BORROW_TIMEOUT_MS": "250",
+        "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
+        "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1",
+    }
+    config = Config.from_environ(env)
+    assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
+    assert config.listen_port == 0 and config.socket_path == "/tmp/x.sock"
+    assert config.local_password == "local" and config.trust_unix_socket is True
+    assert (config.pool_size, config.borrow_timeout, config.connect_timeout, config.init_connect_budget) == (2, 0.25, 0.3, 0.0)
+    assert config.log_level == "debug" and config.event_loop == "asyncio"
+    assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("DBKEEPER_DB_PORT", "0"), ("DBKEEPER_DB_PORT", "65536"), ("DBKEEPER_DB_PORT", "x"),
+    ("DBKEEPER_DB_TLS", "verify-ish"), ("DBKEEPER_LISTEN_PORT", "-1"), ("DBKEEPER_SOCKET", "relative.sock"),
+    ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
+    ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
+    ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
+    ("DBKEEPER_ENABLED", "perhaps"),
+])
+def test_a_bad_value_fails_with_a_message_naming_the_setting(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ({**MINIMAL, name: value})
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(name)
+
+
+def test_missing_host_and_user_are_reported_together_with_other_problems():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ({"DBKEEPER_POOL_SIZE": "many"})
+    text = str(caught.value)
+    assert "DBKEEPER_DB_HOST (or DB_HOST) is required" in text
+    assert "DBKEEPER_DB_USER (or DB_USER) is required" in text
+    assert "DBKEEPER_POOL_SIZE" in text
+    assert len(caught.value.problems) == 3
+
+
+def test_no_listener_at_all_is_an_error():
+    with pytest.raises(ConfigError, match="leave no listener"):
+        Config.from_environ({**MINIMAL, "DBKEEPER_LISTEN_PORT": "0", "DBKEEPER_SOCKET": ""})
+
+
+def test_disabled_needs_no_database_settings():
+    config = Config.from_environ({"DBKEEPER_ENABLED": "false"})
+    assert config.enabled is False
+
+
+def test_passwords_never_appear_in_repr_or_errors():
+    config = Config.from_environ({**MINIMAL, "DB_PASSWORD": "hunter2", "DBKEEPER_CLIENT_PASSWORD": "swordfish"})
+    assert "hunter2" not in repr(config) and "swordfish" not in repr(config)
+    with pytest.raises(ConfigError) as caught:
+        Config.from_environ({**MINIMAL, "DB_PASSWORD": "hunter2", "DB_PORT": "nope"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_config_is_frozen():
+    config = Config.from_environ(MINIMAL)
+    with pytest.raises(AttributeError):
+        config.db_host = "elsewhere"
