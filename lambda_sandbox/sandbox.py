@@ -936,7 +936,7 @@ class Sandbox:
         with self._cv:
             g = self._gen
             rt = g.runtime if g else None
-            if rt is None or g.ending:
+            if rt is None:
                 return DROP
             if rt.state == "running":
                 return _forbidden("InvalidStateTransition", "State transition from Running to Ready failed for "
@@ -946,7 +946,8 @@ class Sandbox:
             self._cv.notify_all()
             self._maybe_freeze_locked()
             while rt.pending is None:
-                if self._gen is not g or g.ending or self._state == "closed":
+                # during a shutdown the runtime's next just hangs (it is being SIGTERMed), as with the RIE
+                if self._gen is not g or self._state == "closed":
                     return DROP
                 self._cv.wait()
             inv, rt.pending = rt.pending, None

@@ -38,6 +38,7 @@ class Pool:
         self._warm_task: asyncio.Task | None = None
         self.profile = DEFAULT_PROFILE
         self.opened = 0  # connections opened over the sandbox's life
+        self.last_error: UpstreamError | None = None
 
     # --- borrowing ----------------------------------------------------------------------------
     async def acquire(self, profile: int | None = None) -> UpstreamConnection:
@@ -54,6 +55,8 @@ class Pool:
                 return await self._open(profile if profile is not None else self.profile, deadline, "borrow")
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if self._opening and self.last_error is not None:
+                    raise self.last_error  # waiting on a connect that keeps failing: say why
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
@@ -139,6 +142,7 @@ class Pool:
                     await connection.open()
                 except UpstreamError as exc:
                     self._members.discard(connection)
+                    self.last_error = exc
                     retryable = exc.errno is None or exc.errno in _RETRYABLE_ERRNOS
                     backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
                     last = not retryable or self._closing or loop.time() + backoff >= deadline
@@ -153,6 +157,7 @@ class Pool:
                     self._members.discard(connection)
                     raise UpstreamError("dbkeeper is shutting down")
                 self.opened += 1
+                self.last_error = None
                 self.profile = profile
                 greeting = connection.greeting
                 self._log.info("upstream_connected", reason=reason, attempt=attempt,

@@ -20,11 +20,7 @@ import dataclasses
 import datetime
 import decimal
 import hashlib
-import os
 import random
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,8 +30,8 @@ from pymysql.constants import CLIENT
 
 __all__ = [
     "DRIVERS", "TRANSPORTS", "OPS", "Target", "Session", "Unsupported", "OpContext", "ErrorInfo",
-    "open_session", "canon", "check", "pymysql_sqlstate_hook", "SocatStandIn", "driver_versions",
-    "BLOB_SIZE",
+    "open_session", "canon", "check", "pymysql_sqlstate_hook", "driver_versions",
+    "BLOB_SIZE", "upstream_prepared", "direct_target_of", "dbkeeper_target_of", "OTHER_DB",
 ]
 
 DRIVERS = ("pymysql", "mysqlconnector_pure", "mysqlconnector_c", "mysqldb", "sqlalchemy")
@@ -301,7 +297,7 @@ class ConnectorSession(Session):
     def set_autocommit(self, on): self.conn.autocommit = on
     def select_db(self, name): self.conn.database = name
     def ping(self): self.conn.ping(reconnect=False)
-    def server_version(self): return self.conn.get_server_info()
+    def server_version(self): return self.conn.server_info
     def close(self): self.conn.close()
 
     def error_of(self, exc):
@@ -398,6 +394,8 @@ class SQLAlchemySession(Session):
         from sqlalchemy.engine import URL
 
         query = {"charset": "utf8mb4"}
+        if multi:  # in the URL, not connect_args: the dialect ORs its CLIENT.FOUND_ROWS into it
+            query["client_flag"] = str(CLIENT.MULTI_STATEMENTS)
         if transport == "unix":
             query["unix_socket"] = target.unix_socket
         url = URL.create(
@@ -407,8 +405,6 @@ class SQLAlchemySession(Session):
         )
         connect_args: dict[str, Any] = {"connect_timeout": 10, "local_infile": local_infile,
                                         "max_allowed_packet": CLIENT_MAX_PACKET}
-        if multi:
-            connect_args["client_flag"] = CLIENT.MULTI_STATEMENTS
         self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         self.conn = self.engine.connect()
         self._autocommit = False
@@ -565,7 +561,7 @@ def op_session_charset(ctx: OpContext) -> dict[str, Any]:
 def op_connect_with_database(ctx: OpContext) -> dict[str, Any]:
     # given a connect naming the database, DATABASE() is that database
     out = {}
-    for db in (ctx.target.database, "otherdb"):
+    for db in (ctx.target.database, OTHER_DB):
         with ctx.connect(database=db) as s:
             out[db] = s.scalar("SELECT DATABASE()")
             check(out[db] == db, f"connected with database={db!r}, DATABASE() is {out[db]!r}")
@@ -576,14 +572,14 @@ def op_connect_with_database(ctx: OpContext) -> dict[str, Any]:
 def op_use_database(ctx: OpContext) -> dict[str, Any]:
     with ctx.connect() as s:
         out: dict[str, Any] = {"initial": s.scalar("SELECT DATABASE()")}
-        s.execute("USE otherdb")  # COM_QUERY
+        s.execute(f"USE {OTHER_DB}")  # COM_QUERY
         out["after_use_sql"] = s.scalar("SELECT DATABASE()")
         s.select_db(ctx.target.database)  # COM_INIT_DB
         out["after_init_db"] = s.scalar("SELECT DATABASE()")
         out["init_db_missing"] = s.expect_error(lambda: s.select_db("no_such_db_x"))
         out["use_missing"] = s.expect_error(lambda: s.execute("USE no_such_db_x"))
         out["still_in"] = s.scalar("SELECT DATABASE()")
-        check(out["initial"] == ctx.target.database and out["after_use_sql"] == "otherdb"
+        check(out["initial"] == ctx.target.database and out["after_use_sql"] == OTHER_DB
               and out["after_init_db"] == ctx.target.database
               and out["still_in"] == ctx.target.database, f"databases: {out}")
         check(out["init_db_missing"].errno in (1044, 1049), f"{out['init_db_missing']}")
@@ -1032,50 +1028,34 @@ def op_large_result(ctx: OpContext) -> dict[str, Any]:
         return {"n": len(rows), "digest": digest, "after": after}
 
 
-# --------------------------------------------------------------------------- stand-in for dbkeeper
+# --------------------------------------------------------------------------- upstream setup
+
+UPSTREAM_MAX_PACKET = 64 * 1024 * 1024
+OTHER_DB = "otherdb"
 
 
-class SocatStandIn:
-    """A byte relay pretending to be dbkeeper until the real fixture exists (two socat processes:
-    127.0.0.1:<port> and a 0600 Unix socket, both to the upstream's TCP port). No protocol logic:
-    tests of dbkeeper's own semantics (reset, LOCAL INFILE refusal, one upstream) fail on it."""
+@contextlib.contextmanager
+def upstream_prepared(db: Any) -> Iterator[Any]:
+    """Given MariaDB ``db`` (tests.mariadb.MariaDB): max_allowed_packet 64 MB (20 MB BLOBs) and
+    a second database ``otherdb`` the app user may use; the global is restored afterwards.
 
-    def __init__(self, upstream: Any, tmpdir: str) -> None:
-        self.upstream = upstream
-        self.host = "127.0.0.1"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.unix_socket = f"{tmpdir}/dbkeeper.sock"
-        dest = f"TCP:{upstream.host}:{upstream.port},nodelay"
-        self.procs = [
-            subprocess.Popen(["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr,nodelay", dest],
-                             stdin=subprocess.DEVNULL),
-            subprocess.Popen(["socat", f"UNIX-LISTEN:{self.unix_socket},fork,mode=600", dest],
-                             stdin=subprocess.DEVNULL),
-        ]
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
-                if os.path.exists(self.unix_socket):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("socat stand-in did not start")
-            time.sleep(0.02)  # polling interval under a deadline
+    max_allowed_packet applies to connections opened after it: dbkeeper must connect upstream
+    after this (the fixtures ask for dbkeeper after entering this context)."""
+    old = db.get_global("max_allowed_packet")
+    db.set_global("max_allowed_packet", UPSTREAM_MAX_PACKET)
+    db.query(f"CREATE DATABASE IF NOT EXISTS `{OTHER_DB}` CHARACTER SET utf8mb4")
+    db.query(f"GRANT ALL PRIVILEGES ON `{OTHER_DB}`.* TO '{db.user}'@'%'")
+    try:
+        yield db
+    finally:
+        with contextlib.suppress(Exception):
+            db.set_global("max_allowed_packet", old)
 
-    def logs(self) -> list[dict[str, Any]]:
-        return []
 
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+def direct_target_of(db: Any) -> Target:
+    return Target("direct", db.host, db.port, db.socket, db.user, db.password, db.database)
 
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(5)
 
+def dbkeeper_target_of(dbk: Any) -> Target:
+    up = dbk.upstream
+    return Target("dbkeeper", dbk.host, dbk.port, dbk.unix_socket, up.user, up.password, up.database)

@@ -1,0 +1,75 @@
+"""End-to-end: the built layer attached to a real function (awslambdaric runtime) in the project's
+Lambda sandbox, or in the real RIE when DBKEEPER_RIE names an aws-lambda-rie binary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lambda_sandbox import Sandbox
+from tests.dbkeeper_process import extension_python
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_FUNCTION = REPO / "sample_function"
+WRAPPER = "/opt/dbkeeper-wrapper"
+
+
+def _rie_skip_reason() -> str | None:
+    if not os.environ.get("DBKEEPER_RIE"):
+        return "DBKEEPER_RIE is not set (no aws-lambda-rie binary on this machine)"
+    if os.geteuid() != 0:
+        return "the RIE needs a private mount namespace for /opt and /var/task: run as root"
+    return None
+
+
+@pytest.fixture(params=["sandbox", "rie"])
+def emulator(request):
+    """Which Lambda emulator runs the layer: the project's sandbox, or the real RIE."""
+    if request.param == "rie":
+        reason = _rie_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def lambda_function(emulator, built_layer, free_port, tmp_path):
+    """make(upstream, handler=..., task_dir=..., layer=True, freeze=True, netns=False, **env) -> started sandbox."""
+    made = []
+
+    def make(upstream, handler="app.handler_connect_per_invoke", task_dir=SAMPLE_FUNCTION, layer=True,
+             freeze=True, netns=False, timeout_s=15, **env):
+        socket_path = f"/tmp/dbk-{os.getpid()}-{len(made)}-{free_port()}.sock"
+        db_host = "127.0.0.1"
+        function_env = {"DB_HOST": db_host, "DB_PORT": str(upstream.port), "DB_USER": upstream.user,
+                        "DB_PASSWORD": upstream.password, "DB_NAME": upstream.database}
+        if layer:
+            function_env.update({"AWS_LAMBDA_EXEC_WRAPPER": WRAPPER, "DBKEEPER_SOCKET": socket_path,
+                                 "DBKEEPER_LISTEN_PORT": "3306" if netns else str(free_port()),
+                                 "DBKEEPER_PYTHON": extension_python()})
+        function_env.update(env)
+        opt_dir = built_layer.tree_x86_64 if layer else tmp_path / "empty-opt"
+        opt_dir.mkdir(exist_ok=True)
+        if emulator == "rie":
+            from lambda_sandbox import RieSandbox
+
+            sandbox = RieSandbox(os.environ["DBKEEPER_RIE"], str(opt_dir), str(task_dir), handler, env=function_env,
+                                 timeout_s=timeout_s, netns=netns)
+        else:
+            sandbox = Sandbox(str(opt_dir), str(task_dir), handler, env=function_env, freeze=freeze, netns=netns,
+                              timeout_s=timeout_s)
+        sandbox.start()
+        # In its own network namespace the sandbox reaches the host's DB at host_address (INIT is
+        # lazy, so the environment can still be completed here).
+        sandbox.env["DB_HOST"] = sandbox.host_address
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        try:
+            sandbox.close()
+        except Exception:  # already shut down or reclaimed
+            pass

@@ -1,0 +1,185 @@
+"""The main job, end to end: `python -m demo` runs the sample function without and with the built
+layer in local Lambda sandboxes and prints a table whose numbers must tell a consistent story.
+
+Runs the real demo as a subprocess (real MariaDB, real sandboxes, real extension).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lambda_sandbox import netns_unavailable_reason
+
+REPO = Path(__file__).resolve().parents[2]
+ARCH = {"aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "x86_64")
+NETNS = netns_unavailable_reason() is None
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DBKEEPER_"))}
+    env.update(extra)
+    return env
+
+
+def run_demo(tmp_path: Path, layer_dir: Path, *flags: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict, float]:
+    out = tmp_path / "demo.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--layer-dir", str(layer_dir), "--json", str(out), *flags],
+        cwd=REPO, env=env or demo_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc, json.loads(out.read_text()), elapsed
+
+
+def table_row(stdout: str, label: str) -> list[str]:
+    """The cells of one row of the printed table."""
+    for line in stdout.splitlines():
+        if line.startswith(label):
+            return re.split(r"\s{2,}", line[len(label):].strip())
+    raise AssertionError(f"row {label!r} not in:\n{stdout}")
+
+
+def phase(result: dict, handler: str, layer: bool) -> dict:
+    (p,) = [p for p in result["phases"] if p["handler"] == handler and p["layer"] == layer]
+    return p
+
+
+PER_INVOKE, GLOBAL = "handler_connect_per_invoke", "handler_global_connection"
+COLUMNS = [(PER_INVOKE, False), (PER_INVOKE, True), (GLOBAL, False), (GLOBAL, True)]
+
+
+@pytest.fixture(scope="module")
+def small_run(built_layer, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    return run_demo(tmp, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "3", "--invocations", "8")
+
+
+def test_every_invocation_succeeds_in_every_column(small_run):
+    _proc, result, _ = small_run
+    assert len(result["phases"]) == 4
+    for handler, layer in COLUMNS:
+        p = phase(result, handler, layer)
+        assert p["errors"] == [], p["errors"]
+        assert p["invocations"] == p["ok"] == 3 * 8
+        assert p["p50_ms"] is not None and p["p99_ms"] >= p["p50_ms"] > 0
+        assert p["cold_p50_ms"] > 0
+
+
+def test_with_the_layer_the_wrapper_pointed_every_sandbox_at_the_extension(small_run):
+    _proc, result, _ = small_run
+    for handler in (PER_INVOKE, GLOBAL):
+        assert phase(result, handler, True)["wrapper_pointed"] == 3
+        assert phase(result, handler, False)["wrapper_pointed"] == 0
+
+
+def test_connections_opened_tell_the_story(small_run):
+    _proc, result, _ = small_run
+    # without the layer: one connection per invocation, or one per sandbox for the global connection
+    assert phase(result, PER_INVOKE, False)["connections_opened"] == 24
+    assert phase(result, PER_INVOKE, False)["connection_ids"] == 24
+    assert phase(result, GLOBAL, False)["connections_opened"] == 3
+    assert phase(result, GLOBAL, False)["connection_ids"] == 3
+    # with the layer: the extension keeps one upstream connection per sandbox, whatever the function does
+    for handler in (PER_INVOKE, GLOBAL):
+        p = phase(result, handler, True)
+        assert p["connections_opened"] == 3, p
+        assert p["connection_ids"] == 3, p
+
+
+def test_connections_held_after_the_sandboxes_are_gone(small_run):
+    _proc, result, _ = small_run
+    for handler in (PER_INVOKE, GLOBAL):
+        assert phase(result, handler, True)["held_after"] == 0
+    assert phase(result, PER_INVOKE, False)["held_after"] == 0  # it closed each connection itself
+    if result["netns"]:
+        # reclaimed like Lambda: the function's global connections never got a FIN
+        assert result["ending"] == "reclaim"
+        assert phase(result, GLOBAL, False)["held_after"] == 3
+    else:
+        assert result["ending"] == "shutdown" and result["note"]
+        assert phase(result, GLOBAL, False)["held_after"] == 0
+
+
+def test_the_printed_table_shows_the_same_numbers(small_run):
+    proc, result, _ = small_run
+    assert proc.stdout.count("with dbkeeper") >= 2
+    expected = {
+        "invocations": "invocations",
+        "errors": None,
+        "upstream connections opened": "connections_opened",
+        "distinct CONNECTION_ID() seen": "connection_ids",
+        "connections held after sandboxes gone": "held_after",
+    }
+    for label, key in expected.items():
+        cells = table_row(proc.stdout, label)
+        assert len(cells) == 4, cells
+        for cell, (handler, layer) in zip(cells, COLUMNS):
+            p = phase(result, handler, layer)
+            assert int(cell) == (len(p["errors"]) if key is None else p[key]), (label, handler, layer)
+    for label, key in (("invoke latency p50 (warm)", "p50_ms"), ("invoke latency p99 (warm)", "p99_ms")):
+        for cell, (handler, layer) in zip(table_row(proc.stdout, label), COLUMNS):
+            assert cell.endswith(" ms")
+            assert float(cell[:-3]) == pytest.approx(phase(result, handler, layer)[key], abs=0.6)
+    assert result["table"] in proc.stdout
+
+
+def test_a_progress_line_is_shown_while_it_runs(small_run):
+    proc, _result, _ = small_run
+    assert re.search(r"global connection, with dbkeeper: 24/24 invocations", proc.stderr), proc.stderr
+
+
+@pytest.mark.skipif(not NETNS, reason=f"network namespaces unavailable: {netns_unavailable_reason()}")
+def test_full_size_run_finishes_within_a_minute(built_layer, tmp_path):
+    proc, result, elapsed = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), timeout=120)
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+    assert result["sandboxes"] == 4 and result["invocations_per_sandbox"] == 50
+    assert phase(result, GLOBAL, True)["held_after"] == 0
+    assert phase(result, GLOBAL, False)["held_after"] == 4
+    assert phase(result, PER_INVOKE, True)["connections_opened"] == 4
+    assert phase(result, PER_INVOKE, False)["connections_opened"] == 200
+
+
+def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, tmp_path):
+    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--no-netns",
+                               "--sandboxes", "2", "--invocations", "3", "--handler", GLOBAL)
+    assert result["ending"] == "shutdown" and not result["netns"]
+    assert "note: network namespaces not used (--no-netns given)" in proc.stdout
+    assert phase(result, GLOBAL, False)["held_after"] == 0  # the kernel sent FIN
+    assert phase(result, GLOBAL, True)["held_after"] == 0
+    assert phase(result, GLOBAL, True)["connections_opened"] == 2
+
+
+def test_db_settings_in_the_environment_select_that_database(built_layer, mariadb_factory, tmp_path):
+    db = mariadb_factory(bind_address="0.0.0.0" if NETNS else "127.0.0.1")
+    env = demo_env(DB_HOST="127.0.0.1", DB_PORT=str(db.port), DB_USER=db.user, DB_PASSWORD=db.password,
+                   DB_NAME=db.database)
+    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "1",
+                               "--invocations", "3", "--handler", GLOBAL, env=env)
+    assert f"at 127.0.0.1:{db.port} (from DB_HOST)" in proc.stdout
+    assert phase(result, GLOBAL, True)["held_after"] == 0
+    # the visits landed in that database: 3 without the layer + 3 with it
+    assert db.query("SELECT COUNT(*) AS n FROM appdb.visits")[0]["n"] == 6
+    # nothing of the demo is left connected to it (the demo KILLs what the reclaim left behind)
+    deadline = time.monotonic() + 5
+    while db.processlist(db.user) and time.monotonic() < deadline:
+        time.sleep(0.02)  # a KILLed session leaves the process list asynchronously
+    assert db.processlist(db.user) == []
+
+
+def test_missing_layer_is_reported(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "demo", "--layer-dir", str(tmp_path)], cwd=REPO,
+                          env=demo_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "run ./build.sh first" in proc.stderr
