@@ -92,7 +92,7 @@ root, arch, machine, *wheel_dirs = sys.argv[1:]
 dist = os.path.join(root, "dist")
 final_tree = os.path.join(dist, f"layer-{arch}")
 final_zip = os.path.join(dist, f"dbkeeper-layer-{arch}.zip")
-tree = final_tree + ".tmp"
+tree = f"{final_tree}.tmp-{os.getpid()}"  # unique: builds may run side by side
 shutil.rmtree(tree, ignore_errors=True)
 lib = os.path.join(tree, "dbkeeper", "lib")
 os.makedirs(lib)
@@ -200,7 +200,7 @@ entries.sort(key=lambda e: e[0] + "/" if e[1] else e[0])  # by the name stored i
 # --- deterministic zip: sorted entries, fixed timestamps, unix modes, deflate level 9
 epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))
 stamp = time.gmtime(max(epoch, 315532800))[:6]
-tmp_zip = final_zip + ".tmp"
+tmp_zip = f"{final_zip}.tmp-{os.getpid()}"
 with zipfile.ZipFile(tmp_zip, "w") as zf:
     for rel, is_dir in entries:
         if is_dir:
@@ -219,7 +219,7 @@ with zipfile.ZipFile(tmp_zip, "w") as zf:
 os.replace(tmp_zip, final_zip)
 
 # --- swap the unpacked tree in (a process using the old one keeps its files until it is done)
-old = final_tree + ".old"
+old = f"{final_tree}.old-{os.getpid()}"
 shutil.rmtree(old, ignore_errors=True)
 if os.path.exists(final_tree):
     os.rename(final_tree, old)

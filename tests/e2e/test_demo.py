@@ -183,3 +183,55 @@ def test_missing_layer_is_reported(tmp_path):
                           env=demo_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "run ./build.sh first" in proc.stderr
+
+
+# --------------------------------------------------------------------------- the function the demo runs
+
+
+@pytest.fixture
+def sample_app(mariadb, monkeypatch):
+    """sample_function/app.py imported fresh (module state = a new sandbox), DB_* pointing at MariaDB."""
+    import importlib.util
+
+    for k, v in {"DB_HOST": mariadb.host, "DB_PORT": str(mariadb.port), "DB_USER": mariadb.user,
+                 "DB_PASSWORD": mariadb.password, "DB_NAME": mariadb.database}.items():
+        monkeypatch.setenv(k, v)
+    spec = importlib.util.spec_from_file_location("sample_app_under_test", REPO / "sample_function" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    if module._conn is not None:
+        module._conn.close()
+
+
+class _Context:
+    aws_request_id = "req-1"
+
+
+def test_sample_function_connect_per_invoke_uses_a_new_connection_every_time(sample_app, mariadb):
+    opened = mariadb.connections_opened()
+    first = sample_app.handler_connect_per_invoke({"page": "/a"}, _Context())
+    second = sample_app.handler_connect_per_invoke({"page": "/a"}, _Context())
+    assert first["cold"] is True and second["cold"] is False
+    assert second["page_visits"] == first["page_visits"] + 1
+    assert second["visits_total"] == first["visits_total"] + 1
+    assert first["connection_id"] != second["connection_id"]
+    assert mariadb.connections_opened() - opened == 2
+    # and it closed both
+    mine = {first["connection_id"], second["connection_id"]}
+    deadline = time.monotonic() + 5
+    while mine & {r["ID"] for r in mariadb.processlist(mariadb.user)} and time.monotonic() < deadline:
+        time.sleep(0.02)  # COM_QUIT is processed asynchronously by the server
+    assert not mine & {r["ID"] for r in mariadb.processlist(mariadb.user)}
+
+
+def test_sample_function_global_connection_is_reused_and_survives_a_killed_session(sample_app, mariadb):
+    first = sample_app.handler_global_connection({"page": "/b"}, _Context())
+    second = sample_app.handler_global_connection({}, _Context())
+    assert first["connection_id"] == second["connection_id"]
+    assert second["page"] == "/"
+    # the server drops the session (wait_timeout, failover, KILL): the next invocation reconnects
+    mariadb.query(f"KILL CONNECTION {first['connection_id']}")
+    third = sample_app.handler_global_connection({"page": "/b"}, _Context())
+    assert third["connection_id"] != first["connection_id"]
+    assert third["page_visits"] == first["page_visits"] + 1

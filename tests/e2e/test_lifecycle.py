@@ -120,7 +120,8 @@ def test_shutdown_while_frozen_then_thawed_still_cleans_up(lambda_function, fres
         assert sandbox.invoke({}).ok
         assert sandbox.wait_frozen()
         pid = sandbox.pids()[EXTENSION]
-        assert Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T"  # stopped between invokes
+        # SIGSTOP takes effect asynchronously: the state turns to T (stopped) shortly after it is sent
+        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T")
     report = sandbox.shutdown()
     assert report.extensions[EXTENSION].exit_code == 0
     assert wait_until(lambda: not app_connections(fresh_mariadb))

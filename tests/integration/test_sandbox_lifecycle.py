@@ -218,6 +218,24 @@ def test_extension_crash_while_idle_fails_the_next_invoke_then_reinits(tmp_path,
     assert again.ok and again.init_duration_ms is not None and again.json()["pid"] != pid
 
 
+def test_extension_exit_error_fails_the_invoke_with_its_error_type_then_reinits(tmp_path, sandboxes):
+    sb = sandboxes(make_opt(tmp_path, {"testext": {"exit_error": "Extension.Fatal"}}))
+    r = sb.invoke({})
+    assert (r.status, r.error_type) == (502, "Extension.Fatal")
+    ack = sb.wait_for_json("testext", lambda e: e["event"] == "exit_error")
+    assert (ack["status"], json.loads(ack["body"])) == (202, {"status": "OK"})
+    r2 = sb.invoke({})  # new processes, same behaviour
+    assert r2.error_type == "Extension.Fatal" and r2.init_duration_ms is not None
+
+
+def test_init_can_run_ahead_of_the_first_invoke(tmp_path, sandboxes):
+    sb = sandboxes(make_opt(tmp_path, {"testext": {}}))
+    assert sb.init() is None
+    assert set(sb.pids()) == {"runtime", "testext"}
+    r = sb.invoke({})
+    assert r.ok and r.init_duration_ms is None
+
+
 def test_runtime_exit_during_invoke_is_runtime_exit_error(tmp_path, sandboxes):
     sb = sandboxes(make_opt(tmp_path, {"testext": {}}))
     r = sb.invoke({"exit": 3})

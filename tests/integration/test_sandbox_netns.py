@@ -32,7 +32,7 @@ def listener():
 
 @needs_netns
 def test_processes_run_in_their_own_network_namespace_and_reach_the_host_address(tmp_path, sandboxes, listener):
-    sb = sandboxes(make_opt(tmp_path, {"testext": {"connect": None}}), netns=True)
+    sb = sandboxes(make_opt(tmp_path, {"testext": {}}), netns=True)
     assert sb.netns_name in netns_names()
     assert sb.api_address.startswith(sb.host_address + ":")
     r = sb.invoke({"connect": f"{sb.host_address}:{listener.port}"})
