@@ -167,13 +167,16 @@ def _is_local_address(host: str) -> bool:
 
 def primary_address() -> Optional[str]:
     """This machine's address on its default route (no packet is sent), or None."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.255", 9))
-            addr = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if ipaddress.ip_address(addr).is_loopback else addr
+    for probe in ("198.51.100.1", "203.0.113.1", "8.8.8.8"):  # UDP connect = a route lookup only
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                addr = s.getsockname()[0]
+        except OSError:
+            continue
+        if not ipaddress.ip_address(addr).is_loopback and addr != "0.0.0.0":
+            return addr
+    return None
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -557,9 +560,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not (layer_dir / "extensions" / "dbkeeper").exists() or not (layer_dir / "dbkeeper-wrapper").exists():
         print(f"demo: no built layer at {layer_dir}: run ./build.sh first", file=sys.stderr)
         return 2
-    if args.rie and not os.path.exists(args.rie):
-        print(f"demo: aws-lambda-rie not found at {args.rie}", file=sys.stderr)
-        return 2
+    if args.rie:
+        found = args.rie if os.sep in args.rie else shutil.which(args.rie)
+        if not found or not os.access(found, os.X_OK):
+            print(f"demo: aws-lambda-rie not found (or not executable): {args.rie}", file=sys.stderr)
+            return 2
+        args.rie = os.path.abspath(found)
     progress = Progress(enabled=not args.quiet)
 
     from demo.taskdir import TaskDirError, build_task_dir

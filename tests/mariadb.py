@@ -123,6 +123,8 @@ def template_datadir() -> str:
             "--no-defaults",
             "--auth-root-authentication-method=normal",
             f"--datadir={datadir}",
+            # its own tmpdir: installs running side by side in /tmp clash on temp table names
+            f"--tmpdir={root}",
             "--skip-test-db",
             "--skip-name-resolve",
             *_COMMON_ARGS,

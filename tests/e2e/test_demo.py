@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -176,6 +177,37 @@ def test_db_settings_in_the_environment_select_that_database(built_layer, mariad
     while db.processlist(db.user) and time.monotonic() < deadline:
         time.sleep(0.02)  # a KILLed session leaves the process list asynchronously
     assert db.processlist(db.user) == []
+
+
+def test_dbkeeper_rie_selects_the_rie_sandbox_class(built_layer, tmp_path):
+    # lambda_sandbox's RIE-compatible command line stands in for the aws-lambda-rie binary here;
+    # RieSandbox runs it exactly like the real one (private mount namespace, /opt and /var/task).
+    if os.geteuid() != 0:
+        pytest.skip("RieSandbox needs root (unshare -m, bind mounts)")
+    stand_in = tmp_path / "aws-lambda-rie"
+    stand_in.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m lambda_sandbox rie \"$@\"\n")
+    stand_in.chmod(0o755)
+    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "2",
+                               "--invocations", "3", "--handler", GLOBAL, env=demo_env(DBKEEPER_RIE=str(stand_in)))
+    assert result["sandbox_kind"] == "aws-lambda-rie"
+    assert phase(result, GLOBAL, True)["wrapper_pointed"] == 2
+    assert phase(result, GLOBAL, True)["connections_opened"] == 2
+    assert phase(result, GLOBAL, True)["held_after"] == 0
+    assert phase(result, GLOBAL, False)["held_after"] == (2 if result["netns"] else 0)
+
+
+REAL_RIE = os.environ.get("DBKEEPER_RIE") or shutil.which("aws-lambda-rie")
+
+
+@pytest.mark.skipif(not REAL_RIE, reason="no aws-lambda-rie binary (set DBKEEPER_RIE=/path/to/aws-lambda-rie)")
+def test_on_the_real_rie(built_layer, tmp_path):
+    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--rie", REAL_RIE,
+                               "--sandboxes", "2", "--invocations", "5")
+    assert result["sandbox_kind"] == "aws-lambda-rie"
+    for handler in (PER_INVOKE, GLOBAL):
+        assert phase(result, handler, True)["connections_opened"] == 2
+        assert phase(result, handler, True)["held_after"] == 0
+    assert phase(result, GLOBAL, False)["held_after"] == (2 if result["netns"] else 0)
 
 
 def test_missing_layer_is_reported(tmp_path):

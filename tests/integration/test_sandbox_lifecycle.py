@@ -105,9 +105,9 @@ def test_extension_init_error_fails_the_invoke_and_processes_exit(tmp_path, sand
     assert (ack["status"], json.loads(ack["body"])) == (202, {"status": "OK"})
     refused = sb.wait_for_json("testext", lambda e: e["event"] == "next_after_init_error")
     assert refused["status"] == 403 and json.loads(refused["body"])["errorType"] == "Extension.InvalidExtensionState"
-    # the runtime never started; the other extension got SHUTDOWN (reason Failure); nothing is left running
+    # the runtime never started and nothing is left running (the other extension got SHUTDOWN if it had
+    # registered in time, else SIGKILL: the reset's "Failure" reason is checked with a crash during an invoke)
     assert not any(src == "runtime" for src, _ in sb.logs)
-    assert json.loads(ext_events(sb, "other", "SHUTDOWN")[0]["body"])["shutdownReason"] == "Failure"
     assert sb.pids() == {}
 
 
@@ -308,13 +308,18 @@ def test_freeze_stops_every_process_between_invokes_and_thaws_for_the_next(tmp_p
     # then every process of the sandbox is stopped ('T'), descendants included
     assert {n: proc_state(p) for n, p in pids.items()} == {"runtime": "T", "testext": "T"}
     assert proc_state(child) == "T"
-    # and nothing runs: no tick for a while (bounded observation, not synchronisation)
+    # and nothing runs: no tick stamped after the freeze for a while (bounded observation)
+    frozen_at = time.time()
     mark = sb.log_mark()
+
+    def tick_after(since_ts):
+        return lambda s, l: s == "testext" and '"tick"' in l and json.loads(l)["ts"] > since_ts
+
     with pytest.raises(TimeoutError):
-        sb.wait_for_log(lambda s, l: s == "testext" and '"tick"' in l, timeout=0.3, since=mark)
+        sb.wait_for_log(tick_after(frozen_at), timeout=0.3)
     # the next invoke thaws them first
     assert sb.invoke({}).ok
-    sb.wait_for_log(lambda s, l: s == "testext" and '"tick"' in l, timeout=2, since=mark)
+    sb.wait_for_log(tick_after(frozen_at), timeout=2, since=mark)
     assert sb.freeze_count >= 1
 
 

@@ -377,6 +377,16 @@ def test_log_level_filters_the_passthrough_warning(level, expected, no_socket):
     assert_untouched(run, APP_ENV)
 
 
+def test_without_a_date_command_lines_are_still_valid_json(shell, no_socket, tmp_path):
+    # minimal images: nothing on PATH at all (the shell's builtins still work)
+    sh = shutil.which(shell)
+    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": no_socket, "PATH": str(tmp_path)}, command=None,
+                      shell=sh)
+    rec = _assert_one_passthrough_warning(run, "extension_not_serving")
+    assert rec["ts"] == 0
+    assert_untouched(run, {**APP_ENV})
+
+
 def test_log_level_warning_hides_the_info_line(ext_socket):
     run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LOG_LEVEL": "warning"})
     assert run.logs == []
