@@ -98,6 +98,40 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
             pass
 
 
+def _all_tasks_stopped(pid: int) -> bool:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True  # gone
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        state = data[data.rindex(b")") + 2:data.rindex(b")") + 3]
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
+def stop_and_wait(pids: Iterable[int], timeout: float = 2.0) -> bool:
+    """SIGSTOP pids and return once every thread of each is really stopped (signal delivery is asynchronous:
+    kill() returns before the target has stopped). False if some did not stop within timeout."""
+    pids = set(pids)
+    signal_pids(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    pending = set(pids)
+    while pending:
+        pending = {p for p in pending if not _all_tasks_stopped(p)}
+        if not pending:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)  # no notification exists for "another process stopped": poll /proc briefly
+    return True
+
+
 def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -304,7 +304,7 @@ class RieSandbox:
 
     def _freeze(self) -> None:
         pids = self._tree()
-        procs.signal_pids(pids, signal.SIGSTOP)
+        procs.stop_and_wait(pids)
         self._frozen_pids = pids
         self.freeze_count += 1
 
@@ -409,7 +409,7 @@ class RieSandbox:
                 if graceful is False:
                     t0 = time.monotonic()
                     pids = self._tree() | {self._proc.pid}
-                    procs.signal_pids(pids, signal.SIGSTOP)
+                    procs.stop_and_wait(pids)
                     self._netns.cut()
                     procs.signal_pids(pids, signal.SIGKILL)
                     self._proc.exited.wait(5)
@@ -443,7 +443,7 @@ class RieSandbox:
                     del pending[n]
         if cut_at is not None:
             pids = self._tree() | {self._proc.pid}
-            procs.signal_pids(pids, signal.SIGSTOP)
+            procs.stop_and_wait(pids)
             self._netns.cut()
             procs.signal_pids(pids, signal.SIGKILL)
         self._proc.exited.wait(self.shutdown_budget_ms / 1000.0 + 5)

@@ -452,7 +452,7 @@ class Sandbox:
 
     def _freeze_locked(self) -> None:
         pids = self._tree_pids_locked()
-        procs.signal_pids(pids, signal.SIGSTOP)
+        procs.stop_and_wait(pids)
         self._frozen_pids = pids
         self._frozen = True
         self.freeze_count += 1
@@ -809,7 +809,7 @@ class Sandbox:
                 else:
                     for pid in keep:
                         stopped |= procs.tree_pids([pid], [pid])
-                procs.signal_pids(stopped, signal.SIGSTOP)
+                procs.stop_and_wait(stopped)
                 if self._frozen:
                     procs.signal_pids((self._tree_pids_locked() | self._frozen_pids) - stopped, signal.SIGCONT)
                 self._frozen = False
@@ -818,7 +818,7 @@ class Sandbox:
 
         def stop_tree(pid: int) -> None:  # reclaim: keep it from closing sockets while the network is up
             pids = procs.tree_pids([pid], [pid])
-            procs.signal_pids(pids, signal.SIGSTOP)
+            procs.stop_and_wait(pids)
             stopped.update(pids)
 
         # 1. runtime: SIGTERM, SIGKILL at 30% of the budget (600 ms); SIGKILL at once when no extension
