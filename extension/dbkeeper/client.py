@@ -37,6 +37,10 @@ _MAX_CONTROL_PACKET = 1 << 16
 CR_CONN_HOST_ERROR = 2003
 
 
+class PacketsOutOfOrder(ProtocolError):
+    """A client packet carried the wrong sequence id."""
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, config: Config, pool: Pool, log: Logger, registry: set):
         self._config = config
@@ -118,6 +122,9 @@ class ClientConnection(asyncio.Protocol):
             await self._handshake()
         except asyncio.CancelledError:
             pass
+        except PacketsOutOfOrder as exc:
+            self._reject(messages.ER_NET_PACKETS_OUT_OF_ORDER, "08S01", f"Got packets out of order ({exc})",
+                         "client_protocol_error")
         except ProtocolError as exc:
             self._reject(messages.ER_HANDSHAKE_ERROR, "08S01", f"Bad handshake ({exc})", "client_protocol_error")
         except DbkeeperError as exc:
@@ -147,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
             scramble=self._scramble, capabilities=offered, collation_id=upstream.collation_id,
             status=upstream.status, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
 
-        packet = await self._read_packet()
+        packet = await self._read_packet(expected_sequence=1)
         response = handshake.parse_handshake_response(packet.payload)
         if response.ssl_request:
             raise ProtocolError("TLS requested, but the local hop does not offer it")
@@ -183,7 +190,7 @@ class ClientConnection(asyncio.Protocol):
         if plugin in (None, handshake.NATIVE_PASSWORD):
             return proof, sequence
         self._write(handshake.build_auth_switch(handshake.NATIVE_PASSWORD, self._scramble), sequence + 1)
-        packet = await self._read_packet()
+        packet = await self._read_packet(expected_sequence=(sequence + 2) & 0xFF)
         return packet.payload, packet.sequence_id
 
     def _verify(self, user: str, proof: bytes) -> bool:
@@ -223,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
         self._inbox = self._packets.feed(self._intercepted)
         try:
-            packet = await self._read_packet()
+            packet = await self._read_packet(expected_sequence=0)
             if packet.payload[0] == COM_RESET_CONNECTION:
                 sequence = packet.sequence_id
                 reset_ok = True
@@ -269,7 +276,7 @@ class ClientConnection(asyncio.Protocol):
         return True, sequence
 
     # --- I/O helpers --------------------------------------------------------------------------
-    async def _read_packet(self) -> Packet:
+    async def _read_packet(self, expected_sequence: int | None = None) -> Packet:
         deadline = asyncio.get_running_loop().time() + _HANDSHAKE_TIMEOUT
         while not self._inbox:
             if self._closed:
@@ -279,7 +286,10 @@ class ClientConnection(asyncio.Protocol):
                 raise ProtocolError("handshake timed out")
             self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.wait((self._waiter,), timeout=remaining)
-        return self._inbox.pop(0)
+        packet = self._inbox.pop(0)
+        if expected_sequence is not None and packet.sequence_id != expected_sequence:
+            raise PacketsOutOfOrder(f"got packet {packet.sequence_id}, expected {expected_sequence}")
+        return packet
 
     def _write(self, payload: bytes, sequence_id: int) -> None:
         if not self._closed:
