@@ -240,7 +240,7 @@ class Sandbox:
                 self._netns.delete()
             raise
         self.api_address = f"{host}:{self._server.server_address[1]}"
-        self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                                daemon=True, name=f"lsb-api-{self.name}")
         self._server_thread.start()
         self._state = "uninit"

@@ -51,7 +51,7 @@ def test_cli_serves_the_invoke_endpoint_and_shuts_down_on_sigterm(tmp_path):
     opt = make_opt(tmp_path, {"testext": {"events": ["SHUTDOWN"]}})
     p = subprocess.Popen([sys.executable, "-m", "lambda_sandbox", "--opt", opt, "--task", TASK, "--port", "0",
                           "--prefix-logs", "app.handler"], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "AWS_LAMBDA_FUNCTION_TIMEOUT": "3"})
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "AWS_LAMBDA_FUNCTION_TIMEOUT": "1"})
     try:
         url = re.search(r"(http://\S+invocations)", read_until(p.stderr, "invoke endpoint", 10)).group(1)
         status, body = post(url, b'{"a": 1}', {"X-Amzn-Trace-Id": "Root=1-x"})
@@ -60,7 +60,7 @@ def test_cli_serves_the_invoke_endpoint_and_shuts_down_on_sigterm(tmp_path):
         status, body = post(url, b'{"raise": "no"}')
         assert status == 200 and json.loads(body)["errorType"] == "ValueError"
         status, body = post(url, b'{"sleep_s": 10}')
-        assert (status, body) == (200, b"Task timed out after 3.00 seconds")
+        assert (status, body) == (200, b"Task timed out after 1.00 seconds")
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=10) == 0
         out = p.stdout.read()

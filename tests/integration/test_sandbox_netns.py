@@ -20,7 +20,7 @@ from tests.sandbox_fixtures.helpers import (  # noqa: E402,F401
     sandboxes,
 )
 
-SILENCE_S = 1.0  # how long a reclaimed connection must stay silent (a FIN would arrive in well under 10 ms)
+SILENCE_S = 0.5  # how long a reclaimed connection must stay silent (a local FIN arrives within milliseconds)
 
 
 @pytest.fixture
