@@ -21,7 +21,7 @@ from .pool import Pool
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
-from .relay import Relay
+from .relay import Relay, enable_nodelay
 from .upstream import PROFILE_BITS, SessionSettings, UpstreamConnection
 
 # What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
@@ -65,6 +65,7 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        enable_nodelay(transport)
         self._registry.add(self)
         self._started = time.monotonic()
         sockname = transport.get_extra_info("sockname")

@@ -9,10 +9,21 @@ session) the saved chunks are fed to the ResponseTracker, which knows exactly wh
 
 from __future__ import annotations
 
+import socket
+
 from .protocol.commands import NO_REPLY, CommandScanner
 from .protocol.responses import ResponseTracker, ends_with_final_eof
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
+
+
+def enable_nodelay(transport) -> None:
+    """Small request/response packets must not wait for Nagle + delayed ACK (a 40 ms stall per
+    large result). asyncio and uvloop already set it on TCP transports; the relay does not rely
+    on that."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Relay:

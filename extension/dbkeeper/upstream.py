@@ -22,6 +22,7 @@ from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame
+from .relay import enable_nodelay
 
 # Capability bits that change what a session means (affected-rows semantics, parser flags,
 # multi-result framing). The upstream must have the same ones as its client, so they form the
@@ -70,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        enable_nodelay(transport)
 
     def data_received(self, data):
         relay = self._relay

@@ -1,0 +1,193 @@
+"""The endpoints under test, all in front of the same throwaway MariaDB:
+
+    direct_tcp    127.0.0.1:<db port>                         (the reference)
+    direct_unix   the server's own Unix socket
+    dbk_tcp       dbkeeper (built layer, real extension process in the Lambda sandbox), TCP
+    dbk_unix      dbkeeper's 0600 Unix socket
+    socat_tcp     socat TCP-LISTEN -> TCP, nodelay on both sides (the raw-relay reference)
+    socat_unix    socat UNIX-LISTEN -> TCP (the bound for "a relay behind a Unix socket")
+
+plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
+and a second dbkeeper whose upstream connection to it negotiates TLS.
+
+Reuses tests/mariadb.py (MariaDB, free_port) and tests/dbkeeper_process.py (start_dbkeeper).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.dbkeeper_process import RunningDbkeeper, start_dbkeeper
+from tests.mariadb import MariaDB, free_port
+
+from . import procstat
+
+REPO = Path(__file__).resolve().parent.parent
+LAYER = REPO / "dist" / "layer-x86_64"
+_READY_TIMEOUT = 10.0
+
+
+@dataclass
+class Endpoint:
+    name: str
+    kwargs: dict                 # PyMySQL connect() address: host/port or unix_socket
+    relay_pid: int | None = None  # process whose CPU is the relay's (socat: its tree)
+    relay: str = "none"          # none / dbkeeper / socat
+    tls_db: bool = False         # behind it is the TLS-offering server
+
+    def cpu_ns(self) -> int:
+        if self.relay_pid is None:
+            return 0
+        return procstat.tree_cpu_ns(self.relay_pid) if self.relay == "socat" else procstat.cpu_ns(self.relay_pid)
+
+
+@dataclass
+class Environment:
+    db: MariaDB
+    dbk: RunningDbkeeper
+    endpoints: dict[str, Endpoint]
+    tls_db: MariaDB | None = None
+    tls_dbk: RunningDbkeeper | None = None
+    socats: list[subprocess.Popen] = field(default_factory=list)
+    workdir: str = ""
+    dbk_connected: dict = field(default_factory=dict)
+    tls_dbk_connected: dict = field(default_factory=dict)
+
+    def credentials(self, tls: bool = False) -> dict:
+        db = self.tls_db if tls else self.db
+        return dict(user=db.user, password=db.password, database=db.database)
+
+    def close(self) -> dict:
+        """Stop everything; returns the dbkeeper instances' shutdown reports (as dicts)."""
+        reports = {}
+        for proc in self.socats:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk)):
+            if dbk is not None:
+                try:
+                    reports[name] = dbk.stop()
+                except Exception as exc:  # keep cleaning up
+                    reports[name] = repr(exc)
+        for db in (self.db, self.tls_db):
+            if db is not None:
+                db.stop()
+                db.cleanup()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return reports
+
+
+def _wait_connectable(family: int, address, timeout: float = _READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {address} after {timeout}s")
+        finally:
+            probe.close()
+        time.sleep(0.01)  # polling interval, bounded by the deadline
+
+
+def _socat(listen: str, connect: str) -> subprocess.Popen:
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RuntimeError("socat not installed: apt-get install socat")
+    return subprocess.Popen([socat, listen, connect], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def make_cert(directory: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (CN and IP SAN) and its key."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def _start_dbkeeper(db: MariaDB, extra: dict | None = None) -> tuple[RunningDbkeeper, dict]:
+    env = {"DBKEEPER_LOG_LEVEL": "info"}  # the production default: no per-session debug lines
+    env.update(extra or {})
+    dbk = start_dbkeeper(LAYER, db, free_port(), env)
+    connected = dbk.wait_for_event("upstream_connected", timeout=_READY_TIMEOUT)
+    return dbk, connected
+
+
+def start(with_tls: bool = True) -> Environment:
+    workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
+    db = MariaDB().start()
+    env = None
+    try:
+        dbk, connected = _start_dbkeeper(db)
+        env = Environment(db=db, dbk=dbk, endpoints={}, workdir=workdir, dbk_connected=connected)
+        socat_port = free_port()
+        socat_path = os.path.join(workdir, "socat.sock")
+        env.socats.append(_socat(f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+                                 f"TCP:127.0.0.1:{db.port},nodelay"))
+        env.socats.append(_socat(f"UNIX-LISTEN:{socat_path},fork,mode=600",
+                                 f"TCP:127.0.0.1:{db.port},nodelay"))
+        _wait_connectable(socket.AF_INET, ("127.0.0.1", socat_port))
+        _wait_connectable(socket.AF_UNIX, socat_path)
+        e = env.endpoints
+        e["direct_tcp"] = Endpoint("direct_tcp", dict(host="127.0.0.1", port=db.port))
+        e["direct_unix"] = Endpoint("direct_unix", dict(unix_socket=db.socket))
+        e["dbk_tcp"] = Endpoint("dbk_tcp", dict(host="127.0.0.1", port=dbk.port), dbk.pid, "dbkeeper")
+        e["dbk_unix"] = Endpoint("dbk_unix", dict(unix_socket=dbk.unix_socket), dbk.pid, "dbkeeper")
+        e["socat_tcp"] = Endpoint("socat_tcp", dict(host="127.0.0.1", port=socat_port), env.socats[0].pid, "socat")
+        e["socat_unix"] = Endpoint("socat_unix", dict(unix_socket=socat_path), env.socats[1].pid, "socat")
+        if with_tls:
+            cert, key = make_cert(workdir)
+            env.tls_db = MariaDB(extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}"]).start()
+            env.tls_dbk, env.tls_dbk_connected = _start_dbkeeper(env.tls_db, {"DBKEEPER_DB_TLS_CA": cert})
+            if not env.tls_dbk_connected.get("tls"):
+                raise RuntimeError(f"dbkeeper did not negotiate TLS with the TLS server: {env.tls_dbk_connected}")
+            e["direct_tcp_tlsdb"] = Endpoint("direct_tcp_tlsdb", dict(host="127.0.0.1", port=env.tls_db.port),
+                                             tls_db=True)
+            e["dbk_tcp_tlsdb"] = Endpoint("dbk_tcp_tlsdb", dict(host="127.0.0.1", port=env.tls_dbk.port),
+                                          env.tls_dbk.pid, "dbkeeper", tls_db=True)
+        return env
+    except BaseException:
+        if env is not None:
+            env.close()
+        else:
+            db.stop()
+            db.cleanup()
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def server_versions(env: Environment) -> dict:
+    conn = env.db.admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            version = cur.fetchone()[0]
+    finally:
+        conn.close()
+    out = {"mariadb": version}
+    if env.tls_db is not None:
+        conn = env.tls_db.admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW GLOBAL VARIABLES LIKE 'have_ssl'")
+                out["tls_db_have_ssl"] = cur.fetchone()[1]
+        finally:
+            conn.close()
+    return out
