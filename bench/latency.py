@@ -19,7 +19,7 @@ from .stats import summary
 
 SELECT1 = "SELECT 1"
 MB1 = "SELECT REPEAT('x',90) FROM seq_1_to_10000"
-LATENCY_ENDPOINTS = ("direct_tcp", "direct_unix", "dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix")
+LATENCY_ENDPOINTS = ("direct_tcp", "direct_unix", "dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp")
 
 
 class Session:

@@ -6,19 +6,24 @@
     dbk_unix      dbkeeper's 0600 Unix socket
     socat_tcp     socat TCP-LISTEN -> TCP, nodelay on both sides (the raw-relay reference)
     socat_unix    socat UNIX-LISTEN -> TCP (the bound for "a relay behind a Unix socket")
+    uvloop_tcp    bench/minirelay.py: a bare uvloop Protocol relay (the floor for a Python relay)
 
 plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
 and a second dbkeeper whose upstream connection to it negotiates TLS.
 
 Reuses tests/mariadb.py (MariaDB, free_port) and tests/dbkeeper_process.py (start_dbkeeper).
+The layer is snapshotted (copied) first, so a ./build.sh running meanwhile can't change what is
+measured half-way; its fingerprint goes into the results.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,7 +44,7 @@ class Endpoint:
     name: str
     kwargs: dict                 # PyMySQL connect() address: host/port or unix_socket
     relay_pid: int | None = None  # process whose CPU is the relay's (socat: its tree)
-    relay: str = "none"          # none / dbkeeper / socat
+    relay: str = "none"          # none / dbkeeper / socat / uvloop
     tls_db: bool = False         # behind it is the TLS-offering server
 
     def cpu_ns(self) -> int:
@@ -55,7 +60,7 @@ class Environment:
     endpoints: dict[str, Endpoint]
     tls_db: MariaDB | None = None
     tls_dbk: RunningDbkeeper | None = None
-    socats: list[subprocess.Popen] = field(default_factory=list)
+    socats: list[subprocess.Popen] = field(default_factory=list)  # and the minirelay
     workdir: str = ""
     dbk_connected: dict = field(default_factory=dict)
     tls_dbk_connected: dict = field(default_factory=dict)
@@ -90,6 +95,23 @@ class Environment:
         return reports
 
 
+def fingerprint(layer: Path) -> str:
+    """sha256 over the layer's launcher, bootstrap and dbkeeper package (paths and contents)."""
+    digest = hashlib.sha256()
+    files = [layer / "extensions" / "dbkeeper", layer / "dbkeeper" / "bootstrap.py"]
+    files += sorted((layer / "dbkeeper" / "lib" / "dbkeeper").rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(layer)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def snapshot_layer(layer: Path = LAYER) -> tuple[Path, str]:
+    """A private copy of the built layer tree (removed by the caller) and its fingerprint."""
+    target = Path(tempfile.mkdtemp(prefix="dbkb-layer-", dir="/tmp")) / "opt"
+    shutil.copytree(layer, target, symlinks=True)
+    return target, fingerprint(target)
+
+
 def _wait_connectable(family: int, address, timeout: float = _READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -122,20 +144,31 @@ def make_cert(directory: str) -> tuple[str, str]:
     return cert, key
 
 
-def _start_dbkeeper(db: MariaDB, extra: dict | None = None) -> tuple[RunningDbkeeper, dict]:
+def _minirelay(upstream_port: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.minirelay", str(port), str(upstream_port)],
+                            cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("bench.minirelay did not start")
+    return proc, port
+
+
+def _start_dbkeeper(layer: Path, db: MariaDB, extra: dict | None = None) -> tuple[RunningDbkeeper, dict]:
     env = {"DBKEEPER_LOG_LEVEL": "info"}  # the production default: no per-session debug lines
     env.update(extra or {})
-    dbk = start_dbkeeper(LAYER, db, free_port(), env)
+    dbk = start_dbkeeper(layer, db, free_port(), env)
     connected = dbk.wait_for_event("upstream_connected", timeout=_READY_TIMEOUT)
     return dbk, connected
 
 
-def start(with_tls: bool = True) -> Environment:
+def start(layer: Path, with_tls: bool = True) -> Environment:
     workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
     db = MariaDB().start()
     env = None
     try:
-        dbk, connected = _start_dbkeeper(db)
+        dbk, connected = _start_dbkeeper(layer, db)
         env = Environment(db=db, dbk=dbk, endpoints={}, workdir=workdir, dbk_connected=connected)
         socat_port = free_port()
         socat_path = os.path.join(workdir, "socat.sock")
@@ -143,6 +176,8 @@ def start(with_tls: bool = True) -> Environment:
                                  f"TCP:127.0.0.1:{db.port},nodelay"))
         env.socats.append(_socat(f"UNIX-LISTEN:{socat_path},fork,mode=600",
                                  f"TCP:127.0.0.1:{db.port},nodelay"))
+        mini, mini_port = _minirelay(db.port)
+        env.socats.append(mini)
         _wait_connectable(socket.AF_INET, ("127.0.0.1", socat_port))
         _wait_connectable(socket.AF_UNIX, socat_path)
         e = env.endpoints
@@ -152,10 +187,11 @@ def start(with_tls: bool = True) -> Environment:
         e["dbk_unix"] = Endpoint("dbk_unix", dict(unix_socket=dbk.unix_socket), dbk.pid, "dbkeeper")
         e["socat_tcp"] = Endpoint("socat_tcp", dict(host="127.0.0.1", port=socat_port), env.socats[0].pid, "socat")
         e["socat_unix"] = Endpoint("socat_unix", dict(unix_socket=socat_path), env.socats[1].pid, "socat")
+        e["uvloop_tcp"] = Endpoint("uvloop_tcp", dict(host="127.0.0.1", port=mini_port), mini.pid, "uvloop")
         if with_tls:
             cert, key = make_cert(workdir)
             env.tls_db = MariaDB(extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}"]).start()
-            env.tls_dbk, env.tls_dbk_connected = _start_dbkeeper(env.tls_db, {"DBKEEPER_DB_TLS_CA": cert})
+            env.tls_dbk, env.tls_dbk_connected = _start_dbkeeper(layer, env.tls_db, {"DBKEEPER_DB_TLS_CA": cert})
             if not env.tls_dbk_connected.get("tls"):
                 raise RuntimeError(f"dbkeeper did not negotiate TLS with the TLS server: {env.tls_dbk_connected}")
             e["direct_tcp_tlsdb"] = Endpoint("direct_tcp_tlsdb", dict(host="127.0.0.1", port=env.tls_db.port),

@@ -15,6 +15,7 @@ DB_PORT, DB_USER, DB_PASSWORD, DB_NAME are used too: that database gets a `visit
 from __future__ import annotations
 
 import argparse
+import inspect
 import ipaddress
 import json
 import math
@@ -37,6 +38,8 @@ if str(REPO) not in sys.path:  # `python demo/main.py` as well as `python -m dem
 HANDLERS = ("handler_connect_per_invoke", "handler_global_connection")
 HANDLER_TITLES = {"handler_connect_per_invoke": "connect per invoke", "handler_global_connection": "global connection"}
 WRAPPER = "/opt/dbkeeper-wrapper"
+LOG_LINES = 20  # of a failing sandbox, printed with the first error
+STABLE_S = 0.3  # the sessions still held are counted once unchanged for this long
 
 
 # --------------------------------------------------------------------------- the database
@@ -220,9 +223,32 @@ class Setup:
     netns: bool
     db_host_in_sandbox: Optional[str]  # None: the Sandbox's own host_address (known after start)
     note: str = ""
+    lambda_paths: bool = False  # Sandbox: own mount namespace with /opt, /var/task and a private /tmp
+
+    @property
+    def description(self) -> str:
+        parts = []
+        if self.netns:
+            parts.append("own network namespace")
+        if self.lambda_paths or self.kind == "aws-lambda-rie":
+            parts.append("own /opt, /var/task, /tmp")
+        return self.kind + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _lambda_paths_supported() -> bool:
+    from lambda_sandbox import Sandbox
+
+    return ("lambda_paths" in inspect.signature(Sandbox).parameters and os.geteuid() == 0
+            and shutil.which("unshare") is not None)
 
 
 def choose_setup(args: argparse.Namespace, db: Database) -> Setup:
+    setup = _choose_setup(args, db)
+    setup.lambda_paths = not args.rie and not args.no_lambda_paths and _lambda_paths_supported()
+    return setup
+
+
+def _choose_setup(args: argparse.Namespace, db: Database) -> Setup:
     from lambda_sandbox import netns_unavailable_reason
 
     kind = "aws-lambda-rie" if args.rie else "lambda_sandbox"
@@ -263,6 +289,7 @@ class Phase:
     ending: str = ""  # "reclaim" or "shutdown"
     shutdown_ms: list[float] = field(default_factory=list)
     wrapper_pointed: int = 0  # sandboxes whose runtime log says the wrapper pointed DB_HOST at the extension
+    error_logs: list[str] = field(default_factory=list)  # the sandbox's last log lines at the first error
 
     @property
     def label(self) -> str:
@@ -274,7 +301,7 @@ class Phase:
         d["p50_ms"] = percentile(self.warm_ms, 50)
         d["p99_ms"] = percentile(self.warm_ms, 99)
         d["cold_p50_ms"] = percentile(self.cold_ms, 50)
-        del d["warm_ms"], d["cold_ms"], d["shutdown_ms"]
+        del d["warm_ms"], d["cold_ms"], d["shutdown_ms"], d["error_logs"]
         return d
 
 
@@ -366,10 +393,17 @@ class Runner:
             from lambda_sandbox.rie import RieSandbox
 
             sb = RieSandbox(self.args.rie, opt, str(self.task_dir), handler=f"app.{handler}", **common)
+            private_tmp = hasattr(sb, "private_tmp")
         else:
             from lambda_sandbox import Sandbox
 
+            if self.setup.lambda_paths:
+                common["lambda_paths"] = True
             sb = Sandbox(opt, str(self.task_dir), handler=f"app.{handler}", **common)
+            private_tmp = self.setup.lambda_paths
+        if private_tmp:
+            # the sandbox has its own /tmp, as on Lambda: the default socket path, like a real function
+            sb.env.pop("DBKEEPER_SOCKET", None)
         sb.start()
         if "DB_HOST" not in sb.env:
             sb.env["DB_HOST"] = sb.host_address  # read at INIT (the first invoke)
@@ -424,6 +458,8 @@ class Runner:
                         (phase.cold_ms if k == 0 else phase.warm_ms).append(elapsed)
                     else:
                         phase.errors.append(f"sandbox {i} invoke {k + 1}: {err}")
+                        if not phase.error_logs:
+                            phase.error_logs = [f"{src}: {line}" for src, line in sb.logs[-LOG_LINES:]]
                 report()
 
         threads = [threading.Thread(target=worker, args=(i,), name=f"demo-{i}") for i in range(n)]
@@ -466,14 +502,21 @@ class Runner:
             t.join()
 
         # Sessions of this phase the server still holds. A COM_QUIT or FIN is processed within
-        # milliseconds; a session whose peer vanished silently stays until wait_timeout. Wait for the
-        # count to reach 0, up to --settle seconds, then take what is left.
-        deadline = time.monotonic() + self.args.settle
-        while True:
-            held = self.db.probe.session_ids(user) - before_ids
-            if not held or time.monotonic() >= deadline:
-                break
+        # milliseconds; a session whose peer vanished silently stays until wait_timeout. Poll until
+        # none is left or the set has not changed for STABLE_S (at most --settle seconds).
+        # Kept short on purpose: once a reclaimed sandbox's address is given to a new sandbox
+        # (another process's), a late TCP retransmission from the server would draw an RST there
+        # and end the session, which Lambda's reclaim does not do.
+        now = time.monotonic()
+        deadline = now + self.args.settle
+        held = self.db.probe.session_ids(user) - before_ids
+        changed_at = now
+        while held and now < deadline and now - changed_at < STABLE_S:
             time.sleep(0.02)  # polling the server's process list: it has no change notification
+            current = self.db.probe.session_ids(user) - before_ids
+            now = time.monotonic()
+            if current != held:
+                held, changed_at = current, now
         phase.held_after = len(held)
         phase.connections_opened = self.db.probe.connections_opened() - opened_before
         if held:
@@ -542,6 +585,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                          "default: $DBKEEPER_RIE, else lambda_sandbox's own emulator")
     ap.add_argument("--no-netns", action="store_true",
                     help="no network namespaces: shut the sandboxes down instead of reclaiming them")
+    ap.add_argument("--no-lambda-paths", action="store_true",
+                    help="lambda_sandbox: no private mount namespace (/opt, /var/task, /tmp are the machine's)")
     ap.add_argument("--timeout", type=float, default=10.0, help="function timeout, seconds (default 10)")
     ap.add_argument("--settle", type=float, default=1.5,
                     help="seconds to wait for the server to drop closed sessions before counting (default 1.5)")
@@ -567,63 +612,83 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         args.rie = os.path.abspath(found)
     progress = Progress(enabled=not args.quiet)
+    progress.update("  preparing the function's task directory, the layer and the database", force=True)
 
     from demo.taskdir import TaskDirError, build_task_dir
-
-    progress.update("  preparing the function's task directory and the database", force=True)
-    try:
-        task_dir, how = build_task_dir()
-    except TaskDirError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 2
     from lambda_sandbox import netns_unavailable_reason
 
-    bind_all = not args.no_netns and netns_unavailable_reason() is None
-    db = open_database(bind_all=bind_all)
-    runner = None
+    scratch = Path(tempfile.mkdtemp(prefix="dbkeeper-demo-"))
+    db: Optional[Database] = None
+    runner: Optional[Runner] = None
     phases: list[Phase] = []
     try:
+        try:
+            task_dir, how = build_task_dir(scratch / "task")
+        except TaskDirError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 2
+        # A private copy of the unpacked layer: ./build.sh (run by another test session, say) replaces
+        # dist/layer-<arch>/ in place, and a sandbox must not see it half-written.
+        try:
+            shutil.copytree(layer_dir, scratch / "opt", symlinks=True)
+        except (OSError, shutil.Error) as exc:
+            print(f"demo: cannot copy the layer from {layer_dir}: {exc}", file=sys.stderr)
+            return 2
+        db = open_database(bind_all=not args.no_netns and netns_unavailable_reason() is None)
         setup = choose_setup(args, db)
-        runner = Runner(args, db, setup, task_dir, layer_dir, progress)
+        runner = Runner(args, db, setup, task_dir, scratch / "opt", progress)
         handlers = HANDLERS if args.handler == "both" else (args.handler,)
         for handler in handlers:
             for layer in (False, True):
                 phases.append(runner.run_phase(handler, layer))
-        progress.done()
     finally:
         progress.done()
         if runner is not None:
             runner.cleanup()
-        db.close()
-        shutil.rmtree(task_dir, ignore_errors=True)
+        if db is not None:
+            db.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     elapsed = time.monotonic() - t_start
+    print_report(args, setup, db, phases, how, layer_dir, elapsed)
+    failed = [p for p in phases if p.errors]
+    not_pointed = [p for p in phases if p.layer and p.wrapper_pointed < p.sandboxes]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "sandboxes": args.sandboxes, "invocations_per_sandbox": args.invocations, "sandbox_kind": setup.kind,
+            "netns": setup.netns, "lambda_paths": setup.lambda_paths,
+            "ending": "reclaim" if setup.netns else "shutdown", "note": setup.note,
+            "database": db.description, "elapsed_s": round(elapsed, 2),
+            "phases": [p.summary() for p in phases],
+            "table": render_table(phases),
+        }, indent=2))
+    return 1 if failed or not_pointed else 0
+
+
+def print_report(args: argparse.Namespace, setup: Setup, db: Database, phases: list[Phase], how: str,
+                 layer_dir: Path, elapsed: float) -> None:
     ending = ("reclaimed like Lambda: frozen, network cut, killed (no FIN reaches the database); "
-              "with the layer the extension got SHUTDOWN first") if setup.netns else "shut down (SIGTERM/SHUTDOWN/SIGKILL)"
+              "with the layer the extension got SHUTDOWN first") if setup.netns \
+        else "shut down (SIGTERM/SHUTDOWN/SIGKILL)"
     print()
     print(f"dbkeeper demo: sample_function (PyMySQL), {args.sandboxes} sandboxes x {args.invocations} invocations "
-          f"per column, {setup.kind}")
+          f"per column, {setup.description}")
     print(f"database: {db.description}; sandboxes {ending}")
     if setup.note:
         print(f"note: {setup.note}")
     print()
     print(render_table(phases))
     print()
-    failed = [p for p in phases if p.errors]
-    for p in failed:
+    for p in phases:
+        if not p.errors:
+            continue
         print(f"errors ({HANDLER_TITLES[p.handler]}, {p.label}): {len(p.errors)}; first: {p.errors[0]}")
-    layered = [p for p in phases if p.layer]
-    not_pointed = [p for p in layered if p.wrapper_pointed < p.sandboxes]
-    for p in not_pointed:
-        print(f"warning ({HANDLER_TITLES[p.handler]}): the wrapper pointed DB_HOST at the extension in only "
-              f"{p.wrapper_pointed} of {p.sandboxes} sandboxes (see wrapper_passthrough in the logs)")
-    print(f"task dir: sample_function + PyMySQL via {how}; layer: {layer_dir}; {elapsed:.1f} s")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "sandboxes": args.sandboxes, "invocations_per_sandbox": args.invocations, "sandbox_kind": setup.kind,
-            "netns": setup.netns, "ending": "reclaim" if setup.netns else "shutdown", "note": setup.note,
-            "database": db.description, "elapsed_s": round(elapsed, 2),
-            "phases": [p.summary() for p in phases],
-            "table": render_table(phases),
-        }, indent=2))
-    return 1 if failed or not_pointed else 0
+        if p.error_logs:
+            print("  that sandbox's last log lines:")
+            for line in p.error_logs:
+                print(f"    {line[:300]}")
+    for p in phases:
+        if p.layer and p.wrapper_pointed < p.sandboxes:
+            print(f"warning ({HANDLER_TITLES[p.handler]}): the wrapper pointed DB_HOST at the extension in only "
+                  f"{p.wrapper_pointed} of {p.sandboxes} sandboxes (see wrapper_passthrough in the logs)")
+    print(f"task dir: sample_function + PyMySQL via {how}; layer: {layer_dir}; {elapsed:.1f} s", flush=True)

@@ -1,7 +1,8 @@
 """Command line: run a sandbox and serve the RIE's invoke endpoint.
 
     python -m lambda_sandbox --opt DIR --task DIR [--port 8080] [--host 127.0.0.1] [--timeout 300]
-                             [--freeze] [--netns] [--env K=V ...] [--python PATH] [--prefix-logs] HANDLER
+                             [--freeze] [--netns] [--lambda-paths] [--env K=V ...] [--python PATH]
+                             [--prefix-logs] HANDLER
 
     POST http://HOST:PORT/2015-03-31/functions/function/invocations   (body = event; X-Amzn-Trace-Id honoured)
     SIGTERM / SIGINT -> SHUTDOWN flow (runtime SIGTERM, SHUTDOWN to extensions, SIGKILL at the deadline), exit 0.
@@ -125,7 +126,7 @@ def _serve(sb: Sandbox, addr: tuple[str, int]) -> int:
 
 
 def _main_rie(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lambda_sandbox rie", add_help=False)
+    p = argparse.ArgumentParser(prog="lambda_sandbox rie", add_help=False, allow_abbrev=False)
     p.add_argument("--runtime-interface-emulator-address", default="0.0.0.0:8080")
     p.add_argument("--runtime-api-address", default="127.0.0.1:9001")
     p.add_argument("--log-level", default=None)
@@ -168,7 +169,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="function timeout s (AWS_LAMBDA_FUNCTION_TIMEOUT, 300)")
     p.add_argument("--memory", type=int, default=None)
     p.add_argument("--freeze", action="store_true", help="freeze the sandbox between invokes like Lambda")
-    p.add_argument("--netns", action="store_true", help="run the processes in their own network namespace")
+    p.add_argument("--netns", action="store_true", help="run the processes in their own network namespace (root)")
+    p.add_argument("--lambda-paths", action="store_true",
+                   help="processes see --opt on /opt, --task on /var/task and a private /tmp (root)")
     p.add_argument("--python", default=None, help="interpreter for the runtime (default: this one)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="function environment variable")
     p.add_argument("--prefix-logs", action="store_true", help="prefix each output line with [source]")
@@ -188,6 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         python=a.python,
         freeze=a.freeze,
         netns=a.netns,
+        lambda_paths=a.lambda_paths,
         on_log=_printer(a.prefix_logs),
     )
     return _serve(sb, (a.host, a.port))

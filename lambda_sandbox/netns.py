@@ -12,6 +12,7 @@ sandboxes, also from several test processes, can exist at once.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import re
@@ -38,13 +39,27 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def unavailable_reason() -> Optional[str]:
-    """Why netns=True cannot work here, or None if it should."""
+    """Why netns=True cannot work here, or None if it should (probes once: a veth pair is created and
+    deleted, which needs root with CAP_NET_ADMIN, iproute2 and kernel support)."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns/veth); run the tests as root"
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed"
-    if not os.path.isdir("/proc/self/ns") or not os.path.exists("/proc/self/ns/net"):
+    if not os.path.exists("/proc/self/ns/net"):
         return "the kernel has no network namespace support"
+    return _probe()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> Optional[str]:
+    a, b = f"lsbq{os.getpid() % 100000}", f"lsbr{os.getpid() % 100000}"
+    cp = _ip("link", "add", a, "type", "veth", "peer", "name", b, check=False)
+    if cp.returncode != 0:
+        return f"cannot create a veth pair: {cp.stderr.strip()}"
+    _ip("link", "del", a, check=False)
+    cp = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if cp.returncode != 0:
+        return f"cannot create a network namespace: {cp.stderr.strip()}"
     return None
 
 

@@ -1,9 +1,9 @@
 """RieSandbox: the Sandbox API on top of a real `aws-lambda-rie` binary (AWS Runtime Interface Emulator).
 
 The RIE insists on /opt/extensions and /var/task, so it runs in a private mount namespace
-(`unshare -m --propagation private`, root only) in which opt_dir is bind-mounted on /opt and task_dir on
-/var/task; nothing changes for the rest of the machine (except that an empty /var/task mount point is
-created if missing). Ports: the invoke endpoint and the Runtime API each get a free port on 127.0.0.1
+(`unshare -m --propagation private`, root only) in which opt_dir is bind-mounted on /opt, task_dir on
+/var/task and a private directory on /tmp (like a container's own /tmp); nothing changes for the rest of
+the machine (except that an empty /var/task mount point is created if missing). Ports: the invoke endpoint and the Runtime API each get a free port on 127.0.0.1
 (with netns=True the RIE runs in its own network namespace and uses 8080/9001 there; the invoke endpoint
 is reached on the sandbox-side veth address).
 
@@ -26,23 +26,23 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Optional
 
 from . import procs
-from .logs import LogRecord, LogStore, pump
+from .logs import LogRecord, LogStore
 from .netns import Netns
 from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
 from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 MOUNT_SCRIPT = (
-    'opt="$1"; task="$2"; shift 2; '
+    'opt="$1"; task="$2"; tmp="$3"; shift 3; '
     "mkdir -p /opt /var/task && "
-    'mount --bind "$opt" /opt && mount --bind "$task" /var/task && '
+    'mount --bind "$opt" /opt && mount --bind "$task" /var/task && mount --bind "$tmp" /tmp && '
     'cd /var/task && exec "$@"'
 )
 
@@ -124,6 +124,7 @@ class RieSandbox:
         self._rie_port = rie_port
         self._api_port = api_port
         self._netns: Optional[Netns] = None
+        self.private_tmp: Optional[str] = None
         self._proc: Optional[procs.Managed] = None
         self._op_lock = threading.Lock()
         self._state = "new"
@@ -162,8 +163,11 @@ class RieSandbox:
                "--runtime-api-address", f"127.0.0.1:{api_port}"]
         if self.log_level:
             rie += ["--log-level", self.log_level]
+        if self.private_tmp is None:
+            self.private_tmp = tempfile.mkdtemp(prefix="lsb-rie-tmp-")
+            os.chmod(self.private_tmp, 0o1777)
         argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_SCRIPT, "lsb-rie",
-                self.opt_dir, self.task_dir] + rie + self.runtime_command()
+                self.opt_dir, self.task_dir, self.private_tmp] + rie + self.runtime_command()
         if self._netns is not None:
             argv = self._netns.exec_prefix() + argv
         return argv
@@ -252,6 +256,8 @@ class RieSandbox:
             if self._netns.inode is not None:
                 procs.signal_pids(procs.pids_in_netns(self._netns.inode), signal.SIGKILL)
             self._netns.delete()
+        if self.private_tmp is not None:
+            shutil.rmtree(self.private_tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ processes
     def _tree(self) -> set[int]:

@@ -9,22 +9,26 @@ a reset drops the generation, and the next invoke runs INIT again with new proce
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import procs
 from .logs import LogRecord, LogStore
-from .netns import Netns, NetnsUnavailable
+from .netns import Netns
 from .results import (
     ExtensionShutdown,
     InvokeResult,
@@ -35,11 +39,27 @@ from .results import (
 )
 
 ACCOUNT_ID = "012345678912"
+LAMBDA_PATHS_SCRIPT = (
+    'mount --bind "$1" /opt && mount --bind "$2" /var/task && mount --bind "$3" /tmp && '
+    'shift 3 && cd /var/task && exec "$@"'
+)
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # 6291556 bytes, Lambda's synchronous response limit
 RUNTIME_DEADLINE_SHARE = 0.3  # RIE: the runtime gets 30% of the shutdown budget (600 ms of 2000 ms)
 EXT_EXCLUDED_ENV = {"_HANDLER", "PYTHONPATH", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
                     "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_XRAY_CONTEXT_MISSING"}
 _py_version_cache: dict[str, str] = {}
+_live: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Interpreter exit with sandboxes still open (a crashed test, Ctrl-C in a demo): leave no process,
+    namespace or temp dir behind."""
+    for sb in list(_live):
+        try:
+            sb._teardown()
+        except Exception:
+            pass
 
 
 def _compact(obj: Any) -> bytes:
@@ -178,6 +198,7 @@ class Sandbox:
         runtime_cmd: Optional[list[str]] = None,
         freeze: bool = True,
         netns: bool = False,
+        lambda_paths: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
         shutdown_budget_ms: int = 2000,
@@ -198,6 +219,11 @@ class Sandbox:
         self.runtime_cmd = runtime_cmd
         self.freeze = freeze
         self.use_netns = netns
+        self.lambda_paths = lambda_paths
+        # paths as the processes see them
+        self.proc_opt = "/opt" if lambda_paths else self.opt_dir
+        self.proc_task = "/var/task" if lambda_paths else self.task_dir
+        self.private_tmp: Optional[str] = None
         self.shutdown_budget_ms = shutdown_budget_ms
         with Sandbox._names_lock:
             Sandbox._counter += 1
@@ -212,7 +238,9 @@ class Sandbox:
         self._state = "new"  # new, uninit, initializing, idle, invoking, resetting, closed
         self._frozen = False
         self._frozen_pids: set[int] = set()
+        self._hold_freeze = False  # init() without freeze_after: no freeze before the first invoke
         self.freeze_count = 0
+        self.last_reset_report: Optional[ShutdownReport] = None
         self._netns: Optional[Netns] = None
         self._server = None
         self._server_thread: Optional[threading.Thread] = None
@@ -223,11 +251,10 @@ class Sandbox:
     def start(self) -> "Sandbox":
         if self._state != "new":
             return self
+        if self.lambda_paths:
+            self._prepare_lambda_paths()
         if self.use_netns:
-            try:
-                self._netns = Netns()
-            except NetnsUnavailable:
-                raise
+            self._netns = Netns()
         from .api import ApiServer
 
         host, port = self._bind
@@ -238,15 +265,28 @@ class Sandbox:
         except Exception:
             if self._netns is not None:
                 self._netns.delete()
+            if self.private_tmp is not None:
+                shutil.rmtree(self.private_tmp, ignore_errors=True)
             raise
         self.api_address = f"{host}:{self._server.server_address[1]}"
         self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                                daemon=True, name=f"lsb-api-{self.name}")
         self._server_thread.start()
         self._state = "uninit"
+        _live.add(self)
         if self.freeze:
             threading.Thread(target=self._freezer, daemon=True, name=f"lsb-freezer-{self.name}").start()
         return self
+
+    def _prepare_lambda_paths(self) -> None:
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            raise SandboxError("lambda_paths=True needs root and unshare(1) (a private mount namespace per process)")
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise SandboxError(f"lambda_paths=True: cannot create a mount namespace: {probe.stderr.strip()}")
+        os.makedirs("/var/task", exist_ok=True)  # empty mount point; the bind mounts stay in the namespaces
+        self.private_tmp = tempfile.mkdtemp(prefix=f"lsb-tmp-{self.name}-")
+        os.chmod(self.private_tmp, 0o1777)
 
     def __enter__(self) -> "Sandbox":
         return self.start()
@@ -375,6 +415,7 @@ class Sandbox:
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         }
         customer.update(self.env)
+        customer.pop("AWS_LAMBDA_MAX_CONCURRENCY", None)  # would put awslambdaric in Managed Instances mode
         credentials = {
             "AWS_ACCESS_KEY_ID": self.env.get("AWS_ACCESS_KEY_ID", "ASIALAMBDASANDBOXKEY"),
             "AWS_SECRET_ACCESS_KEY": self.env.get("AWS_SECRET_ACCESS_KEY", "lambda-sandbox-dummy-secret"),
@@ -383,7 +424,7 @@ class Sandbox:
         ver = self._py_version()
         runtime = {
             "_HANDLER": self.handler,
-            "LAMBDA_TASK_ROOT": self.task_dir,
+            "LAMBDA_TASK_ROOT": self.proc_task,
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": "$LATEST",
         }
@@ -408,13 +449,13 @@ class Sandbox:
     def runtime_env(self) -> dict[str, str]:
         customer, credentials, runtime, platform = self._env_layers()
         env = {**customer, **credentials, **runtime, **platform}
-        path = [self.task_dir]
+        path = [self.proc_task]
         ver = self._py_version()
         opt_python = os.path.join(self.opt_dir, "python")
         if ver and os.path.isdir(os.path.join(opt_python, "lib", f"python{ver}", "site-packages")):
-            path.append(os.path.join(opt_python, "lib", f"python{ver}", "site-packages"))
+            path.append(os.path.join(self.proc_opt, "python", "lib", f"python{ver}", "site-packages"))
         if os.path.isdir(opt_python):
-            path.append(opt_python)
+            path.append(os.path.join(self.proc_opt, "python"))
         if self.env.get("PYTHONPATH"):
             path.append(self.env["PYTHONPATH"])
         env["PYTHONPATH"] = ":".join(path)
@@ -429,11 +470,16 @@ class Sandbox:
 
     def _map_opt(self, path: str) -> str:
         """/opt/x -> <opt_dir>/x when the sandbox's opt_dir is not /opt (the function sees /opt paths)."""
-        if path.startswith("/opt/") and self.opt_dir != "/opt" and not os.path.exists(path):
+        if path.startswith("/opt/") and self.proc_opt != "/opt" and not os.path.exists(path):
             return os.path.join(self.opt_dir, path[len("/opt/"):])
         return path
 
     def _in_ns(self, argv: list[str]) -> list[str]:
+        if self.lambda_paths:
+            # own mount namespace: opt_dir on /opt, task_dir on /var/task, the sandbox's private dir on /tmp
+            # (bound last: opt_dir/task_dir may themselves live under /tmp); exec keeps the pid
+            argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", LAMBDA_PATHS_SCRIPT,
+                    "lsb", self.opt_dir, self.task_dir, self.private_tmp] + argv
         return (self._netns.exec_prefix() + argv) if self._netns else argv
 
     # ------------------------------------------------------------------ process bookkeeping
@@ -468,7 +514,7 @@ class Sandbox:
 
     def _freeze_due_locked(self) -> bool:
         g = self._gen
-        if not self.freeze or self._frozen or self._state != "idle" or g is None or g.ending:
+        if not self.freeze or self._frozen or self._hold_freeze or self._state != "idle" or g is None or g.ending:
             return False
         if g.runtime is None or g.runtime.state != "ready" or not g.runtime.proc.alive:
             return False
@@ -492,7 +538,7 @@ class Sandbox:
             if gen is not self._gen or gen.ending:
                 return
             rc = m.returncode
-            status = f"signal: {signal.Signals(-rc).name.lower().replace('sig', '')}" if rc is not None and rc < 0 \
+            status = f"signal: {(signal.strsignal(-rc) or str(-rc)).lower()}" if rc is not None and rc < 0 \
                 else f"exit status {rc}"
             if gen.runtime is not None and m is gen.runtime.proc:
                 gen.runtime.state = "exited"
@@ -555,9 +601,11 @@ class Sandbox:
             found.append((name, path))
         return found, None
 
-    def init(self) -> Optional[InvokeResult]:
+    def init(self, freeze_after: bool = False) -> Optional[InvokeResult]:
         """Run INIT now (normally lazy, at the first invoke). None on success, else the failing result
-        (the sandbox is reset and the next invoke tries INIT again)."""
+        (the sandbox is reset and the next invoke tries INIT again). Like an on-demand INIT whose invoke is
+        still to come, the sandbox is not frozen before that invoke; freeze_after=True freezes it right
+        after INIT instead (provisioned concurrency)."""
         self._require_open()
         if not self._op_lock.acquire(blocking=False):
             raise SandboxBusy("another invoke/shutdown is running")
@@ -565,7 +613,9 @@ class Sandbox:
             if self._state == "idle":
                 return None
             t0 = time.monotonic()
-            fail = self._run_init()
+            with self._cv:
+                self._hold_freeze = not freeze_after
+            fail = self._run_init(then_idle=True)
             if fail is None:
                 return None
             self._reset(fail.reason)
@@ -573,7 +623,9 @@ class Sandbox:
         finally:
             self._op_lock.release()
 
-    def _run_init(self) -> Optional[_Failure]:
+    def _run_init(self, then_idle: bool) -> Optional[_Failure]:
+        """INIT a new generation. then_idle: end in "idle" (may be frozen); otherwise stay "initializing"
+        because an invoke follows at once (Lambda does not freeze between an on-demand INIT and its invoke)."""
         deadline = time.monotonic() + self.init_timeout_s
         exts, launch_error = self._scan_extensions()
         with self._cv:
@@ -590,7 +642,8 @@ class Sandbox:
             ext_env = self.extension_env()
             for name, path in exts:
                 try:
-                    g.exts[name].proc = self._launch(g, name, self._in_ns([path]), ext_env)
+                    argv0 = os.path.join(self.proc_opt, "extensions", name)
+                    g.exts[name].proc = self._launch(g, name, self._in_ns([argv0]), ext_env)
                 except OSError as exc:
                     g.failure = _Failure(502, _compact({"errorType": "Extension.LaunchError",
                                                         "errorMessage": f"{path}: {exc}"}), "Extension.LaunchError")
@@ -616,7 +669,9 @@ class Sandbox:
             if g.failure is not None:
                 return g.failure
             g.init_done = True
-            self._state = "idle"
+            if then_idle:
+                self._state = "idle"
+                self._cv.notify_all()
             return None
 
     def _wait_until(self, deadline: float) -> bool:
@@ -651,7 +706,7 @@ class Sandbox:
         if not self._op_lock.acquire(blocking=False):
             raise SandboxBusy("one invocation at a time per sandbox")
         try:
-            return self._invoke(_compact(payload) if raw is None else raw, trace_id, client_context,
+            return self._invoke(_compact({} if payload is None else payload) if raw is None else raw, trace_id, client_context,
                                 cognito_identity, content_type)
         finally:
             self._op_lock.release()
@@ -670,7 +725,7 @@ class Sandbox:
             self._reset(idle_failure.reason)
             return self._failure_result(idle_failure, rid, t0, None)
         if self._state != "idle":
-            fail = self._run_init()
+            fail = self._run_init(then_idle=False)
             init_ms = (time.monotonic() - t0) * 1000
             if fail is not None:
                 self._reset(fail.reason)
@@ -682,6 +737,7 @@ class Sandbox:
                       client_context=client_context, cognito_identity=cognito_identity, content_type=content_type)
         with self._cv:
             g = self._gen
+            self._hold_freeze = False
             self._thaw_locked()
             self._state = "invoking"
             g.invoke = inv
@@ -769,8 +825,10 @@ class Sandbox:
                 self._teardown()
 
     def _reset(self, reason: str) -> ShutdownReport:
-        """Reset after a failure/timeout: like SHUTDOWN; the next invoke runs INIT again."""
-        return self._end(reason, reclaim=False)
+        """Reset after a failure/timeout: like SHUTDOWN; the next invoke runs INIT again. Its report is kept
+        in self.last_reset_report."""
+        self.last_reset_report = self._end(reason, reclaim=False)
+        return self.last_reset_report
 
     def _end(self, reason: str, reclaim: bool, graceful: Optional[bool] = None) -> ShutdownReport:
         t_sig = time.monotonic()
@@ -908,11 +966,14 @@ class Sandbox:
 
     def _teardown(self) -> None:
         with self._cv:
+            leftovers = self._tree_pids_locked() if self._gen is not None else set()
             self._state = "closed"
             g = self._gen
             self._gen = None
             self._cv.notify_all()
-        if g is not None:  # should not happen, but never leave processes behind
+        _live.discard(self)
+        if g is not None:  # only on an emergency path (atexit, failed shutdown): never leave processes behind
+            procs.signal_pids(leftovers, signal.SIGKILL)
             for m in g.managed():
                 procs.kill_group_and_wait(m)
         if self._server is not None:
@@ -923,6 +984,8 @@ class Sandbox:
             if self._netns.inode is not None:
                 procs.signal_pids(procs.pids_in_netns(self._netns.inode), signal.SIGKILL)
             self._netns.delete()
+        if self.private_tmp is not None:
+            shutil.rmtree(self.private_tmp, ignore_errors=True)
 
     def _require_open(self) -> None:
         if self._state == "closed":

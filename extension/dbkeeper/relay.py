@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 
+from pymysql.constants import COMMAND
+
 from .protocol.commands import NO_REPLY, CommandScanner
 from .protocol.responses import ResponseTracker, ends_with_final_eof
 
@@ -59,6 +61,8 @@ class Relay:
         for code in commands:
             if code not in NO_REPLY and code >= 0:
                 tracker.expect(code)
+            if code == COMMAND.COM_SET_OPTION:
+                self.upstream.forget_options()
         self.commands += len(commands)
 
     def upstream_data(self, data: bytes) -> None:

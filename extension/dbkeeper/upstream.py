@@ -63,7 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.secure = False
         self.collation_id = UTF8MB4_GENERAL_CI
         self.database: str | None = config.db_name
-        self.multi_statements = True
+        self.multi_statements: bool | None = True
         self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
         self.resetting: asyncio.Task | None = None
         self.opened_at = time.monotonic()
@@ -262,12 +262,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Make this session look like the one the client asked for. Returns an ERR payload to
         pass on to the client (e.g. unknown database), or None."""
         if wanted.collation_id != self.collation_id:
-            charset = _charset(wanted.collation_id)
-            if charset is not None:
-                reply = await self.command(COMMAND.COM_QUERY, f"SET NAMES {charset[0]} COLLATE {charset[1]}".encode())
-                if messages.is_err(reply):
-                    return reply
-                self.collation_id = wanted.collation_id
+            reply = await self._set_names(wanted.collation_id)
+            if reply is not None:
+                return reply
         if wanted.database and wanted.database != self.database:
             reply = await self.command(COMMAND.COM_INIT_DB, wanted.database.encode())
             if messages.is_err(reply):
@@ -280,6 +277,27 @@ class UpstreamConnection(asyncio.Protocol):
                 return reply
             self.multi_statements = wanted.multi_statements
         return None
+
+    async def _set_names(self, collation_id: int) -> bytes | None:
+        """SET NAMES for the client's handshake collation. A collation the server does not know
+        (MySQL 8's utf8mb4_0900_ai_ci, id 255, on MariaDB) gets the character set's default
+        collation, as the server itself does for such a handshake; what works is remembered."""
+        statements = _SET_NAMES.get(collation_id)
+        if statements is None:
+            statements = _SET_NAMES[collation_id] = _set_names_candidates(collation_id)
+        for index, statement in enumerate(statements):
+            reply = await self.command(COMMAND.COM_QUERY, statement)
+            if messages.is_ok(reply):
+                _SET_NAMES[collation_id] = statements[index:]
+                self.collation_id = collation_id
+                return None
+            if messages.parse_err(reply).errno != ER_UNKNOWN_COLLATION or index == len(statements) - 1:
+                return reply
+        return None  # a collation PyMySQL does not know: leave the connection's own
+
+    def forget_options(self) -> None:
+        """A client changed a session option dbkeeper tracks (COM_SET_OPTION): set it anew next time."""
+        self.multi_statements = None
 
     async def reset(self) -> None:
         """Forget everything the last session did: COM_RESET_CONNECTION rolls back, drops temporary
@@ -330,9 +348,14 @@ def _server_error(context: str, payload: bytes) -> UpstreamError:
     return UpstreamError(f"{context}: ({error.errno}) {error.message}", error.errno, error.sqlstate)
 
 
-def _charset(collation_id: int) -> tuple[str, str] | None:
+def _set_names_candidates(collation_id: int) -> list[bytes]:
     try:
         charset = charset_by_id(collation_id)
     except KeyError:
-        return None
-    return charset.name, charset.collation
+        return []
+    return [f"SET NAMES {charset.name} COLLATE {charset.collation}".encode(), f"SET NAMES {charset.name}".encode()]
+
+
+# collation id -> the SET NAMES statements worth trying, first the one known to work
+_SET_NAMES: dict[int, list[bytes]] = {}
+ER_UNKNOWN_COLLATION = 1273

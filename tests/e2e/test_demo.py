@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,15 +26,24 @@ ARCH = {"aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "x86_64")
 NETNS = netns_unavailable_reason() is None
 
 
+@pytest.fixture
+def workdir():
+    """A scratch directory of our own: pytest's numbered tmp dirs may be rotated away by another
+    pytest session on the same machine while the demo still runs."""
+    d = Path(tempfile.mkdtemp(prefix="dbkeeper-demo-test-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def demo_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DBKEEPER_"))}
     env.update(extra)
     return env
 
 
-def run_demo(tmp_path: Path, layer_dir: Path, *flags: str, env: dict[str, str] | None = None,
+def run_demo(workdir: Path, layer_dir: Path, *flags: str, env: dict[str, str] | None = None,
              timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict, float]:
-    out = tmp_path / "demo.json"
+    out = workdir / "demo.json"
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "demo", "--layer-dir", str(layer_dir), "--json", str(out), *flags],
@@ -62,9 +72,12 @@ COLUMNS = [(PER_INVOKE, False), (PER_INVOKE, True), (GLOBAL, False), (GLOBAL, Tr
 
 
 @pytest.fixture(scope="module")
-def small_run(built_layer, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    return run_demo(tmp, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "3", "--invocations", "8")
+def small_run(built_layer):
+    tmp = Path(tempfile.mkdtemp(prefix="dbkeeper-demo-test-"))
+    try:
+        yield run_demo(tmp, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "3", "--invocations", "8")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_every_invocation_succeeds_in_every_column(small_run):
@@ -142,8 +155,8 @@ def test_a_progress_line_is_shown_while_it_runs(small_run):
 
 
 @pytest.mark.skipif(not NETNS, reason=f"network namespaces unavailable: {netns_unavailable_reason()}")
-def test_full_size_run_finishes_within_a_minute(built_layer, tmp_path):
-    proc, result, elapsed = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), timeout=120)
+def test_full_size_run_finishes_within_a_minute(built_layer, workdir):
+    proc, result, elapsed = run_demo(workdir, getattr(built_layer, f"tree_{ARCH}"), timeout=120)
     assert elapsed < 60, f"took {elapsed:.1f} s"
     assert result["sandboxes"] == 4 and result["invocations_per_sandbox"] == 50
     assert phase(result, GLOBAL, True)["held_after"] == 0
@@ -152,8 +165,8 @@ def test_full_size_run_finishes_within_a_minute(built_layer, tmp_path):
     assert phase(result, PER_INVOKE, False)["connections_opened"] == 200
 
 
-def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, tmp_path):
-    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--no-netns",
+def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, workdir):
+    proc, result, _ = run_demo(workdir, getattr(built_layer, f"tree_{ARCH}"), "--no-netns",
                                "--sandboxes", "2", "--invocations", "3", "--handler", GLOBAL)
     assert result["ending"] == "shutdown" and not result["netns"]
     assert "note: network namespaces not used (--no-netns given)" in proc.stdout
@@ -162,11 +175,11 @@ def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, tmp_p
     assert phase(result, GLOBAL, True)["connections_opened"] == 2
 
 
-def test_db_settings_in_the_environment_select_that_database(built_layer, mariadb_factory, tmp_path):
+def test_db_settings_in_the_environment_select_that_database(built_layer, mariadb_factory, workdir):
     db = mariadb_factory(bind_address="0.0.0.0" if NETNS else "127.0.0.1")
     env = demo_env(DB_HOST="127.0.0.1", DB_PORT=str(db.port), DB_USER=db.user, DB_PASSWORD=db.password,
                    DB_NAME=db.database)
-    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "1",
+    proc, result, _ = run_demo(workdir, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "1",
                                "--invocations", "3", "--handler", GLOBAL, env=env)
     assert f"at 127.0.0.1:{db.port} (from DB_HOST)" in proc.stdout
     assert phase(result, GLOBAL, True)["held_after"] == 0
@@ -179,15 +192,18 @@ def test_db_settings_in_the_environment_select_that_database(built_layer, mariad
     assert db.processlist(db.user) == []
 
 
-def test_dbkeeper_rie_selects_the_rie_sandbox_class(built_layer, tmp_path):
+def test_dbkeeper_rie_selects_the_rie_sandbox_class(built_layer, workdir, request):
     # lambda_sandbox's RIE-compatible command line stands in for the aws-lambda-rie binary here;
     # RieSandbox runs it exactly like the real one (private mount namespace, /opt and /var/task).
     if os.geteuid() != 0:
         pytest.skip("RieSandbox needs root (unshare -m, bind mounts)")
-    stand_in = tmp_path / "aws-lambda-rie"
+    # Not under /tmp: a RIE sandbox has its own /tmp, like a container.
+    bin_dir = Path(tempfile.mkdtemp(prefix="dbkeeper-demo-rie-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
+    stand_in = bin_dir / "aws-lambda-rie"
     stand_in.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m lambda_sandbox rie \"$@\"\n")
     stand_in.chmod(0o755)
-    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "2",
+    proc, result, _ = run_demo(workdir, getattr(built_layer, f"tree_{ARCH}"), "--sandboxes", "2",
                                "--invocations", "3", "--handler", GLOBAL, env=demo_env(DBKEEPER_RIE=str(stand_in)))
     assert result["sandbox_kind"] == "aws-lambda-rie"
     assert phase(result, GLOBAL, True)["wrapper_pointed"] == 2
@@ -200,8 +216,8 @@ REAL_RIE = os.environ.get("DBKEEPER_RIE") or shutil.which("aws-lambda-rie")
 
 
 @pytest.mark.skipif(not REAL_RIE, reason="no aws-lambda-rie binary (set DBKEEPER_RIE=/path/to/aws-lambda-rie)")
-def test_on_the_real_rie(built_layer, tmp_path):
-    proc, result, _ = run_demo(tmp_path, getattr(built_layer, f"tree_{ARCH}"), "--rie", REAL_RIE,
+def test_on_the_real_rie(built_layer, workdir):
+    proc, result, _ = run_demo(workdir, getattr(built_layer, f"tree_{ARCH}"), "--rie", REAL_RIE,
                                "--sandboxes", "2", "--invocations", "5")
     assert result["sandbox_kind"] == "aws-lambda-rie"
     for handler in (PER_INVOKE, GLOBAL):
@@ -210,8 +226,8 @@ def test_on_the_real_rie(built_layer, tmp_path):
     assert phase(result, GLOBAL, False)["held_after"] == (2 if result["netns"] else 0)
 
 
-def test_missing_layer_is_reported(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "demo", "--layer-dir", str(tmp_path)], cwd=REPO,
+def test_missing_layer_is_reported(workdir):
+    proc = subprocess.run([sys.executable, "-m", "demo", "--layer-dir", str(workdir)], cwd=REPO,
                           env=demo_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "run ./build.sh first" in proc.stderr

@@ -18,7 +18,6 @@ Names come from ``pymysql.constants``; the password scramble is pymysql's.
 from __future__ import annotations
 
 import dataclasses
-import os
 import select
 import socket
 import struct
@@ -594,7 +593,3 @@ class HandshakeRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def random_marker() -> str:
-    return os.urandom(6).hex()

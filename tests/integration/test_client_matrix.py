@@ -23,8 +23,8 @@ from pymysql.constants import CLIENT
 
 from tests.integration import raw_mysql
 from tests.integration.client_ops import (
-    DRIVERS, OPS, TRANSPORTS, OpContext, Target, Unsupported, canon, dbkeeper_target_of,
-    direct_target_of, driver_versions, open_session, pymysql_sqlstate_hook, upstream_prepared,
+    DRIVERS, OPS, TRANSPORTS, IsolatedRunner, Target, Unsupported, canon, dbkeeper_target_of,
+    direct_target_of, driver_versions, pymysql_sqlstate_hook, upstream_prepared,
 )
 
 RUN_ID = os.urandom(3).hex()  # table prefix: parallel runs and targets never share a table
@@ -108,13 +108,30 @@ def summary(request) -> _MatrixSummary:
 # --------------------------------------------------------------------------- the matrix
 
 
-def _run(driver: str, target: Target, transport: str, op_name: str) -> dict[str, Any]:
+# drivers whose failures can crash the interpreter run in a worker process (see IsolatedRunner)
+ISOLATED_DRIVERS = {"mysqlconnector_c"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = IsolatedRunner()
+    yield r
+    r.close()
+
+
+def _call(runner: IsolatedRunner, driver: str, fn_name: str, *args: Any) -> Any:
+    __tracebackhide__ = True
+    import tests.integration.client_ops as ops
+
+    if driver in ISOLATED_DRIVERS:
+        return runner.call(fn_name, driver, *args)
+    return getattr(ops, fn_name)(driver, *args)
+
+
+def _run(runner: IsolatedRunner, driver: str, target: Target, transport: str, op_name: str) -> dict[str, Any]:
+    __tracebackhide__ = True
     prefix = f"t{RUN_ID}_{_SHORT[driver]}{_SHORT[target.name]}{_SHORT[transport]}"
-    ctx = OpContext(driver, target, transport, prefix)
-    try:
-        return OPS[op_name](ctx)
-    finally:
-        ctx.cleanup()
+    return _call(runner, driver, "run_op", target, transport, op_name, prefix)
 
 
 def _cases() -> list[Any]:
@@ -148,12 +165,12 @@ def _differences(expected: Any, got: Any, path: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("driver,target_name,transport,op_name", _cases())
-def test_op(driver, target_name, transport, op_name, direct, oracle, summary, request):
+def test_op(driver, target_name, transport, op_name, direct, oracle, summary, runner, request):
     target = direct if target_name == "direct" else request.getfixturevalue("through_dbkeeper")
     key = (driver, transport, op_name)
     # when the driver runs the operation against the target
     try:
-        result = _run(driver, target, transport, op_name)
+        result = _run(runner, driver, target, transport, op_name)
     except Unsupported as exc:
         pytest.skip(f"{driver}: {exc}")
     # then the operation's own checks held (inside _run) and, through dbkeeper, the result is
@@ -163,7 +180,7 @@ def test_op(driver, target_name, transport, op_name, direct, oracle, summary, re
         return
     if key not in oracle:
         try:
-            oracle[key] = canon(_run(driver, direct, transport, op_name))
+            oracle[key] = canon(_run(runner, driver, direct, transport, op_name))
         except Exception as exc:  # noqa: BLE001
             pytest.fail(f"the oracle (direct) run of {key} failed, nothing to compare: {exc!r}")
     diffs = _differences(oracle[key], canon(result))
@@ -174,7 +191,7 @@ def test_op(driver, target_name, transport, op_name, direct, oracle, summary, re
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_driver_handshake_flags_are_recorded(driver, direct, summary):
+def test_driver_handshake_flags_are_recorded(driver, direct, summary, runner):
     # given a recording relay in front of MariaDB
     with raw_mysql.HandshakeRecorder(direct.host, direct.port) as rec:
         relayed = Target("direct", rec.host, rec.port, direct.unix_socket, direct.user,
@@ -182,8 +199,7 @@ def test_driver_handshake_flags_are_recorded(driver, direct, summary):
         # when the driver connects with its defaults, with multi-statements and with LOCAL INFILE
         variants = {"default": {}, "multi": {"multi": True}, "local_infile": {"local_infile": True}}
         for name, kw in variants.items():
-            with open_session(driver, relayed, "tcp", **kw) as s:
-                assert s.scalar("SELECT 1") == 1
+            assert _call(runner, driver, "connect_and_select_1", relayed, "tcp", kw) == 1
         responses = list(rec.responses)
     # then each handshake response was seen, speaks protocol 4.1 with plugin auth for app/appdb
     assert len(responses) >= len(variants), responses

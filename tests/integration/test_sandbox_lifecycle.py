@@ -16,6 +16,7 @@ from tests.sandbox_fixtures.helpers import (  # noqa: E402,F401
     TASK,
     ext_events,
     make_opt,
+    needs_root,
     pid_alive,
     proc_state,
     sandboxes,
@@ -71,6 +72,23 @@ def test_exec_wrapper_starts_the_runtime_through_the_script(tmp_path, sandboxes)
     # then the runtime ran through it, the extension did not
     assert out["env"]["WRAPPED_BY"] == "wrapper"
     assert "WRAPPED_BY" not in sb.wait_for_json("testext", lambda e: e["event"] == "started")["env"]
+
+
+@needs_root
+def test_lambda_paths_give_opt_var_task_and_a_private_tmp_per_sandbox(tmp_path, sandboxes):
+    # given two sandboxes in Lambda layout whose extension writes /tmp/marker
+    sbs = [sandboxes(make_opt(tmp_path / str(i), {"testext": {"write_file": "/tmp/marker"}}, opt_python=True),
+                     lambda_paths=True) for i in range(2)]
+    for sb in sbs:
+        out = sb.invoke({"env": True, "read": "/tmp/marker"}).json()
+        # then the function sees Lambda's paths and its own sandbox's /tmp (shared with its extensions only)
+        assert out["read"] == sb.api_address
+        assert out["cwd"] == "/var/task" and out["env"]["LAMBDA_TASK_ROOT"] == "/var/task"
+        assert out["env"]["PYTHONPATH"] == "/var/task:/opt/python"
+        started = sb.wait_for_json("testext", lambda e: e["event"] == "started")
+        assert (started["argv0"], started["cwd"]) == ("/opt/extensions/testext", "/var/task")
+        assert os.listdir(sb.private_tmp) == ["marker"]
+    assert not os.path.exists("/tmp/marker")  # nothing leaked to the machine's /tmp
 
 
 # ------------------------------------------------------------------------------------------- INIT
@@ -190,6 +208,7 @@ def test_timeout_sends_shutdown_timeout_kills_everything_and_next_invoke_reinits
     assert r.timed_out and not r.ok
     (ev,) = ext_events(sb, "testext", "SHUTDOWN")
     assert json.loads(ev["body"])["shutdownReason"] == "Timeout"
+    assert sb.last_reset_report.reason == "Timeout" and sb.last_reset_report["testext"].exit_code == 0
     assert not any(pid_alive(p) for p in old.values())
     after = sb.invoke({})
     assert after.ok and after.init_duration_ms is not None
@@ -228,12 +247,25 @@ def test_extension_exit_error_fails_the_invoke_with_its_error_type_then_reinits(
     assert r2.error_type == "Extension.Fatal" and r2.init_duration_ms is not None
 
 
-def test_init_can_run_ahead_of_the_first_invoke(tmp_path, sandboxes):
-    sb = sandboxes(make_opt(tmp_path, {"testext": {}}))
+def test_init_can_run_ahead_of_the_first_invoke_without_freezing_before_it(tmp_path, sandboxes):
+    sb = sandboxes(make_opt(tmp_path, {"testext": {"tick_ms": 20}}))
     assert sb.init() is None
     assert set(sb.pids()) == {"runtime", "testext"}
+    # like an on-demand INIT whose invoke is still to come: extensions keep running until then
+    mark = sb.log_mark()
+    sb.wait_for_log(lambda s, l: s == "testext" and '"tick"' in l, timeout=2, since=mark)
+    assert not sb.frozen
     r = sb.invoke({})
     assert r.ok and r.init_duration_ms is None
+    assert sb.wait_frozen()  # after an invoke the usual freeze applies
+
+
+def test_init_with_freeze_after_freezes_like_provisioned_concurrency(tmp_path, sandboxes):
+    sb = sandboxes(make_opt(tmp_path, {"testext": {}}))
+    assert sb.init(freeze_after=True) is None
+    assert sb.wait_frozen()
+    assert {proc_state(p) for p in sb.pids().values()} == {"T"}
+    assert sb.invoke({}).ok
 
 
 def test_runtime_exit_during_invoke_is_runtime_exit_error(tmp_path, sandboxes):

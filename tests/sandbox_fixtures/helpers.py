@@ -25,7 +25,17 @@ FAKE_RIE = str(FIXTURES / "fake-aws-lambda-rie")
 
 NETNS_SKIP = netns_unavailable_reason()
 needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=f"netns tests skipped: {NETNS_SKIP}")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (unshare -m / bind mounts)")
+
+
+def _mount_ns_reason() -> Optional[str]:
+    if os.geteuid() != 0:
+        return "needs root (unshare -m and bind mounts)"
+    cp = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+    return None if cp.returncode == 0 else f"cannot create a mount namespace: {cp.stderr.strip()}"
+
+
+MOUNT_SKIP = _mount_ns_reason()
+needs_root = pytest.mark.skipif(MOUNT_SKIP is not None, reason=f"mount namespace tests skipped: {MOUNT_SKIP}")
 
 
 def make_opt(root: Path, exts: Optional[dict] = None, *, non_executable: tuple = (), subdirs: tuple = (),

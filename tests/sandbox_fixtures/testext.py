@@ -23,6 +23,7 @@ config keys (all optional):
   tick_ms               a thread logs {"event":"tick"} every tick_ms
   connect               "host:port": open a TCP connection after registering and keep it open
   spawn_child           start a child process (sleep) in the same process group and log its pid
+  write_file            path: after registering, write AWS_LAMBDA_RUNTIME_API into it (private /tmp tests)
 """
 
 import json
@@ -97,6 +98,10 @@ def main():
         s.settimeout(None)
         KEEP.append(s)
         log("connected", local=s.getsockname(), peer=s.getpeername())
+    if CFG.get("write_file"):
+        with open(CFG["write_file"], "w") as f:
+            f.write(API)
+        log("wrote", path=CFG["write_file"])
     if CFG.get("spawn_child"):
         child = subprocess.Popen(["sleep", "300"])
         KEEP.append(child)

@@ -144,7 +144,8 @@ def test_rie_command_runs_the_rie_in_a_private_mount_namespace_with_free_ports(t
     assert cmd[:5] == ["unshare", "-m", "--propagation", "private", "--"]
     assert cmd[5:8] == ["/bin/sh", "-c", MOUNT_SCRIPT]
     assert cmd[9:11] == [str(tmp_path / "opt"), str(tmp_path / "task")]
-    rie = cmd[11:]
+    assert cmd[11] == sb.private_tmp and os.path.isdir(sb.private_tmp)
+    rie = cmd[12:]
     assert rie[0] == "/usr/local/bin/aws-lambda-rie"
     rie_port, api_port = sb.ports()
     assert rie_port != api_port
@@ -152,7 +153,10 @@ def test_rie_command_runs_the_rie_in_a_private_mount_namespace_with_free_ports(t
                         "--runtime-api-address", f"127.0.0.1:{api_port}"]
     assert rie[5:] == ["/usr/bin/env", "PYTHONPATH=/var/task", "/usr/bin/python3", "-m", "awslambdaric",
                        "app.handler"]  # the RIE takes the last argument as the handler
-    assert 'mount --bind "$opt" /opt' in MOUNT_SCRIPT and 'mount --bind "$task" /var/task' in MOUNT_SCRIPT
+    for bind in ('mount --bind "$opt" /opt', 'mount --bind "$task" /var/task', 'mount --bind "$tmp" /tmp'):
+        assert bind in MOUNT_SCRIPT
+    sb._teardown()
+    assert not os.path.exists(sb.private_tmp)
 
 
 def test_rie_command_honours_the_exec_wrapper_and_opt_python(tmp_path):
@@ -175,9 +179,10 @@ def test_rie_environment_sets_the_rie_settings_and_never_managed_instances_mode(
 def test_rie_netns_mode_listens_on_all_addresses_inside_the_namespace(tmp_path):
     sb = RieSandbox("aws-lambda-rie", str(tmp_path), str(tmp_path), netns=True)
     assert sb.ports() == (8080, 9001)
-    rie = sb.command()[11:]
+    rie = sb.command()[12:]
     assert rie[1:5] == ["--runtime-interface-emulator-address", "0.0.0.0:8080",
                         "--runtime-api-address", "127.0.0.1:9001"]
+    sb._teardown()
 
 
 @pytest.mark.parametrize("status, body, expected", [

@@ -40,6 +40,9 @@ def handler(event, context):
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
         "cwd": os.getcwd(),
     }
+    if event.get("read"):
+        with open(event["read"]) as f:
+            out["read"] = f.read()
     if event.get("env"):
         out["env"] = dict(os.environ)
         out["sys_path"] = sys.path

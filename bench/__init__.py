@@ -1,0 +1,1 @@
+"""dbkeeper benchmarks: python -m bench (see bench/__main__.py)."""

@@ -1,0 +1,131 @@
+"""dbkeeper benchmarks: `./.venv/bin/python -m bench [--quick]` from the repo root, after ./build.sh.
+
+Phases (each interleaves its comparisons within one run, with warm-up):
+  latency   SELECT 1 (PyMySQL and raw packets) and a 1 MB / 10k-row result, six paths
+  cpu       relay CPU per SELECT 1 and per 1 MB result (dbkeeper vs socat)
+  connect   connect() + SELECT 1 + close() through dbkeeper vs direct, PyMySQL 1.1.1 and 1.2.4
+  coldstart spawn -> registered -> upstream ready, RSS, SHUTDOWN -> upstream closed server-side
+  imports   import time of the launcher's chain, as shipped and with .pyc
+
+Prints the tables, writes bench/out/results-<timestamp>.json and bench/out/latest.json, and (full
+runs) rewrites the generated part of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # tests.mariadb, tests.dbkeeper_process, lambda_sandbox
+
+from bench import coldstart, connect, cpu, latency, procstat, report, targets  # noqa: E402
+
+PHASES = ("latency", "cpu", "connect", "coldstart", "imports")
+PLANS = {
+    # select1 iterations, 1 MB iterations, cpu rounds, cpu SELECT 1 per block, cpu 1 MB per block,
+    # connect iterations, cold starts, import repeats
+    "quick": dict(select=1500, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, cold=3, imports=3),
+    "full": dict(select=6000, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, cold=8, imports=5),
+}
+
+
+def check_layer() -> list[str]:
+    """Fail if the layer is not built; return the sources that differ from the built copy."""
+    layer = targets.LAYER
+    launcher = layer / "extensions" / "dbkeeper"
+    main = layer / "dbkeeper" / "lib" / "dbkeeper" / "main.py"
+    if not (os.access(launcher, os.X_OK) and main.exists()):
+        sys.exit(f"bench: no built layer at {layer}: run ./build.sh first")
+    stale = []
+    pairs = [(REPO / "layer" / "extensions" / "dbkeeper", launcher),
+             (REPO / "layer" / "dbkeeper" / "bootstrap.py", layer / "dbkeeper" / "bootstrap.py")]
+    src = REPO / "extension" / "dbkeeper"
+    pairs += [(p, layer / "dbkeeper" / "lib" / "dbkeeper" / p.relative_to(src)) for p in src.rglob("*.py")]
+    for source, built in pairs:
+        if not built.exists() or not filecmp.cmp(source, built, shallow=False):
+            stale.append(str(source.relative_to(REPO)))
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="~20 s smoke run (fewer iterations)")
+    parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases ({','.join(PHASES)})")
+    parser.add_argument("--no-results-md", action="store_true", help="don't rewrite bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    stale = check_layer()
+    if stale:
+        progress(f"bench: WARNING: dist/layer-x86_64 differs from the sources ({', '.join(stale[:5])}"
+                 f"{' ...' if len(stale) > 5 else ''}): run ./build.sh to measure the current code")
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    layer, fingerprint = targets.snapshot_layer()
+    results: dict = {"mode": mode, "plan": plan, "phases": phases, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                     "machine": report.machine(), "layer": str(targets.LAYER), "layer_fingerprint": fingerprint,
+                     "layer_stale_files": stale}
+    progress(f"bench: {mode} run, load average {results['machine']['loadavg'][0]:.2f} on "
+             f"{results['machine']['nproc']} CPUs; layer {fingerprint} (snapshot); setting up MariaDB, dbkeeper, "
+             f"socat ...")
+    try:
+        env = targets.start(layer, with_tls="connect" in phases)
+    except BaseException:
+        shutil.rmtree(layer.parent, ignore_errors=True)
+        raise
+    try:
+        results["versions"] = targets.server_versions(env)
+        results["dbkeeper_upstream"] = env.dbk_connected
+        if "latency" in phases or "cpu" in phases:
+            sessions = latency.open_sessions(env)
+            try:
+                if "latency" in phases:
+                    results["latency"] = latency.run(env, sessions, plan["select"], plan["mb"], progress)
+                if "cpu" in phases:
+                    results["cpu"] = cpu.run(env, sessions, plan["cpu_rounds"], plan["cpu_select"], plan["cpu_mb"],
+                                             progress)
+                results["rss_after_load_kb"] = procstat.memory_kb(env.dbk.pid)
+            finally:
+                for s in sessions.values():
+                    s.close()
+        if "connect" in phases:
+            results["connect"] = connect.run(env, plan["connect"], progress=progress)
+        if "coldstart" in phases:
+            results["coldstart"] = coldstart.cold_starts(layer, env.db, plan["cold"], progress)
+        if "imports" in phases:
+            results["imports"] = coldstart.import_times(layer, plan["imports"], progress)
+    finally:
+        reports = env.close()
+        shutil.rmtree(layer.parent, ignore_errors=True)
+    results["bench_instance_shutdown"] = {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in reports.items()}
+    results["loadavg_after"] = os.getloadavg()
+    results["duration_s"] = time.monotonic() - started
+    results["targets"] = report.targets(results)
+
+    print(report.render(results))
+    print()
+    print("machine:", report.machine_text(results))
+    path = report.write_json(results, stamp)
+    print(f"JSON: {path.relative_to(REPO)} (and bench/out/latest.json)")
+    if mode == "full" and not args.no_results_md and set(phases) == set(PHASES):
+        report.update_results_md(results, path)
+        print("updated bench/RESULTS.md (generated part)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Cold start and shutdown of the real extension, run by us in the project's Lambda sandbox
+(lambda_sandbox.Sandbox, no-op function, freeze off):
+
+  spawn -> registered -> serving -> upstream ready   wall ms, from the extension's log `ts`
+                                                     against our clock just before Sandbox.init()
+                                                     (which forks the launcher at once)
+  CPU ms at upstream ready                           schedstat of all threads (+ /proc stat ticks)
+  VmHWM / VmRSS at upstream ready
+  SHUTDOWN delivered -> upstream gone SERVER-side    polling information_schema.PROCESSLIST for
+                                                     the upstream's connection id (and
+                                                     Threads_connected), timestamps on our clock
+  SHUTDOWN delivered -> process exit                 the sandbox's ShutdownReport
+
+and the import time of the launcher's chain, measured in fresh interpreters as the launcher runs
+them (`python -I -S`, -B so nothing is written), best of N:
+  before registering: `import dbkeeper.main`;  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
+both as shipped (no .pyc in the layer) and with a compileall'd copy (what shipping .pyc would give).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lambda_sandbox import Sandbox
+from tests.dbkeeper_process import EXTENSION, NOOP_TASK, extension_python
+from tests.mariadb import free_port
+
+from . import procstat
+from .stats import summary
+
+REPO = Path(__file__).resolve().parent.parent
+
+_POLL_DEADLINE = 3.0
+
+
+class ServerSideWatch:
+    """Runs bench/watch_conn.py (its own process) to see when the server drops a connection."""
+
+    def __init__(self, db, connection_id: int):
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.watch_conn", db.socket, str(connection_id),
+                                      str(_POLL_DEADLINE)], cwd=str(REPO), stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"watcher did not start: {line!r}")
+        self.polls: list = []
+        self.gone: tuple[float, float] | None = None  # (last poll that saw it: before, first without: after)
+        self.error: str | None = None
+
+    def join(self, timeout: float) -> None:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            self.error = "watcher timed out"
+            return
+        self.polls = json.loads(out.strip().splitlines()[-1])["polls"]
+        if not self.polls[0][2]:
+            self.error = "connection not in PROCESSLIST before SHUTDOWN"
+        elif self.polls[-1][2]:
+            self.error = f"still connected {_POLL_DEADLINE}s later"
+        else:
+            self.gone = (self.polls[-2][0], self.polls[-1][1])
+
+    def threads_drop_at(self) -> float | None:
+        """When Threads_connected first fell below its value at the start (after-time of that poll)."""
+        if not self.polls:
+            return None
+        start = self.polls[0][3]
+        for before, after, present, threads in self.polls:
+            if threads < start:
+                return after
+        return None
+
+
+def _json_lines(sandbox: Sandbox) -> list[tuple[float, dict]]:
+    out = []
+    for record in sandbox.log_records:
+        if record.source == EXTENSION and record.line.startswith("{"):
+            try:
+                out.append((record.ts, json.loads(record.line)))
+            except ValueError:
+                pass
+    return out
+
+
+def one_cold_start(layer: Path, db, log_level: str = "info") -> dict:
+    workdir = tempfile.mkdtemp(prefix="dbkc-", dir="/tmp")
+    env = {**db.db_env(), "DBKEEPER_LISTEN_PORT": str(free_port()),
+           "DBKEEPER_SOCKET": os.path.join(workdir, "dbkeeper.sock"),
+           "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LOG_LEVEL": log_level}
+    sandbox = Sandbox(str(layer), str(NOOP_TASK), "app.handler", env=env, freeze=False, timeout_s=15)
+    result: dict = {}
+    try:
+        sandbox.start()
+        offset = time.time() - time.monotonic()  # extension `ts` (wall) -> our monotonic clock
+        t0 = time.monotonic()
+        failure = sandbox.init()
+        init_done = time.monotonic()
+        if failure is not None:
+            raise RuntimeError(f"INIT failed: {failure}")
+        connected = sandbox.wait_for_json(EXTENSION, lambda l: l.get("event") == "upstream_connected", timeout=10)
+        pid = sandbox.pids()[EXTENSION]
+        cpu_sched = procstat.cpu_ns(pid)
+        cpu_ticks = procstat.cpu_ticks_ns(pid)
+        memory = procstat.memory_kb(pid)
+        events = {line["event"]: line for _, line in _json_lines(sandbox)}
+        since = lambda ev: (events[ev]["ts"] - offset - t0) * 1000 if ev in events else None  # noqa: E731
+        result.update(
+            spawn_to_registered_ms=since("registered"),
+            main_to_registered_ms=events["registered"].get("ms"),
+            spawn_to_serving_ms=since("serving"),
+            spawn_to_upstream_ready_ms=since("upstream_connected"),
+            upstream_connect_ms=connected.get("ms"),
+            init_wall_ms=(init_done - t0) * 1000,
+            cpu_at_ready_ms=cpu_sched / 1e6,
+            cpu_ticks_at_ready_ms=cpu_ticks / 1e6,
+            vm_hwm_kb=memory.get("VmHWM"), vm_rss_kb=memory.get("VmRSS"),
+            rss_anon_kb=memory.get("RssAnon"), rss_file_kb=memory.get("RssFile"),
+        )
+        result["pre_main_ms"] = result["spawn_to_registered_ms"] - (result["main_to_registered_ms"] or 0)
+
+        watch = ServerSideWatch(db, connected["connection_id"])
+        t_call = time.monotonic()
+        report = sandbox.shutdown()
+        watch.join(_POLL_DEADLINE + 1)
+        ext = report.extensions.get(EXTENSION)
+        complete = next((l for _, l in _json_lines(sandbox) if l.get("event") == "shutdown_complete"), {})
+        result.update(shutdown_killed=ext.killed if ext else None, exit_code=ext.exit_code if ext else None,
+                      shutdown_exit_after_delivery_ms=ext.exit_after_delivery_ms if ext else None,
+                      shutdown_complete_ms_since_event=complete.get("ms_since_event"),
+                      upstreams_closed=complete.get("upstreams_closed"), watch_error=watch.error,
+                      watch_polls=len(watch.polls))
+        if ext is not None and ext.delivered_ms is not None and watch.gone is not None:
+            delivered = t_call + ext.delivered_ms / 1000
+            result["shutdown_to_server_closed_ms"] = (watch.gone[1] - delivered) * 1000  # upper bound
+            result["shutdown_to_server_closed_lo_ms"] = (watch.gone[0] - delivered) * 1000
+            drop = watch.threads_drop_at()
+            result["shutdown_to_threads_drop_ms"] = (drop - delivered) * 1000 if drop else None
+            intervals = [after - before for before, after, _, _ in watch.polls]
+            result["poll_interval_us"] = sum(intervals) / len(intervals) * 1e6
+    finally:
+        try:
+            sandbox.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
+    progress(f"cold start: {runs} x spawn -> registered -> upstream ready -> SHUTDOWN ...")
+    started = time.monotonic()
+    one_cold_start(layer, db)  # warm-up: page cache, template of everything the OS caches
+    samples = [one_cold_start(layer, db) for _ in range(runs)]
+    progress(f"  {time.monotonic() - started:.1f} s")
+    keys = [k for k, v in samples[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {"runs": samples,
+            "summary": {k: summary([s[k] for s in samples if s.get(k) is not None]) for k in keys}}
+
+
+# --------------------------------------------------------------------------- import time
+
+_TIMED = r"""
+import sys, time
+sys.path.insert(0, {lib!r})
+t0 = time.perf_counter()
+import dbkeeper.main
+t1 = time.perf_counter()
+import dbkeeper.event_pump, dbkeeper.lifecycle
+t2 = time.perf_counter()
+import uvloop
+t3 = time.perf_counter()
+print((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+"""
+
+
+def _best_wall(argv: list[str], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def _best_inprocess(python: str, lib: str, repeat: int) -> dict:
+    rows = []
+    for _ in range(repeat):
+        out = subprocess.run([python, "-I", "-S", "-B", "-c", _TIMED.format(lib=lib)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        rows.append([float(x) for x in out])
+    return {"dbkeeper_main_ms": min(r[0] for r in rows), "post_registration_ms": min(r[1] for r in rows),
+            "uvloop_ms": min(r[2] for r in rows)}
+
+
+def _importtime_top(python: str, lib: str, modules: str, top: int = 12) -> list[dict]:
+    code = f"import sys; sys.path.insert(0, {lib!r}); import {modules}"
+    err = subprocess.run([python, "-I", "-S", "-B", "-X", "importtime", "-c", code], check=True,
+                         capture_output=True, text=True).stderr
+    rows = []
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        parts = line[len("import time:"):].split("|")
+        rows.append({"self_us": int(parts[0]), "cumulative_us": int(parts[1]), "module": parts[2].rstrip()})
+    rows.sort(key=lambda r: -r["self_us"])
+    return rows[:top]
+
+
+def launcher_overhead(layer: Path, repeat: int) -> dict:
+    """The sh launcher's own cost: it run with DBKEEPER_PYTHON=/bin/true vs /bin/true alone."""
+    true = shutil.which("true") or "/bin/true"
+    launcher = str(layer / "extensions" / "dbkeeper")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DBKEEPER_PYTHON": true}
+
+    def best(argv):
+        times = []
+        for _ in range(repeat * 2):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        return min(times) * 1000
+    plain, through = best([true]), best([launcher])
+    return {"true_ms": plain, "launcher_to_true_ms": through, "launcher_overhead_ms": through - plain,
+            "sh": os.path.realpath("/bin/sh")}
+
+
+def import_times(layer: Path, repeat: int = 5, progress=print) -> dict:
+    progress(f"imports: best of {repeat}, as shipped and with .pyc ...")
+    python = extension_python()
+    lib = str(layer / "dbkeeper" / "lib")
+    shipped_pyc = sum(len([f for f in files if f.endswith(".pyc")]) for _, _, files in os.walk(lib))
+    out = {
+        "launcher": launcher_overhead(layer, repeat),
+        "python_pass_ms": _best_wall([python, "-I", "-S", "-B", "-c", "pass"], repeat),
+        "python_import_main_ms": _best_wall(
+            [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {lib!r}); import dbkeeper.main"], repeat),
+        "shipped_pyc_files": shipped_pyc,
+        "as_shipped": _best_inprocess(python, lib, repeat),
+        "importtime_top_pre_registration": _importtime_top(python, lib, "dbkeeper.main"),
+        "importtime_top_as_shipped": _importtime_top(
+            python, lib, "dbkeeper.main, dbkeeper.event_pump, dbkeeper.lifecycle, uvloop"),
+    }
+    with tempfile.TemporaryDirectory(prefix="dbkb-pyc-") as tmp:
+        copy = os.path.join(tmp, "lib")
+        shutil.copytree(lib, copy)
+        subprocess.run([python, "-m", "compileall", "-q", "-j0", copy], check=True, stdout=subprocess.DEVNULL)
+        out["with_pyc"] = _best_inprocess(python, copy, repeat)
+        out["python_import_main_with_pyc_ms"] = _best_wall(
+            [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {copy!r}); import dbkeeper.main"], repeat)
+    return out

@@ -1,0 +1,82 @@
+"""CPU the relay process spends per query: its CPU time (schedstat, ns; /proc stat ticks as a
+cross-check) before and after a block of N queries. Blocks of every relay are interleaved (round
+after round, shuffled), and the per-query figure is the median over rounds.
+
+dbkeeper: the extension process (all threads). socat: the listener and its per-connection child.
+uvloop: bench/minirelay.py, the bare Python relay.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+
+from . import procstat
+from .stats import summary
+
+CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp")
+
+
+def _block(session, endpoint, count: int, fn) -> tuple[float, float]:
+    """(relay CPU ns per query, wall ns per query) over one block."""
+    c0 = endpoint.cpu_ns()
+    t0 = time.perf_counter_ns()
+    for _ in range(count):
+        fn(session)
+    t1 = time.perf_counter_ns()
+    c1 = endpoint.cpu_ns()
+    return (c1 - c0) / count, (t1 - t0) / count
+
+
+def idle_cpu(endpoint, seconds: float) -> float:
+    """Relay CPU ms per second while nobody talks to it (timers, polling)."""
+    c0 = endpoint.cpu_ns()
+    time.sleep(seconds)  # measuring idle consumption over a fixed interval, not synchronising
+    return (endpoint.cpu_ns() - c0) / 1e6 / seconds
+
+
+def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, progress=print) -> dict:
+    names = [n for n in CPU_ENDPOINTS if n in sessions]
+    progress(f"cpu: {rounds} rounds x (SELECT 1 x {select_count}, 1 MB x {mb_count}) per relay ...")
+    started = time.monotonic()
+    rng = random.Random(99)
+    per_query = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
+    wall = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
+    tick_check = {n: [0, 0] for n in names}  # schedstat total vs stat ticks total, ns
+    gc.disable()
+    try:
+        for name in names:  # warm-up: one small block each
+            _block(sessions[name], env.endpoints[name], 50, lambda s: s.pymysql_select1())
+        for _ in range(rounds):
+            order = names[:]
+            rng.shuffle(order)
+            for name in order:
+                session, endpoint = sessions[name], env.endpoints[name]
+                pid = endpoint.relay_pid
+                ticks0 = procstat.cpu_ticks_ns(pid) if endpoint.relay == "dbkeeper" else 0
+                sched0 = endpoint.cpu_ns()
+                cpu, w = _block(session, endpoint, select_count, lambda s: s.pymysql_select1())
+                per_query["select1_us"][name].append(cpu / 1e3)
+                wall["select1_us"][name].append(w / 1e3)
+                cpu, w = _block(session, endpoint, mb_count, lambda s: s.mb1.run())
+                per_query["mb1_ms"][name].append(cpu / 1e6)
+                wall["mb1_ms"][name].append(w / 1e6)
+                if endpoint.relay == "dbkeeper":
+                    tick_check[name][0] += endpoint.cpu_ns() - sched0
+                    tick_check[name][1] += procstat.cpu_ticks_ns(pid) - ticks0
+    finally:
+        gc.enable()
+    idle = {}
+    for name in ("dbk_tcp",):
+        if name in names:
+            idle[env.endpoints[name].relay] = idle_cpu(env.endpoints[name], 1.0)
+    progress(f"  {time.monotonic() - started:.1f} s")
+    return {
+        "rounds": rounds, "select_count": select_count, "mb_count": mb_count,
+        "per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in per_query.items()},
+        "wall_per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in wall.items()},
+        "samples": per_query,
+        "schedstat_vs_ticks_ns": tick_check,
+        "idle_cpu_ms_per_s": idle,
+    }

@@ -1,0 +1,311 @@
+"""Tables, target verdicts, the JSON file and the generated part of bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from .stats import percentile, ratio, verdict
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+RESULTS_MD = BENCH / "RESULTS.md"
+BEGIN, END = "<!-- generated:begin (python -m bench rewrites this part) -->", "<!-- generated:end -->"
+
+LABELS = {
+    "direct_tcp": "direct TCP 127.0.0.1",
+    "direct_unix": "direct Unix socket",
+    "dbk_tcp": "dbkeeper TCP",
+    "dbk_unix": "dbkeeper Unix socket",
+    "socat_tcp": "socat TCP->TCP (nodelay)",
+    "socat_unix": "socat UNIX->TCP (nodelay)",
+    "uvloop_tcp": "bare uvloop Protocol relay TCP (bench/minirelay.py)",
+    "direct_tcp_tlsdb": "direct TCP, DB offers TLS",
+    "dbk_tcp_tlsdb": "dbkeeper TCP, TLS upstream",
+}
+
+
+# --------------------------------------------------------------------------- machine
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    socat = shutil.which("socat")
+    return {
+        "nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+        "python": platform.python_version(), "python_path": os.path.realpath(os.sys.executable),
+        "socat": _cmd([socat, "-V"]).splitlines()[1].strip() if socat else None,
+        "loadavg": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------- targets
+
+def _p50(summary: dict) -> float:
+    return summary["p50"]
+
+
+def targets(results: dict) -> list[dict]:
+    rows = []
+    lat = results.get("latency")
+    if lat:
+        s = lat["samples_us"]["select1_pymysql"]
+        r = ratio(s["dbk_tcp"], s["socat_tcp"])
+        rows.append(dict(target="SELECT 1 p50, dbkeeper TCP <= 1.10 x socat", value=f"{percentile(s['dbk_tcp'], 50):.0f} µs vs {percentile(s['socat_tcp'], 50):.0f} µs",
+                         ratio=r["ratio"], limit=1.10, spread=(r["lo"], r["hi"]),
+                         status=verdict(r["ratio"], 1.10, False, r["lo"], r["hi"])))
+        r = ratio(s["dbk_unix"], s["direct_tcp"])
+        rows.append(dict(target="SELECT 1 p50, dbkeeper Unix <= direct TCP", value=f"{percentile(s['dbk_unix'], 50):.0f} µs vs {percentile(s['direct_tcp'], 50):.0f} µs",
+                         ratio=r["ratio"], limit=1.00, spread=(r["lo"], r["hi"]),
+                         status=verdict(r["ratio"], 1.00, False, r["lo"], r["hi"])))
+        m = lat["samples_us"]["mb1_raw"]
+        r = ratio(m["socat_tcp"], m["dbk_tcp"])  # throughput ratio = inverse time ratio
+        mb = lat["mb1_bytes"] / 1e6
+        rows.append(dict(target="1 MB result, dbkeeper TCP >= 0.9 x socat throughput",
+                         value=f"{mb / percentile(m['dbk_tcp'], 50) * 1e6:.0f} vs {mb / percentile(m['socat_tcp'], 50) * 1e6:.0f} MB/s",
+                         ratio=r["ratio"], limit=0.90, spread=(r["lo"], r["hi"]),
+                         status=verdict(r["ratio"], 0.90, True, r["lo"], r["hi"])))
+    cpu = results.get("cpu")
+    if cpu:
+        c = cpu["per_query"]["select1_us"]["dbk_tcp"]
+        rows.append(dict(target="extension CPU <= 45 µs per SELECT 1 (TCP)", value=f"{c['p50']:.1f} µs",
+                         ratio=c["p50"] / 45, limit=1.0, spread=(c["p50_lo"] / 45, c["p50_hi"] / 45),
+                         status=verdict(c["p50"], 45, False, c["p50_lo"], c["p50_hi"])))
+    con = results.get("connect")
+    if con:
+        v = con["variants"]
+        for client in con["clients"]:
+            for direct in ("direct_tcp_tlsdb", "direct_tcp"):
+                a, b = v.get(f"{client}/defaults/{direct}"), v.get(f"{client}/defaults/dbk_tcp")
+                if not (a and b):
+                    continue
+                r = ratio(a["samples_wall_us"], b["samples_wall_us"])
+                what = "DB offers TLS" if direct.endswith("tlsdb") else "DB without TLS"
+                rows.append(dict(
+                    target=f"connect+SELECT 1+close via dbkeeper >= 15x faster than direct (PyMySQL {client} defaults, {what})",
+                    value=f"{a['wall_us']['p50'] / 1000:.2f} ms vs {b['wall_us']['p50'] / 1000:.2f} ms",
+                    ratio=r["ratio"], limit=15.0, spread=(r["lo"], r["hi"]),
+                    status=verdict(r["ratio"], 15.0, True, r["lo"], r["hi"])))
+    cold = results.get("coldstart")
+    if cold:
+        s = cold["summary"]["spawn_to_registered_ms"]
+        rows.append(dict(target="extension start -> registered <= 60 ms wall", value=f"{s['p50']:.1f} ms (min {s['min']:.1f})",
+                         ratio=s["p50"] / 60, limit=1.0, spread=(s["min"] / 60, max(s["p50_blocks"]) / 60),
+                         status=verdict(s["p50"], 60, False)))
+        hwm = cold["summary"]["vm_hwm_kb"]["p50"] / 1024
+        loaded = results.get("rss_after_load_kb", {}).get("VmHWM")
+        worst = max(hwm, loaded / 1024 if loaded else 0)
+        value = f"peak {hwm:.1f} MB at ready" + (f", {loaded / 1024:.1f} MB after the bench load" if loaded else "")
+        rows.append(dict(target="RSS <= 30 MB (VmHWM)", value=value, ratio=worst / 30, limit=1.0, spread=None,
+                         status=verdict(worst, 30, False)))
+        if "shutdown_to_server_closed_ms" in cold["summary"] and cold["summary"]["shutdown_to_server_closed_ms"]["n"]:
+            s = cold["summary"]["shutdown_to_server_closed_ms"]
+            rows.append(dict(target="SHUTDOWN -> upstream closed (server side) <= 20 ms",
+                             value=f"{s['p50']:.2f} ms (max {max(r.get('shutdown_to_server_closed_ms') or 0 for r in cold['runs']):.2f})",
+                             ratio=s["p50"] / 20, limit=1.0, spread=None, status=verdict(s["p50"], 20, False)))
+    return rows
+
+
+# --------------------------------------------------------------------------- tables
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _f(x, digits=0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def latency_table(results: dict) -> str:
+    lat, cpu = results["latency"], results.get("cpu")
+    sm = lat["summary"]
+    direct = sm["select1_pymysql"]["direct_tcp"]["p50"]
+    mb = lat["mb1_bytes"] / 1e6
+    rows = []
+    for name in sm["select1_pymysql"]:
+        p, r, m = sm["select1_pymysql"][name], sm["select1_raw"][name], sm["mb1_raw"][name]
+        cpu_s = cpu_m = "—"
+        if cpu and name in cpu["per_query"]["select1_us"]:
+            c = cpu["per_query"]["select1_us"][name]
+            cpu_s = f"{c['p50']:.1f} ({c['p50_lo']:.0f}–{c['p50_hi']:.0f})"
+            c = cpu["per_query"]["mb1_ms"][name]
+            cpu_m = f"{c['p50']:.2f}"
+        rows.append([
+            LABELS.get(name, name),
+            f"{p['p50']:.0f} ({p['p50_lo']:.0f}–{p['p50_hi']:.0f}) / {p['p90']:.0f} / {p['p99']:.0f}",
+            f"{p['p50'] / direct:.2f}",
+            f"{r['p50']:.0f} ({r['p50_lo']:.0f}–{r['p50_hi']:.0f}) / {r['p99']:.0f}",
+            f"{m['p50'] / 1000:.2f} ms ({mb / m['p50'] * 1e6:.0f} MB/s) / {m['p99'] / 1000:.2f}",
+            cpu_s, cpu_m,
+        ])
+    header = ["path", "SELECT 1 PyMySQL p50 (block range) / p90 / p99 µs", "x direct",
+              "SELECT 1 raw p50 (range) / p99 µs", f"{mb:.2f} MB / 10k rows raw p50 / p99",
+              "relay CPU µs per SELECT 1 p50 (range)", "relay CPU ms per 1 MB"]
+    return _table(header, rows)
+
+
+def connect_table(results: dict) -> str:
+    con = results["connect"]
+    v = con["variants"]
+    paths = [p for p in ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb")
+             if any(x["path"] == p for x in v.values())]
+    rows = []
+    for client in con["clients"]:
+        for mode in ("defaults", "ssl_disabled"):
+            row = [f"PyMySQL {con['clients'][client]} {mode}"]
+            for path in paths:
+                x = v.get(f"{client}/{mode}/{path}")
+                if not x:
+                    row.append("—")
+                    continue
+                tls = " TLS" if x["tls_fraction"] > 0.5 else ""
+                row.append(f"{x['wall_us']['p50'] / 1000:.2f} ({x['cpu_us']['p50'] / 1000:.2f}){tls}")
+            d, k = v.get(f"{client}/{mode}/direct_tcp_tlsdb"), v.get(f"{client}/{mode}/dbk_tcp")
+            row.append(f"{d['wall_us']['p50'] / k['wall_us']['p50']:.2f}x" if d and k else "—")
+            rows.append(row)
+    header = ["client / mode"] + [LABELS.get(p, p) for p in paths] + ["direct (DB offers TLS) / dbkeeper TCP"]
+    return ("wall ms p50 (client CPU ms p50); TLS = the client negotiated TLS. Extension CPU per connect cycle "
+            f"(handshake + relayed queries + COM_QUIT + background reset): "
+            f"{con.get('extension_cpu_us_per_connect_cycle', math.nan):.0f} µs\n\n" + _table(header, rows))
+
+
+def coldstart_table(results: dict) -> str:
+    cold = results["coldstart"]["summary"]
+    names = [("spawn_to_registered_ms", "spawn -> registered (wall ms)"),
+             ("pre_main_ms", "  of which interpreter + imports before main()"),
+             ("main_to_registered_ms", "  of which main() -> registered"),
+             ("spawn_to_serving_ms", "spawn -> serving"),
+             ("spawn_to_upstream_ready_ms", "spawn -> upstream ready"),
+             ("upstream_connect_ms", "  upstream connect + handshake"),
+             ("init_wall_ms", "Sandbox INIT (extension + awslambdaric runtime ready)"),
+             ("cpu_at_ready_ms", "CPU ms at upstream ready (schedstat)"),
+             ("cpu_ticks_at_ready_ms", "CPU ms at upstream ready (utime+stime ticks)"),
+             ("vm_hwm_kb", "VmHWM at ready (kB)"), ("vm_rss_kb", "VmRSS at ready (kB)"),
+             ("shutdown_to_server_closed_ms", "SHUTDOWN -> upstream gone in PROCESSLIST (ms, upper bound)"),
+             ("shutdown_to_threads_drop_ms", "SHUTDOWN -> Threads_connected drops (ms)"),
+             ("shutdown_complete_ms_since_event", "extension's own shutdown_complete ms_since_event"),
+             ("shutdown_exit_after_delivery_ms", "SHUTDOWN -> process exit (ms)")]
+    rows = []
+    for key, label in names:
+        s = cold.get(key)
+        if not s or not s["n"]:
+            continue
+        digits = 0 if key.endswith("_kb") else 2
+        vals = [r[key] for r in results["coldstart"]["runs"] if r.get(key) is not None]
+        rows.append([label, _f(s["p50"], digits), _f(min(vals), digits), _f(max(vals), digits)])
+    return _table(["cold start (n=%d)" % len(results["coldstart"]["runs"]), "p50", "min", "max"], rows)
+
+
+def imports_table(results: dict) -> str:
+    imp = results["imports"]
+    launcher = imp.get("launcher", {})
+    rows = [
+        [f"launcher sh overhead ({launcher.get('sh', 'sh')}; launcher exec'ing /bin/true minus /bin/true)",
+         _f(launcher.get("launcher_overhead_ms"), 1), "—"],
+        ["`python -I -S -c pass` (wall, incl. fork/exec)", _f(imp["python_pass_ms"], 1), "—"],
+        ["`python -I -S -c 'import dbkeeper.main'` (wall)", _f(imp["python_import_main_ms"], 1),
+         _f(imp["python_import_main_with_pyc_ms"], 1)],
+        ["import dbkeeper.main (before registering)", _f(imp["as_shipped"]["dbkeeper_main_ms"], 1),
+         _f(imp["with_pyc"]["dbkeeper_main_ms"], 1)],
+        ["import dbkeeper.event_pump, .lifecycle (after)", _f(imp["as_shipped"]["post_registration_ms"], 1),
+         _f(imp["with_pyc"]["post_registration_ms"], 1)],
+        ["import uvloop (after)", _f(imp["as_shipped"]["uvloop_ms"], 1), _f(imp["with_pyc"]["uvloop_ms"], 1)],
+    ]
+    def top(key):
+        return ", ".join(f"{r['module'].strip()} {r['self_us'] / 1000:.1f}" for r in imp.get(key, [])[:8])
+    return (_table(["import (best of N, ms)", f"as shipped ({imp['shipped_pyc_files']} .pyc)", "with .pyc (compileall)"], rows)
+            + f"\n\nLargest self import times before registering, as shipped (one run, ms): {top('importtime_top_pre_registration')}"
+            + f"\n\nLargest self import times, whole chain, as shipped (one run, ms): {top('importtime_top_as_shipped')}")
+
+
+def targets_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        spread = f"{r['spread'][0]:.2f}–{r['spread'][1]:.2f}" if r.get("spread") else "—"
+        out.append([r["target"], r["value"], f"{r['ratio']:.2f} (limit {r['limit']:g})", spread, r["status"]])
+    return _table(["target", "measured", "ratio", "ratio range (blocks)", "status"], out)
+
+
+def render(results: dict) -> str:
+    parts = []
+    if results.get("latency"):
+        parts += ["### Per-query latency (interleaved; µs)", latency_table(results)]
+    if results.get("connect"):
+        parts += ["### Connect per invocation: connect() + SELECT 1 + close()", connect_table(results)]
+    if results.get("coldstart"):
+        parts += ["### Cold start and shutdown", coldstart_table(results)]
+    if results.get("imports"):
+        parts += ["### Import time of the launcher's chain", imports_table(results)]
+    if results.get("targets"):
+        parts += ["### Targets", targets_table(results["targets"])]
+    return "\n\n".join(parts)
+
+
+def machine_text(results: dict) -> str:
+    m = results["machine"]
+    v = results.get("versions", {})
+    return (f"{m['nproc']} vCPU {m['cpu_model']}, kernel {m['kernel']}, Python {m['python']}, "
+            f"MariaDB {v.get('mariadb', '?')}, {m.get('socat') or 'socat ?'}, "
+            f"PyMySQL {', '.join(results.get('connect', {}).get('clients', {}).values()) or '1.1.1'}; "
+            f"load average before {m['loadavg'][0]:.2f}, after {results.get('loadavg_after', [math.nan])[0]:.2f}; "
+            f"mode {results['mode']}, {results['started']}, {results['duration_s']:.0f} s")
+
+
+# --------------------------------------------------------------------------- files
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 3)
+    if isinstance(obj, dict):
+        return {str(k): _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def write_json(results: dict, stamp: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"results-{stamp}.json"
+    text = json.dumps(_rounded(results), indent=1, default=str)
+    path.write_text(text)
+    (OUT / "latest.json").write_text(text)
+    return path
+
+
+def update_results_md(results: dict, json_path: Path) -> None:
+    generated = "\n\n".join([
+        BEGIN,
+        f"Latest run: {machine_text(results)}. JSON: `bench/out/{json_path.name}` (not committed).",
+        render(results),
+        END,
+    ])
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else f"# dbkeeper benchmark results\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: generated, text, flags=re.S)
+    else:
+        text += "\n" + generated + "\n"
+    RESULTS_MD.write_text(text)
