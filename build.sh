@@ -9,8 +9,9 @@
 #
 # Dependencies (extension/requirements.txt) come from manylinux wheels for cp311/cp312/cp313 of
 # each architecture, downloaded once into .cache/wheels/ (the only network use: PyPI), never
-# from this machine's site-packages. No .pyc files are generated: Lambda's /opt is read-only, so
-# they could not be written there at run time either; the import cost is measured elsewhere.
+# from this machine's site-packages. Bytecode (.pyc, unchecked-hash) is compiled for each Python
+# version with that version's interpreter: Lambda's /opt is read-only, so it could not be written
+# there at run time, and compiling on every cold start costs the function's CPU.
 #
 # Usage: ./build.sh            (from any directory; idempotent)
 # Env:   PYTHON=...            interpreter used to run pip and build the zips
@@ -174,6 +175,32 @@ pkg = os.path.join(root, "extension", "dbkeeper")
 if not os.path.isdir(pkg):
     sys.exit("build.sh: extension/dbkeeper is missing")
 copy_tree(pkg, os.path.join(lib, "dbkeeper"))
+
+# --- bytecode for every Python version the layer supports. /opt is read-only on Lambda, so
+# without it each cold start would compile the package and its dependencies from source (tens of
+# ms of the function's CPU share). unchecked-hash: valid whatever the files' timestamps, and
+# deterministic. A version whose interpreter is not on this machine is only warned about.
+def find_interpreter(version: str) -> str | None:
+    """pythonX.Y on PATH, else pyenv's or the system's, if it really is that version."""
+    import glob
+
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")), reverse=True)
+    candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+    check = f"import sys; sys.exit(sys.version_info[:2] != {tuple(map(int, version.split('.')))})"
+    for candidate in filter(None, candidates):
+        if os.access(candidate, os.X_OK) and subprocess.run([candidate, "-c", check], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+for version in ("3.11", "3.12", "3.13"):
+    interpreter = find_interpreter(version)
+    if interpreter is None:
+        print(f"build.sh: WARNING: no python{version}: its .pyc files are not in the layer", file=sys.stderr)
+        continue
+    subprocess.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                    "-d", "/opt/dbkeeper/lib", lib], check=True, stdout=subprocess.DEVNULL)
 
 # --- modes (tree and zip agree): 0755 for the launcher, the wrapper and .so files; 0644 else
 EXEC = {"extensions/dbkeeper", "dbkeeper-wrapper"}

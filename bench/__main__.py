@@ -60,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="~20 s smoke run (fewer iterations)")
     parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases ({','.join(PHASES)})")
     parser.add_argument("--no-results-md", action="store_true", help="don't rewrite bench/RESULTS.md")
+    parser.add_argument("--variant-env", default="", metavar="K=V,K=V",
+                        help="also run a second dbkeeper with this extra environment (endpoint dbkv_tcp) "
+                             "in the latency and cpu phases, e.g. MALLOC_TRIM_THRESHOLD_=33554432")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    variant_env = dict(kv.split("=", 1) for kv in args.variant_env.split(",") if kv.strip())
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -78,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     layer, fingerprint = targets.snapshot_layer()
     results: dict = {"mode": mode, "plan": plan, "phases": phases, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                      "machine": report.machine(), "layer": str(targets.LAYER), "layer_fingerprint": fingerprint,
-                     "layer_stale_files": stale}
+                     "layer_stale_files": stale, "variant_env": variant_env}
     progress(f"bench: {mode} run, load average {results['machine']['loadavg'][0]:.2f} on "
              f"{results['machine']['nproc']} CPUs; layer {fingerprint} (snapshot); setting up MariaDB, dbkeeper, "
              f"socat ...")
     try:
-        env = targets.start(layer, with_tls="connect" in phases)
+        env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env)
     except BaseException:
         shutil.rmtree(layer.parent, ignore_errors=True)
         raise
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", report.machine_text(results))
     path = report.write_json(results, stamp)
     print(f"JSON: {path.relative_to(REPO)} (and bench/out/latest.json)")
-    if mode == "full" and not args.no_results_md and set(phases) == set(PHASES):
+    if mode == "full" and not args.no_results_md and set(phases) == set(PHASES) and not variant_env:
         report.update_results_md(results, path)
         print("updated bench/RESULTS.md (generated part)")
     return 0

@@ -6,9 +6,9 @@
                                                      (which forks the launcher at once)
   CPU ms at upstream ready                           schedstat of all threads (+ /proc stat ticks)
   VmHWM / VmRSS at upstream ready
-  SHUTDOWN delivered -> upstream gone SERVER-side    polling information_schema.PROCESSLIST for
-                                                     the upstream's connection id (and
-                                                     Threads_connected), timestamps on our clock
+  SHUTDOWN delivered -> upstream gone SERVER-side    polling SHOW PROCESSLIST from another process
+                                                     for the upstream's connection id (and the
+                                                     connection count), timestamps on CLOCK_MONOTONIC
   SHUTDOWN delivered -> process exit                 the sandbox's ShutdownReport
 
 and the import time of the launcher's chain, measured in fresh interpreters as the launcher runs
@@ -71,7 +71,8 @@ class ServerSideWatch:
             self.gone = (self.polls[-2][0], self.polls[-1][1])
 
     def threads_drop_at(self) -> float | None:
-        """When Threads_connected first fell below its value at the start (after-time of that poll)."""
+        """When the server's connection count (SHOW PROCESSLIST rows) first fell below its value at
+        the start (after-time of that poll)."""
         if not self.polls:
             return None
         start = self.polls[0][3]
@@ -134,6 +135,10 @@ def one_cold_start(layer: Path, db, log_level: str = "info") -> dict:
         watch.join(_POLL_DEADLINE + 1)
         ext = report.extensions.get(EXTENSION)
         complete = next((l for _, l in _json_lines(sandbox) if l.get("event") == "shutdown_complete"), {})
+        if ext is not None and ext.delivered_ms is not None and complete.get("ts"):
+            # the emulator's API hop: our delivery stamp -> the extension's own receipt of SHUTDOWN
+            received = complete["ts"] - offset - (complete.get("ms_since_event") or 0) / 1000
+            result["shutdown_delivery_to_extension_ms"] = (received - (t_call + ext.delivered_ms / 1000)) * 1000
         result.update(shutdown_killed=ext.killed if ext else None, exit_code=ext.exit_code if ext else None,
                       shutdown_exit_after_delivery_ms=ext.exit_after_delivery_ms if ext else None,
                       shutdown_complete_ms_since_event=complete.get("ms_since_event"),
@@ -155,15 +160,38 @@ def one_cold_start(layer: Path, db, log_level: str = "info") -> dict:
     return result
 
 
-def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
-    progress(f"cold start: {runs} x spawn -> registered -> upstream ready -> SHUTDOWN ...")
-    started = time.monotonic()
-    one_cold_start(layer, db)  # warm-up: page cache, template of everything the OS caches
-    samples = [one_cold_start(layer, db) for _ in range(runs)]
-    progress(f"  {time.monotonic() - started:.1f} s")
+def pyc_copy(layer: Path) -> Path:
+    """A copy of the layer tree with every module compiled (what shipping .pyc would give)."""
+    target = Path(tempfile.mkdtemp(prefix="dbkb-pyc-", dir="/tmp")) / "opt"
+    shutil.copytree(layer, target, symlinks=True)
+    subprocess.run([extension_python(), "-m", "compileall", "-q", "-j0", str(target / "dbkeeper" / "lib")],
+                   check=True, stdout=subprocess.DEVNULL)
+    return target
+
+
+def _summaries(samples: list[dict]) -> dict:
     keys = [k for k, v in samples[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return {"runs": samples,
-            "summary": {k: summary([s[k] for s in samples if s.get(k) is not None]) for k in keys}}
+    return {k: summary([s[k] for s in samples if s.get(k) is not None]) for k in keys}
+
+
+def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
+    """`runs` cold starts of the layer as shipped, interleaved with as many of a .pyc copy."""
+    progress(f"cold start: {runs} x 2 (as shipped / with .pyc), spawn -> registered -> upstream ready -> SHUTDOWN ...")
+    started = time.monotonic()
+    compiled = pyc_copy(layer)
+    try:
+        variants = {"as_shipped": layer, "with_pyc": compiled}
+        for tree in variants.values():
+            one_cold_start(tree, db)  # warm-up: page cache
+        samples: dict[str, list[dict]] = {name: [] for name in variants}
+        for _ in range(runs):
+            for name, tree in variants.items():
+                samples[name].append(one_cold_start(tree, db))
+    finally:
+        shutil.rmtree(compiled.parent, ignore_errors=True)
+    progress(f"  {time.monotonic() - started:.1f} s")
+    return {"runs": samples["as_shipped"], "summary": _summaries(samples["as_shipped"]),
+            "with_pyc": {"runs": samples["with_pyc"], "summary": _summaries(samples["with_pyc"])}}
 
 
 # --------------------------------------------------------------------------- import time

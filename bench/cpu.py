@@ -15,7 +15,7 @@ import time
 from . import procstat
 from .stats import summary
 
-CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp")
+CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp")
 
 
 def _block(session, endpoint, count: int, fn) -> tuple[float, float]:

@@ -51,10 +51,10 @@ class Session:
             pass
 
 
-def open_sessions(env, names=LATENCY_ENDPOINTS) -> dict[str, Session]:
+def open_sessions(env, names=LATENCY_ENDPOINTS + ("dbkv_tcp",)) -> dict[str, Session]:
     sessions = {}
     try:
-        for name in names:
+        for name in [n for n in names if n in env.endpoints]:
             sessions[name] = Session(env.endpoints[name], env.credentials())
     except BaseException:
         for s in sessions.values():

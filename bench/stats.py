@@ -44,6 +44,7 @@ def summary(values: Sequence[float]) -> dict:
         "p90": percentile(values, 90),
         "p99": percentile(values, 99),
         "min": min(values) if values else math.nan,
+        "max": max(values) if values else math.nan,
         "mean": sum(values) / len(values) if values else math.nan,
         "p50_blocks": block_p50,
         "p50_lo": min(block_p50) if block_p50 else math.nan,

@@ -7,6 +7,7 @@
     socat_tcp     socat TCP-LISTEN -> TCP, nodelay on both sides (the raw-relay reference)
     socat_unix    socat UNIX-LISTEN -> TCP (the bound for "a relay behind a Unix socket")
     uvloop_tcp    bench/minirelay.py: a bare uvloop Protocol relay (the floor for a Python relay)
+    dbkv_tcp      only with --variant-env: a second dbkeeper, same layer, extra environment (A/B)
 
 plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
 and a second dbkeeper whose upstream connection to it negotiates TLS.
@@ -60,6 +61,7 @@ class Environment:
     endpoints: dict[str, Endpoint]
     tls_db: MariaDB | None = None
     tls_dbk: RunningDbkeeper | None = None
+    variant_dbk: RunningDbkeeper | None = None  # same layer, extra environment (--variant-env)
     socats: list[subprocess.Popen] = field(default_factory=list)  # and the minirelay
     workdir: str = ""
     dbk_connected: dict = field(default_factory=dict)
@@ -80,7 +82,7 @@ class Environment:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk)):
+        for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("variant_dbk", self.variant_dbk)):
             if dbk is not None:
                 try:
                     reports[name] = dbk.stop()
@@ -163,7 +165,7 @@ def _start_dbkeeper(layer: Path, db: MariaDB, extra: dict | None = None) -> tupl
     return dbk, connected
 
 
-def start(layer: Path, with_tls: bool = True) -> Environment:
+def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None) -> Environment:
     workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
     db = MariaDB().start()
     env = None
@@ -188,6 +190,10 @@ def start(layer: Path, with_tls: bool = True) -> Environment:
         e["socat_tcp"] = Endpoint("socat_tcp", dict(host="127.0.0.1", port=socat_port), env.socats[0].pid, "socat")
         e["socat_unix"] = Endpoint("socat_unix", dict(unix_socket=socat_path), env.socats[1].pid, "socat")
         e["uvloop_tcp"] = Endpoint("uvloop_tcp", dict(host="127.0.0.1", port=mini_port), mini.pid, "uvloop")
+        if variant_env:
+            env.variant_dbk, _ = _start_dbkeeper(layer, db, variant_env)
+            e["dbkv_tcp"] = Endpoint("dbkv_tcp", dict(host="127.0.0.1", port=env.variant_dbk.port),
+                                     env.variant_dbk.pid, "dbkeeper")
         if with_tls:
             cert, key = make_cert(workdir)
             env.tls_db = MariaDB(extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}"]).start()

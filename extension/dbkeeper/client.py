@@ -167,11 +167,7 @@ class ClientConnection(asyncio.Protocol):
         capabilities = response.capabilities & offered
         settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
                                    bool(capabilities & CLIENT.MULTI_STATEMENTS))
-        profile = capabilities & PROFILE_BITS
-        if profile != upstream.profile:
-            self._upstream = None
-            self._pool.release(upstream, reusable=False)
-            upstream = self._upstream = await self._pool.acquire(profile)
+        upstream = self._upstream = await self._pool.make_ready(upstream, capabilities & PROFILE_BITS)
         self._upstream_in_use = True
         error = await upstream.prepare(settings)
         self._upstream_in_use = False

@@ -6,8 +6,8 @@ collected and raised together, each naming its setting, so one failed INIT tells
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -18,8 +18,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     name: str
     default: str | None
     meaning: str
@@ -56,18 +55,19 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """Typed, immutable; built once by from_environ. Passwords are left out of its repr."""
+
     db_host: str
     db_port: int
     db_user: str
-    db_password: str = field(repr=False)
+    db_password: str
     db_name: str | None
     db_tls: str
     db_tls_ca: str | None
     listen_port: int
     socket_path: str | None
-    client_password: str | None = field(repr=False)
+    client_password: str | None
     trust_unix_socket: bool
     pool_size: int
     borrow_timeout: float
@@ -76,6 +76,11 @@ class Config:
     log_level: str
     event_loop: str
     enabled: bool
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={'<hidden>' if 'password' in name else repr(value)}"
+                          for name, value in zip(self._fields, self))
+        return f"Config({shown})"
 
     @property
     def local_password(self) -> str:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ExtensionsApiError
 
 
-@dataclass(frozen=True)
-class InvokeEvent:
+class InvokeEvent(NamedTuple):
     request_id: str
     deadline_ms: int
     invoked_function_arn: str
     trace_id: str | None = None
 
 
-@dataclass(frozen=True)
-class ShutdownEvent:
+class ShutdownEvent(NamedTuple):
     reason: str  # kept as sent: SPINDOWN / TIMEOUT / FAILURE (docs), SandboxTerminated / Timeout (RIE), ...
     deadline_ms: int
 

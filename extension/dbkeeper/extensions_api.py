@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ExtensionsApiError
 from .events import LifecycleEvent, parse_event
@@ -18,15 +18,13 @@ API_PREFIX = "/2020-01-01/extension"
 _MAX_RESPONSE = 1 << 20
 
 
-@dataclass(frozen=True)
-class HttpResponse:
+class HttpResponse(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(NamedTuple):
     extension_id: str
     function_name: str
     function_version: str

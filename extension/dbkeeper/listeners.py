@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
 
 from .config import Config
 from .errors import ListenError
@@ -19,11 +18,11 @@ LOOPBACK = "127.0.0.1"
 _BACKLOG = 128
 
 
-@dataclass
 class BoundListeners:
-    tcp: socket.socket | None
-    unix: socket.socket | None
-    unix_path: str | None
+    def __init__(self, tcp: socket.socket | None, unix: socket.socket | None, unix_path: str | None):
+        self.tcp = tcp
+        self.unix = unix
+        self.unix_path = unix_path
 
     def close(self) -> None:
         for sock in (self.tcp, self.unix):

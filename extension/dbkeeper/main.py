@@ -12,6 +12,7 @@ import time
 
 from .config import Config
 from .errors import ConfigError, DbkeeperError, ExtensionsApiError, ListenError
+from .events import ShutdownEvent
 from .extensions_api import ExtensionsApi
 from .log import Logger
 
@@ -92,6 +93,6 @@ def _stay_idle(api: ExtensionsApi, name: str, log: Logger) -> int:
     log.info("registered", extension=name, enabled=False)
     while True:
         event = api.next_event()
-        if type(event).__name__ == "ShutdownEvent":
+        if isinstance(event, ShutdownEvent):
             log.info("shutdown_complete", reason=event.reason, enabled=False)
             return 0

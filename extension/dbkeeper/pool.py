@@ -42,14 +42,19 @@ class Pool:
 
     # --- borrowing ----------------------------------------------------------------------------
     async def acquire(self, profile: int | None = None) -> UpstreamConnection:
-        """A connection for one client session; `profile` None takes any."""
+        """A connection for one client session, quickly: it may still be resetting after its last
+        session, which `make_ready` waits for while the client authenticates. `profile` None takes
+        any idle connection."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
-            connection = await self._take_idle(profile, deadline)
-            if connection is not None:
+            while self._idle:
+                connection = self._idle.popleft()
+                if connection.closed:
+                    self._discard(connection, "closed")
+                    continue
                 return connection
             if len(self._members) < self._config.pool_size and not self._opening:
                 return await self._open(profile if profile is not None else self.profile, deadline, "borrow")
@@ -62,31 +67,35 @@ class Pool:
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
             await self._wait_for_change(remaining)
 
-    async def _take_idle(self, profile: int | None, deadline: float) -> UpstreamConnection | None:
+    async def make_ready(self, connection: UpstreamConnection, profile: int) -> UpstreamConnection:
+        """Wait for the connection's reset, then make sure it is alive and has the client's
+        profile; otherwise replace it. The result is exclusively the caller's."""
         loop = asyncio.get_running_loop()
-        while self._idle:
-            connection = self._idle.popleft()
+        deadline = loop.time() + self._config.borrow_timeout
+        while True:
+            reason = None
             if connection.resetting is not None:
-                remaining = deadline - loop.time()
-                done, _ = await asyncio.wait((connection.resetting,), timeout=max(remaining, 0))
+                done, _ = await asyncio.wait((connection.resetting,), timeout=max(deadline - loop.time(), 0))
                 if not done:
-                    self._discard(connection, "reset_timeout")
-                    continue
-            if connection.closed:
-                self._discard(connection, "closed")
-                continue
-            if connection.looks_dead():
-                self._discard(connection, "stale")
-                continue
-            if profile is not None and connection.profile != profile:
-                self._discard(connection, "profile_changed")
-                continue
-            return connection
-        return None
+                    reason = "reset_timeout"
+            if reason is None:
+                if connection.closed or connection not in self._members:
+                    reason = "closed"
+                elif connection.looks_dead():
+                    reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
+                elif connection.profile != profile:
+                    reason = "profile_changed"
+                else:
+                    return connection
+            self._discard(connection, reason)
+            connection = await self.acquire(profile)
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         connection.detach()
-        if self._closing or not reusable or connection.closed:
+        if connection.resetting is not None and reusable and not self._closing:
+            # the session ended before make_ready finished: it sent nothing, the reset goes on
+            self._idle.append(connection)
+        elif self._closing or not reusable or connection.closed:
             self._discard(connection, "not_reusable" if not reusable else "closed")
         else:
             connection.resetting = asyncio.ensure_future(self._reset(connection))
@@ -171,10 +180,11 @@ class Pool:
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _discard(self, connection: UpstreamConnection, reason: str) -> None:
-        self._members.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
-        self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
+        if connection in self._members:
+            self._members.discard(connection)
+            self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
         connection.quit()
 
     def _notify(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
@@ -40,8 +40,7 @@ _SET_OPTION_MULTI_STATEMENTS_OFF = b"\x01\x00"
 _QUIT = frame(bytes((COMMAND.COM_QUIT,)), 0)
 
 
-@dataclass(frozen=True)
-class SessionSettings:
+class SessionSettings(NamedTuple):
     """What a client asked for in its handshake that the upstream session must match."""
     collation_id: int
     database: str | None

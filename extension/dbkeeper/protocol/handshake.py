@@ -6,7 +6,7 @@ and a server toward the function. No I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pymysql.constants import CLIENT
 
@@ -23,8 +23,7 @@ SCRAMBLE_LENGTH = 20
 CLIENT_MYSQL = CLIENT.LONG_PASSWORD
 
 
-@dataclass(frozen=True)
-class Greeting:
+class Greeting(NamedTuple):
     server_version: str
     connection_id: int
     scramble: bytes
@@ -35,8 +34,7 @@ class Greeting:
     mariadb_capabilities: int = 0
 
 
-@dataclass(frozen=True)
-class HandshakeResponse:
+class HandshakeResponse(NamedTuple):
     capabilities: int
     max_packet: int
     collation_id: int
@@ -44,7 +42,7 @@ class HandshakeResponse:
     auth_response: bytes
     database: str | None = None
     auth_plugin: str | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = {}  # never mutated
     ssl_request: bool = False  # a bare SSLRequest: the client wants TLS before the rest
 
 

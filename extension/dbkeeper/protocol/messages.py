@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pymysql.constants import SERVER_STATUS
 
@@ -25,8 +25,7 @@ ER_UNKNOWN_COM_ERROR = 1047
 CR_CONNECTION_ERROR_SQLSTATE = "08S01"
 
 
-@dataclass(frozen=True)
-class ServerError:
+class ServerError(NamedTuple):
     errno: int
     sqlstate: str
     message: str

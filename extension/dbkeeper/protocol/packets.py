@@ -6,7 +6,7 @@ Payloads of 0xFFFFFF bytes or more are split; a frame shorter than 0xFFFFFF ends
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ProtocolError
 
@@ -14,8 +14,7 @@ HEADER_SIZE = 4
 MAX_FRAME = 0xFFFFFF
 
 
-@dataclass(frozen=True)
-class Packet:
+class Packet(NamedTuple):
     sequence_id: int  # of the packet's first frame
     payload: bytes
 
