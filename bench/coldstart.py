@@ -14,7 +14,8 @@
 and the import time of the launcher's chain, measured in fresh interpreters as the launcher runs
 them (`python -I -S`, -B so nothing is written), best of N:
   before registering: `import dbkeeper.main`;  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
-both as shipped (no .pyc in the layer) and with a compileall'd copy (what shipping .pyc would give).
+both as shipped and for the alternative layer (see alternative_layer: the same tree with .pyc
+removed if it ships them, compiled if it does not), so the worth of shipping bytecode stays visible.
 """
 
 from __future__ import annotations
@@ -160,13 +161,25 @@ def one_cold_start(layer: Path, db, log_level: str = "info") -> dict:
     return result
 
 
-def pyc_copy(layer: Path) -> Path:
-    """A copy of the layer tree with every module compiled (what shipping .pyc would give)."""
-    target = Path(tempfile.mkdtemp(prefix="dbkb-pyc-", dir="/tmp")) / "opt"
+def _has_own_pyc(lib: Path) -> bool:
+    """Does the layer ship bytecode for the interpreter the extension runs on?"""
+    tag = sys.implementation.cache_tag  # e.g. cpython-311 (the bench runs on the same interpreter)
+    return any(lib.rglob(f"*.{tag}.pyc"))
+
+
+def alternative_layer(layer: Path) -> tuple[Path, str]:
+    """The A/B counterpart of the layer for cold start and imports: if it ships .pyc, a copy without
+    them ("without_pyc"); otherwise a compileall'd copy ("with_pyc"). The caller removes it."""
+    target = Path(tempfile.mkdtemp(prefix="dbkb-alt-", dir="/tmp")) / "opt"
     shutil.copytree(layer, target, symlinks=True)
-    subprocess.run([extension_python(), "-m", "compileall", "-q", "-j0", str(target / "dbkeeper" / "lib")],
-                   check=True, stdout=subprocess.DEVNULL)
-    return target
+    lib = target / "dbkeeper" / "lib"
+    if _has_own_pyc(lib):
+        for cache in list(lib.rglob("__pycache__")):
+            shutil.rmtree(cache)
+        return target, "without_pyc"
+    subprocess.run([extension_python(), "-m", "compileall", "-q", "-j0", str(lib)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return target, "with_pyc"
 
 
 def _summaries(samples: list[dict]) -> dict:
@@ -175,12 +188,13 @@ def _summaries(samples: list[dict]) -> dict:
 
 
 def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
-    """`runs` cold starts of the layer as shipped, interleaved with as many of a .pyc copy."""
-    progress(f"cold start: {runs} x 2 (as shipped / with .pyc), spawn -> registered -> upstream ready -> SHUTDOWN ...")
+    """`runs` cold starts of the layer as shipped, interleaved with as many of its alternative
+    (see alternative_layer: with .pyc if it ships none, without if it does)."""
     started = time.monotonic()
-    compiled = pyc_copy(layer)
+    other, label = alternative_layer(layer)
+    progress(f"cold start: {runs} x 2 (as shipped / {label}), spawn -> registered -> upstream ready -> SHUTDOWN ...")
     try:
-        variants = {"as_shipped": layer, "with_pyc": compiled}
+        variants = {"as_shipped": layer, label: other}
         for tree in variants.values():
             one_cold_start(tree, db)  # warm-up: page cache
         samples: dict[str, list[dict]] = {name: [] for name in variants}
@@ -188,10 +202,10 @@ def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
             for name, tree in variants.items():
                 samples[name].append(one_cold_start(tree, db))
     finally:
-        shutil.rmtree(compiled.parent, ignore_errors=True)
+        shutil.rmtree(other.parent, ignore_errors=True)
     progress(f"  {time.monotonic() - started:.1f} s")
     return {"runs": samples["as_shipped"], "summary": _summaries(samples["as_shipped"]),
-            "with_pyc": {"runs": samples["with_pyc"], "summary": _summaries(samples["with_pyc"])}}
+            "alternative": {"label": label, "runs": samples[label], "summary": _summaries(samples[label])}}
 
 
 # --------------------------------------------------------------------------- import time
@@ -229,18 +243,21 @@ def _best_inprocess(python: str, lib: str, repeat: int) -> dict:
             "uvloop_ms": min(r[2] for r in rows)}
 
 
-def _importtime_top(python: str, lib: str, modules: str, top: int = 12) -> list[dict]:
+def _importtime_top(python: str, lib: str, modules: str, repeat: int = 3, top: int = 12) -> list[dict]:
+    """-X importtime of `modules`; per module the best of `repeat` runs (one run is noisy)."""
     code = f"import sys; sys.path.insert(0, {lib!r}); import {modules}"
-    err = subprocess.run([python, "-I", "-S", "-B", "-X", "importtime", "-c", code], check=True,
-                         capture_output=True, text=True).stderr
-    rows = []
-    for line in err.splitlines():
-        if not line.startswith("import time:") or "self [us]" in line:
-            continue
-        parts = line[len("import time:"):].split("|")
-        rows.append({"self_us": int(parts[0]), "cumulative_us": int(parts[1]), "module": parts[2].rstrip()})
-    rows.sort(key=lambda r: -r["self_us"])
-    return rows[:top]
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        err = subprocess.run([python, "-I", "-S", "-B", "-X", "importtime", "-c", code], check=True,
+                             capture_output=True, text=True).stderr
+        for line in err.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            parts = line[len("import time:"):].split("|")
+            row = {"self_us": int(parts[0]), "cumulative_us": int(parts[1]), "module": parts[2].strip()}
+            if row["module"] not in best or row["self_us"] < best[row["module"]]["self_us"]:
+                best[row["module"]] = row
+    return sorted(best.values(), key=lambda r: -r["self_us"])[:top]
 
 
 def launcher_overhead(layer: Path, repeat: int) -> dict:
@@ -277,11 +294,16 @@ def import_times(layer: Path, repeat: int = 5, progress=print) -> dict:
         "importtime_top_as_shipped": _importtime_top(
             python, lib, "dbkeeper.main, dbkeeper.event_pump, dbkeeper.lifecycle, uvloop"),
     }
-    with tempfile.TemporaryDirectory(prefix="dbkb-pyc-") as tmp:
-        copy = os.path.join(tmp, "lib")
-        shutil.copytree(lib, copy)
-        subprocess.run([python, "-m", "compileall", "-q", "-j0", copy], check=True, stdout=subprocess.DEVNULL)
-        out["with_pyc"] = _best_inprocess(python, copy, repeat)
-        out["python_import_main_with_pyc_ms"] = _best_wall(
-            [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {copy!r}); import dbkeeper.main"], repeat)
+    other, label = alternative_layer(layer)
+    try:
+        copy = str(other / "dbkeeper" / "lib")
+        out["alternative"] = {
+            "label": label,
+            **_best_inprocess(python, copy, repeat),
+            "python_import_main_ms": _best_wall(
+                [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {copy!r}); import dbkeeper.main"],
+                repeat),
+        }
+    finally:
+        shutil.rmtree(other.parent, ignore_errors=True)
     return out

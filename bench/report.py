@@ -120,10 +120,11 @@ def targets(results: dict) -> list[dict]:
     cold = results.get("coldstart")
     if cold:
         s = cold["summary"]["spawn_to_registered_ms"]
-        pyc = cold.get("with_pyc", {}).get("summary", {})
+        alt = cold.get("alternative", {})
+        pyc = alt.get("summary", {})
         note = ""
         if pyc.get("spawn_to_registered_ms", {}).get("n"):
-            note = (f"with .pyc: {pyc['spawn_to_registered_ms']['p50']:.1f} ms; spawn -> upstream ready "
+            note = (f"{alt['label'].replace('_', ' ')}: {pyc['spawn_to_registered_ms']['p50']:.1f} ms; spawn -> upstream ready "
                     f"{cold['summary']['spawn_to_upstream_ready_ms']['p50']:.0f} -> {pyc['spawn_to_upstream_ready_ms']['p50']:.0f} ms, "
                     f"CPU {cold['summary']['cpu_at_ready_ms']['p50']:.0f} -> {pyc['cpu_at_ready_ms']['p50']:.0f} ms")
         rows.append(dict(target="extension start -> registered <= 60 ms wall", value=f"{s['p50']:.1f} ms (min {s['min']:.1f})",
@@ -229,7 +230,8 @@ def coldstart_table(results: dict) -> str:
              ("shutdown_delivery_to_extension_ms", "  of which emulator hop + EventPump thread -> loop (ms)"),
              ("shutdown_complete_ms_since_event", "extension's own shutdown_complete ms_since_event"),
              ("shutdown_exit_after_delivery_ms", "SHUTDOWN -> process exit (ms)")]
-    pyc = results["coldstart"].get("with_pyc", {}).get("summary", {})
+    alt = results["coldstart"].get("alternative", {})
+    pyc = alt.get("summary", {})
     rows = []
     for key, label in names:
         s = cold.get(key)
@@ -240,29 +242,31 @@ def coldstart_table(results: dict) -> str:
         rows.append([label, _f(s["p50"], digits), _f(min(vals), digits), _f(max(vals), digits),
                      _f(pyc[key]["p50"], digits) if pyc.get(key, {}).get("n") else "—"])
     return _table(["cold start (n=%d each, interleaved)" % len(results["coldstart"]["runs"]),
-                   "as shipped p50", "min", "max", "with .pyc p50"], rows)
+                   "as shipped p50", "min", "max", f"{alt.get('label', 'alternative').replace('_', ' ')} p50"], rows)
 
 
 def imports_table(results: dict) -> str:
     imp = results["imports"]
     launcher = imp.get("launcher", {})
+    alt = imp["alternative"]
     rows = [
         [f"launcher sh overhead ({launcher.get('sh', 'sh')}; launcher exec'ing /bin/true minus /bin/true)",
          _f(launcher.get("launcher_overhead_ms"), 1), "—"],
         ["`python -I -S -c pass` (wall, incl. fork/exec)", _f(imp["python_pass_ms"], 1), "—"],
         ["`python -I -S -c 'import dbkeeper.main'` (wall)", _f(imp["python_import_main_ms"], 1),
-         _f(imp["python_import_main_with_pyc_ms"], 1)],
+         _f(alt["python_import_main_ms"], 1)],
         ["import dbkeeper.main (before registering)", _f(imp["as_shipped"]["dbkeeper_main_ms"], 1),
-         _f(imp["with_pyc"]["dbkeeper_main_ms"], 1)],
+         _f(alt["dbkeeper_main_ms"], 1)],
         ["import dbkeeper.event_pump, .lifecycle (after)", _f(imp["as_shipped"]["post_registration_ms"], 1),
-         _f(imp["with_pyc"]["post_registration_ms"], 1)],
-        ["import uvloop (after)", _f(imp["as_shipped"]["uvloop_ms"], 1), _f(imp["with_pyc"]["uvloop_ms"], 1)],
+         _f(alt["post_registration_ms"], 1)],
+        ["import uvloop (after)", _f(imp["as_shipped"]["uvloop_ms"], 1), _f(alt["uvloop_ms"], 1)],
     ]
     def top(key):
         return ", ".join(f"{r['module'].strip()} {r['self_us'] / 1000:.1f}" for r in imp.get(key, [])[:8])
-    return (_table(["import (best of N, ms)", f"as shipped ({imp['shipped_pyc_files']} .pyc)", "with .pyc (compileall)"], rows)
-            + f"\n\nLargest self import times before registering, as shipped (one run, ms): {top('importtime_top_pre_registration')}"
-            + f"\n\nLargest self import times, whole chain, as shipped (one run, ms): {top('importtime_top_as_shipped')}")
+    return (_table(["import (best of N, ms)", f"as shipped ({imp['shipped_pyc_files']} .pyc files)",
+                    alt["label"].replace("_", " ")], rows)
+            + f"\n\nLargest self import times before registering, as shipped (-X importtime, best of 3, ms): {top('importtime_top_pre_registration')}"
+            + f"\n\nLargest self import times, whole chain, as shipped (best of 3, ms): {top('importtime_top_as_shipped')}")
 
 
 def targets_table(rows: list[dict]) -> str:

@@ -39,9 +39,10 @@ from .results import (
 )
 
 ACCOUNT_ID = "012345678912"
-LAMBDA_PATHS_SCRIPT = (
-    'mount --bind "$1" /opt && mount --bind "$2" /var/task && mount --bind "$3" /tmp && '
-    'shift 3 && cd /var/task && exec "$@"'
+LAMBDA_PATHS_SCRIPT = (  # /opt and /var/task read-only as on Lambda; only /tmp is writable
+    'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && '
+    'mount --bind "$2" /var/task && mount -o remount,bind,ro /var/task && '
+    'mount --bind "$3" /tmp && shift 3 && cd /var/task && exec "$@"'
 )
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # 6291556 bytes, Lambda's synchronous response limit
 RUNTIME_DEADLINE_SHARE = 0.3  # RIE: the runtime gets 30% of the shutdown budget (600 ms of 2000 ms)

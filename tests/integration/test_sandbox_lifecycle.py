@@ -88,6 +88,9 @@ def test_lambda_paths_give_opt_var_task_and_a_private_tmp_per_sandbox(tmp_path, 
         started = sb.wait_for_json("testext", lambda e: e["event"] == "started")
         assert (started["argv0"], started["cwd"]) == ("/opt/extensions/testext", "/var/task")
         assert os.listdir(sb.private_tmp) == ["marker"]
+        # /opt and /var/task are read-only, /tmp is writable
+        for path, err in (("/var/task/x", "EROFS"), ("/opt/x", "EROFS"), ("/tmp/y", None)):
+            assert sb.invoke({"try_write": path}).json()["write_error"] == err
     assert not os.path.exists("/tmp/marker")  # nothing leaked to the machine's /tmp
 
 

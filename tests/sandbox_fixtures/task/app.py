@@ -1,5 +1,6 @@
 """Tiny handler for the lambda_sandbox tests. The event says what to do."""
 
+import errno
 import json
 import os
 import signal
@@ -40,6 +41,13 @@ def handler(event, context):
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
         "cwd": os.getcwd(),
     }
+    if event.get("try_write"):
+        try:
+            with open(event["try_write"], "w") as f:
+                f.write("x")
+            out["write_error"] = None
+        except OSError as exc:
+            out["write_error"] = errno.errorcode.get(exc.errno, str(exc.errno))
     if event.get("read"):
         with open(event["read"]) as f:
             out["read"] = f.read()
