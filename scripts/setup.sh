@@ -36,6 +36,8 @@ need_pkg() {  # need_pkg PACKAGE: install unless dpkg says it is installed
 need_cmd mariadbd mariadb-server                  # tests/mariadb.py: throwaway servers
 need_cmd mariadb-install-db mariadb-server
 need_cmd socat socat
+need_cmd openssl openssl                          # certificates for the upstream TLS tests
+need_cmd shellcheck shellcheck                    # lints the launcher and the wrapper
 need_cmd ip iproute2                              # network-namespace tests
 need_cmd setpriv util-linux                       # tests/mariadb.py: servers die with the run
 need_cmd zip zip
