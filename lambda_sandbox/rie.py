@@ -19,6 +19,7 @@ just before its next call, which it makes after the thaw) and SIGCONTed before t
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from . import procs
@@ -45,6 +47,18 @@ MOUNT_SCRIPT = (
     'mount --bind "$opt" /opt && mount --bind "$task" /var/task && mount --bind "$tmp" /tmp && '
     'cd /var/task && exec "$@"'
 )
+
+
+_live: "weakref.WeakSet[RieSandbox]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for sb in list(_live):
+        try:
+            sb._teardown()
+        except Exception:
+            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -163,11 +177,9 @@ class RieSandbox:
                "--runtime-api-address", f"127.0.0.1:{api_port}"]
         if self.log_level:
             rie += ["--log-level", self.log_level]
-        if self.private_tmp is None:
-            self.private_tmp = tempfile.mkdtemp(prefix="lsb-rie-tmp-")
-            os.chmod(self.private_tmp, 0o1777)
+        tmp = self.private_tmp or "<private /tmp dir, created by start()>"
         argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_SCRIPT, "lsb-rie",
-                self.opt_dir, self.task_dir, self.private_tmp] + rie + self.runtime_command()
+                self.opt_dir, self.task_dir, tmp] + rie + self.runtime_command()
         if self._netns is not None:
             argv = self._netns.exec_prefix() + argv
         return argv
@@ -209,12 +221,19 @@ class RieSandbox:
             raise SandboxError("RieSandbox needs root (unshare -m and bind mounts on /opt and /var/task)")
         if not os.path.exists(self.rie_binary):
             raise SandboxError(f"aws-lambda-rie not found: {self.rie_binary}")
-        if self.use_netns:
-            self._netns = Netns()
-        self._proc = procs.launch("rie", self.command(), cwd="/", env=self.environment(), logs=self.logs_store,
-                                  on_exit=lambda m: None)
-        self._state = "running"
-        self._wait_listening(10.0)
+        self.private_tmp = tempfile.mkdtemp(prefix="lsb-rie-tmp-")
+        os.chmod(self.private_tmp, 0o1777)
+        _live.add(self)
+        try:
+            if self.use_netns:
+                self._netns = Netns()
+            self._proc = procs.launch("rie", self.command(), cwd="/", env=self.environment(),
+                                      logs=self.logs_store, on_exit=lambda m: None)
+            self._state = "running"
+            self._wait_listening(10.0)
+        except BaseException:
+            self._teardown()
+            raise
         return self
 
     def _wait_listening(self, timeout: float) -> None:
@@ -249,6 +268,7 @@ class RieSandbox:
 
     def _teardown(self) -> None:
         self._state = "closed"
+        _live.discard(self)
         if self._proc is not None and self._proc.alive:
             procs.signal_pids(self._tree() | {self._proc.pid}, signal.SIGKILL)
             self._proc.exited.wait(5)

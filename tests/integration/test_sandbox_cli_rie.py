@@ -88,6 +88,7 @@ def test_rie_sandbox_runs_the_rie_with_opt_and_task_bind_mounted(tmp_path):
     assert rep["testext"].exited_ms is not None and not rep["testext"].killed
     assert any('"exiting"' in line for _, line in sb.logs)
     assert not os.path.ismount("/opt/extensions")  # the bind mounts never leaked out of the namespace
+    assert not os.path.exists(sb.private_tmp)  # the RIE's private /tmp is removed with it
 
 
 @needs_netns

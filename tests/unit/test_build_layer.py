@@ -98,11 +98,24 @@ def test_zip_entries_are_deterministic_and_modes_are_unix(built_layer: BuiltLaye
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_no_bytecode_caches_tests_or_typing_sources(built_layer: BuiltLayer, arch: str) -> None:
-    for name in entries(zip_of(built_layer, arch)):
+def test_bytecode_for_each_python_and_no_tests_or_typing_sources(built_layer: BuiltLayer, arch: str) -> None:
+    names = entries(zip_of(built_layer, arch))
+    for name in names:
         parts = name.rstrip("/").split("/")
-        assert "__pycache__" not in parts and "tests" not in parts, name
-        assert not name.endswith((".pyc", ".pyo", ".pyi", ".pxd", ".pyx", ".pxi")), name
+        assert "tests" not in parts, name
+        assert not name.endswith((".pyo", ".pyi", ".pxd", ".pyx", ".pxi")), name
+    # every module has bytecode for every supported Python (/opt is read-only: it could not be
+    # written at run time), hash-based and unchecked so file timestamps never invalidate it
+    with zipfile.ZipFile(zip_of(built_layer, arch)) as zf:
+        for name in names:
+            if not name.endswith(".py") or not name.startswith("dbkeeper/lib/"):
+                continue
+            directory, _, module = name.rpartition("/")
+            for tag in PY_TAGS:
+                pyc = f"{directory}/__pycache__/{module[:-3]}.cpython-{tag}.pyc"
+                assert pyc in names, pyc
+                flags = int.from_bytes(zf.read(pyc)[4:8], "little")
+                assert flags == 0b01, (pyc, flags)  # hash-based, not checked against the source
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -123,7 +136,8 @@ def test_uvloop_extension_modules_for_each_python_and_the_right_cpu(built_layer:
 @pytest.mark.parametrize("arch", ARCHES)
 def test_extension_package_is_the_source_tree(built_layer: BuiltLayer, arch: str) -> None:
     names = entries(zip_of(built_layer, arch))
-    in_zip = {n[len("dbkeeper/lib/dbkeeper/"):] for n in names if n.startswith("dbkeeper/lib/dbkeeper/") and not n.endswith("/")}
+    in_zip = {n[len("dbkeeper/lib/dbkeeper/"):] for n in names
+              if n.startswith("dbkeeper/lib/dbkeeper/") and not n.endswith("/") and "/__pycache__/" not in n}
     in_src = {
         p.relative_to(EXTENSION_SRC).as_posix()
         for p in EXTENSION_SRC.rglob("*")
@@ -186,8 +200,15 @@ def probe_opt(built_layer: BuiltLayer, tmp_path: Path) -> Path:
     """A copy of the unpacked x86_64 layer whose dbkeeper.main is a probe that reports its world."""
     opt = tmp_path / "opt"
     shutil.copytree(built_layer.tree_x86_64, opt, symlinks=True)
-    (opt / "dbkeeper" / "lib" / "dbkeeper" / "main.py").write_text(PROBE_MAIN)
+    package = opt / "dbkeeper" / "lib" / "dbkeeper"
+    (package / "main.py").write_text(PROBE_MAIN)
+    for stale in (package / "__pycache__").glob("main.*.pyc"):
+        stale.unlink()  # unchecked-hash bytecode would otherwise win over the probe's source
     return opt
+
+
+def bytecode_files(tree: Path) -> set[Path]:
+    return set(tree.rglob("*.pyc"))
 
 
 def run_launcher(path: Path | str, env_extra: dict[str, str] | None = None, *, cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
@@ -213,7 +234,7 @@ def test_launcher_runs_bootstrap_isolated_from_site_packages_and_python_env(prob
     assert report["site_loaded"] is False
     assert report["dont_write_bytecode"] is True
     assert report["pymysql"].startswith(lib + "/") and report["uvloop"].startswith(lib + "/")
-    assert not list(probe_opt.rglob("__pycache__"))
+    assert not any(p.name.startswith("main.") for p in (probe_opt / "dbkeeper" / "lib" / "dbkeeper" / "__pycache__").glob("*.pyc"))  # nothing written
 
 
 def test_launcher_found_through_a_symlink_uses_its_real_directory(probe_opt: Path, tmp_path: Path) -> None:
@@ -276,13 +297,14 @@ def test_real_extension_imports_with_only_the_layer_on_sys_path(built_layer: Bui
 def test_real_launch_chain_outside_lambda_fails_cleanly_with_json_logs(built_layer: BuiltLayer, tmp_path: Path) -> None:
     # given the unpacked layer and no AWS_LAMBDA_RUNTIME_API, when Lambda would start the launcher
     launcher = built_layer.tree_x86_64 / "extensions" / "dbkeeper"
+    bytecode_before = bytecode_files(built_layer.tree_x86_64)
     proc = run_launcher(launcher, cwd=tmp_path)
     # then launcher -> bootstrap -> dbkeeper.main ran: a JSON log line, exit 1, no traceback
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert lines and all(line.get("level") and line.get("event") for line in lines), proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert not list(built_layer.tree_x86_64.rglob("__pycache__"))
+    assert bytecode_files(built_layer.tree_x86_64) == bytecode_before  # the layer is never written to
 
 
 def find_python(version: str) -> str | None:
