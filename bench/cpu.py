@@ -18,15 +18,17 @@ from .stats import summary
 CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp")
 
 
-def _block(session, endpoint, count: int, fn) -> tuple[float, float]:
-    """(relay CPU ns per query, wall ns per query) over one block."""
+def _block(session, endpoint, count: int, fn) -> tuple[float, float, float]:
+    """(relay CPU ns, wall ns, relay minor page faults) per query over one block."""
+    f0 = endpoint.minor_faults()
     c0 = endpoint.cpu_ns()
     t0 = time.perf_counter_ns()
     for _ in range(count):
         fn(session)
     t1 = time.perf_counter_ns()
     c1 = endpoint.cpu_ns()
-    return (c1 - c0) / count, (t1 - t0) / count
+    f1 = endpoint.minor_faults()
+    return (c1 - c0) / count, (t1 - t0) / count, (f1 - f0) / count
 
 
 def idle_cpu(endpoint, seconds: float) -> float:
@@ -43,6 +45,7 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
     rng = random.Random(99)
     per_query = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
     wall = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
+    faults = {"select1": {n: [] for n in names}, "mb1": {n: [] for n in names}}
     tick_check = {n: [0, 0] for n in names}  # schedstat total vs stat ticks total, ns
     gc.disable()
     try:
@@ -56,12 +59,14 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
                 pid = endpoint.relay_pid
                 ticks0 = procstat.cpu_ticks_ns(pid) if endpoint.relay == "dbkeeper" else 0
                 sched0 = endpoint.cpu_ns()
-                cpu, w = _block(session, endpoint, select_count, lambda s: s.pymysql_select1())
+                cpu, w, f = _block(session, endpoint, select_count, lambda s: s.pymysql_select1())
                 per_query["select1_us"][name].append(cpu / 1e3)
                 wall["select1_us"][name].append(w / 1e3)
-                cpu, w = _block(session, endpoint, mb_count, lambda s: s.mb1.run())
+                faults["select1"][name].append(f)
+                cpu, w, f = _block(session, endpoint, mb_count, lambda s: s.mb1.run())
                 per_query["mb1_ms"][name].append(cpu / 1e6)
                 wall["mb1_ms"][name].append(w / 1e6)
+                faults["mb1"][name].append(f)
                 if endpoint.relay == "dbkeeper":
                     tick_check[name][0] += endpoint.cpu_ns() - sched0
                     tick_check[name][1] += procstat.cpu_ticks_ns(pid) - ticks0
@@ -76,6 +81,7 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
         "rounds": rounds, "select_count": select_count, "mb_count": mb_count,
         "per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in per_query.items()},
         "wall_per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in wall.items()},
+        "minor_faults_per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in faults.items()},
         "samples": per_query,
         "schedstat_vs_ticks_ns": tick_check,
         "idle_cpu_ms_per_s": idle,

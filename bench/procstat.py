@@ -37,6 +37,11 @@ def cpu_ns(pid: int) -> int:
         return cpu_ticks_ns(pid)
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of the whole process so far (/proc/<pid>/stat field 10)."""
+    return int(_stat_fields(pid)[7])
+
+
 def children(pid: int) -> list[int]:
     """Direct children (all threads' children)."""
     found: list[int] = []
@@ -60,6 +65,19 @@ def tree_cpu_ns(pid: int) -> int:
         current = stack.pop()
         try:
             total += cpu_ns(current)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        stack += children(current)
+    return total
+
+
+def tree_minor_faults(pid: int) -> int:
+    total = 0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            total += minor_faults(current)
         except (FileNotFoundError, ProcessLookupError):
             continue
         stack += children(current)

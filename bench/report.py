@@ -173,7 +173,10 @@ def latency_table(results: dict) -> str:
             c = cpu["per_query"]["select1_us"][name]
             cpu_s = f"{c['p50']:.1f} ({c['p50_lo']:.0f}–{c['p50_hi']:.0f})"
             c = cpu["per_query"]["mb1_ms"][name]
-            cpu_m = f"{c['p50']:.2f}"
+            cpu_m = f"{c['p50']:.2f} ({c['p50_lo']:.2f}–{c['p50_hi']:.2f})"
+            f = cpu.get("minor_faults_per_query", {}).get("mb1", {}).get(name)
+            if f:
+                cpu_m += f"; {f['p50']:.0f} faults"
         rows.append([
             LABELS.get(name, name),
             f"{p['p50']:.0f} ({p['p50_lo']:.0f}–{p['p50_hi']:.0f}) / {p['p90']:.0f} / {p['p99']:.0f}",
@@ -184,7 +187,7 @@ def latency_table(results: dict) -> str:
         ])
     header = ["path", "SELECT 1 PyMySQL p50 (block range) / p90 / p99 µs", "x direct",
               "SELECT 1 raw p50 (range) / p99 µs", f"{mb:.2f} MB / 10k rows raw p50 / p99",
-              "relay CPU µs per SELECT 1 p50 (range)", "relay CPU ms per 1 MB"]
+              "relay CPU µs per SELECT 1 p50 (range)", "relay CPU ms per 1 MB p50 (range); page faults per 1 MB"]
     return _table(header, rows)
 
 

@@ -53,6 +53,11 @@ class Endpoint:
             return 0
         return procstat.tree_cpu_ns(self.relay_pid) if self.relay == "socat" else procstat.cpu_ns(self.relay_pid)
 
+    def minor_faults(self) -> int:
+        if self.relay_pid is None:
+            return 0
+        return procstat.tree_minor_faults(self.relay_pid)
+
 
 @dataclass
 class Environment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -85,3 +86,56 @@ def pump(stream, store: LogStore, source: str, name: str, done: Optional[threadi
 
 def matching(records: Iterable[LogRecord], predicate: Predicate) -> list[tuple[str, str]]:
     return [(r.source, r.line) for r in records if predicate(r.source, r.line)]
+
+
+class LogObservation:
+    """Log access shared by Sandbox and RieSandbox; needs `self.logs_store`. With
+    `merged_sources` (the RIE: one stream for every process) a source name matches any line."""
+
+    logs_store: LogStore
+    merged_sources = False
+
+    @property
+    def logs(self) -> list[tuple[str, str]]:
+        return self.logs_store.pairs()
+
+    @property
+    def log_records(self) -> list[LogRecord]:
+        return self.logs_store.records
+
+    def log_mark(self) -> int:
+        """Index to pass as since= to wait_for_log to only look at lines logged from now on."""
+        return len(self.logs_store)
+
+    def wait_for_log(self, predicate: Predicate, timeout: float = 5.0, since: int = 0):
+        """First (source, line) matching predicate(source, line); TimeoutError (with the last lines) if none
+        arrives in time. Sources: extension file names, "runtime", "sandbox"."""
+        return self.logs_store.wait_for(predicate, timeout, since)
+
+    def _from(self, wanted: Optional[str], source: str) -> bool:
+        return self.merged_sources or wanted is None or source == wanted
+
+    def wait_for_json(self, source: Optional[str], predicate: Callable[[dict], bool], timeout: float = 5.0,
+                      since: int = 0) -> dict:
+        """First JSON log line of source (an extension's file name or "runtime") matching predicate."""
+
+        def matches(src: str, line: str) -> bool:
+            if not self._from(source, src) or not line.startswith("{"):
+                return False
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                return False
+            return isinstance(obj, dict) and predicate(obj)
+
+        return json.loads(self.logs_store.wait_for(matches, timeout, since)[1])
+
+    def json_logs(self, source: Optional[str] = None) -> list[dict]:
+        out = []
+        for record in self.logs_store.records:
+            if self._from(source, record.source) and record.line.startswith("{"):
+                try:
+                    out.append(json.loads(record.line))
+                except ValueError:
+                    pass
+        return out

@@ -35,7 +35,7 @@ import weakref
 from typing import Any, Callable, Optional
 
 from . import procs
-from .logs import LogRecord, LogStore
+from .logs import LogObservation, LogRecord, LogStore
 from .netns import Netns
 from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
 from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE
@@ -89,8 +89,10 @@ def parse_rie_response(status: int, body: bytes, timeout_s: float) -> tuple[bool
     return True, None, False
 
 
-class RieSandbox:
+class RieSandbox(LogObservation):
     """Same Python API as Sandbox, backed by `aws-lambda-rie` (root only)."""
+
+    merged_sources = True  # the RIE writes every process's output to one stream
 
     def __init__(
         self,
@@ -337,44 +339,6 @@ class RieSandbox:
     def _thaw(self) -> None:
         procs.signal_pids(self._frozen_pids, signal.SIGCONT)
         self._frozen_pids = set()
-
-    # ------------------------------------------------------------------ logs (one merged stream)
-    @property
-    def logs(self) -> list[tuple[str, str]]:
-        return self.logs_store.pairs()
-
-    @property
-    def log_records(self) -> list[LogRecord]:
-        return self.logs_store.records
-
-    def log_mark(self) -> int:
-        return len(self.logs_store)
-
-    def wait_for_log(self, predicate: Callable[[str, str], bool], timeout: float = 5.0, since: int = 0):
-        return self.logs_store.wait_for(predicate, timeout, since)
-
-    def wait_for_json(self, source: Optional[str], predicate: Callable[[dict], bool], timeout: float = 5.0,
-                      since: int = 0) -> dict:
-        def pred(_src: str, line: str) -> bool:
-            if not line.startswith("{"):
-                return False
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                return False
-            return isinstance(obj, dict) and predicate(obj)
-
-        return json.loads(self.logs_store.wait_for(pred, timeout, since)[1])
-
-    def json_logs(self, source: Optional[str] = None) -> list[dict]:
-        out = []
-        for r in self.logs_store.records:
-            if r.line.startswith("{"):
-                try:
-                    out.append(json.loads(r.line))
-                except ValueError:
-                    pass
-        return out
 
     # ------------------------------------------------------------------ invoke
     def invoke(self, payload: Any = None, *, raw: Optional[bytes] = None, trace_id: Optional[str] = None,

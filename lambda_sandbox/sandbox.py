@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import procs
-from .logs import LogRecord, LogStore
+from .logs import LogObservation, LogRecord, LogStore
 from .netns import Netns
 from .results import (
     ExtensionShutdown,
@@ -170,7 +170,7 @@ class _Gen:
         return out
 
 
-class Sandbox:
+class Sandbox(LogObservation):
     """A local Lambda execution environment.
 
     with Sandbox(opt_dir, task_dir, handler="app.handler", env={...}, timeout_s=10) as sb:
@@ -317,49 +317,6 @@ class Sandbox:
     @property
     def netns_name(self) -> Optional[str]:
         return self._netns.name if self._netns else None
-
-    # ------------------------------------------------------------------ observation helpers for tests
-    @property
-    def logs(self) -> list[tuple[str, str]]:
-        return self.logs_store.pairs()
-
-    @property
-    def log_records(self) -> list[LogRecord]:
-        return self.logs_store.records
-
-    def log_mark(self) -> int:
-        """Index to pass as since= to wait_for_log to only look at lines logged from now on."""
-        return len(self.logs_store)
-
-    def wait_for_log(self, predicate: Callable[[str, str], bool], timeout: float = 5.0, since: int = 0):
-        """First (source, line) matching predicate(source, line); TimeoutError (with the last lines) if none
-        arrives in time. Sources: extension file names, "runtime", "sandbox"."""
-        return self.logs_store.wait_for(predicate, timeout, since)
-
-    def wait_for_json(self, source: str, predicate: Callable[[dict], bool], timeout: float = 5.0,
-                      since: int = 0) -> dict:
-        """First JSON log line of source (an extension's file name or "runtime") matching predicate."""
-
-        def pred(src: str, line: str) -> bool:
-            if src != source or not line.startswith("{"):
-                return False
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                return False
-            return isinstance(obj, dict) and predicate(obj)
-
-        return json.loads(self.logs_store.wait_for(pred, timeout, since)[1])
-
-    def json_logs(self, source: str) -> list[dict]:
-        out = []
-        for r in self.logs_store.records:
-            if r.source == source and r.line.startswith("{"):
-                try:
-                    out.append(json.loads(r.line))
-                except ValueError:
-                    pass
-        return out
 
     def pids(self) -> dict[str, int]:
         """Live main pids: {"runtime": pid, "<extension file name>": pid, ...}."""
