@@ -29,10 +29,13 @@ from bench import coldstart, connect, cpu, latency, procstat, report, targets  #
 
 PHASES = ("latency", "cpu", "connect", "coldstart", "imports")
 PLANS = {
-    # select1 iterations, 1 MB iterations, cpu rounds, cpu SELECT 1 per block, cpu 1 MB per block,
+    # select1 iterations, SELECT 1 after idle iterations, 1 MB iterations, cpu rounds, cpu SELECT 1 per
+    # block, cpu 1 MB per block,
     # connect iterations, cold starts, import repeats
-    "quick": dict(select=1500, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, cold=3, imports=3),
-    "full": dict(select=6000, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, cold=8, imports=5),
+    "quick": dict(select=1500, idle=200, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, cold=3,
+                  imports=3),
+    "full": dict(select=6000, idle=1200, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, cold=8,
+                 imports=5),
 }
 
 
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             sessions = latency.open_sessions(env)
             try:
                 if "latency" in phases:
-                    results["latency"] = latency.run(env, sessions, plan["select"], plan["mb"], progress)
+                    results["latency"] = latency.run(env, sessions, plan["select"], plan["mb"], progress,
+                                                     idle_iterations=plan["idle"])
                 if "cpu" in phases:
                     results["cpu"] = cpu.run(env, sessions, plan["cpu_rounds"], plan["cpu_select"], plan["cpu_mb"],
                                              progress)

@@ -3,6 +3,9 @@ a shuffled order), so drift and neighbours hit all of them alike.
 
   select1_pymysql   cursor.execute("SELECT 1") + fetchall() on a kept PyMySQL connection
   select1_raw       the same query as raw packets on that connection's socket
+  select1_idle      raw SELECT 1 after 1 ms of client idleness (sleep, not timed): a function does
+                    work between queries, so the relay's caches and CPU are cold when a query
+                    comes; back-to-back loops flatter relays with a large per-query code path
   mb1_raw           SELECT REPEAT('x',90) FROM seq_1_to_10000 (10,000 rows, ~1 MB) as raw bytes
 """
 
@@ -86,7 +89,16 @@ def _interleave(sessions: dict[str, Session], iterations: int, warmup: int, step
     return samples
 
 
-def run(env, sessions: dict[str, Session], select_iterations: int, mb_iterations: int, progress=print) -> dict:
+IDLE_S = 0.001
+
+
+def _idle_then_select1(session: Session) -> int:
+    time.sleep(IDLE_S)  # the idleness being measured, not synchronisation
+    return session.select1.run()
+
+
+def run(env, sessions: dict[str, Session], select_iterations: int, mb_iterations: int, progress=print,
+        idle_iterations: int = 0) -> dict:
     progress(f"latency: SELECT 1 x {select_iterations} per endpoint and mode, interleaved ...")
     t = time.monotonic()
     small = _interleave(sessions, select_iterations, max(200, select_iterations // 20), {
@@ -94,11 +106,17 @@ def run(env, sessions: dict[str, Session], select_iterations: int, mb_iterations
         "select1_raw": lambda s: s.select1.run(),
     })
     progress(f"  {time.monotonic() - t:.1f} s")
+    idle = {}
+    if idle_iterations:
+        progress(f"latency: SELECT 1 after {IDLE_S * 1000:.0f} ms idle x {idle_iterations} per endpoint, interleaved ...")
+        t = time.monotonic()
+        idle = _interleave(sessions, idle_iterations, max(20, idle_iterations // 20), {"select1_idle": _idle_then_select1})
+        progress(f"  {time.monotonic() - t:.1f} s")
     progress(f"latency: 1 MB result x {mb_iterations} per endpoint, interleaved ...")
     t = time.monotonic()
     big = _interleave(sessions, mb_iterations, max(10, mb_iterations // 10), {"mb1_raw": lambda s: s.mb1.run()})
     progress(f"  {time.monotonic() - t:.1f} s")
-    samples = {**small, **big}
+    samples = {**small, **idle, **big}
     result = {"samples_us": samples, "summary": {}, "mb1_bytes": next(iter(sessions.values())).mb1.expected}
     for step, per_endpoint in samples.items():
         result["summary"][step] = {name: summary(values) for name, values in per_endpoint.items()}

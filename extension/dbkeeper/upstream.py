@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import NamedTuple
 
 from pymysql.charset import charset_by_id
@@ -65,7 +64,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.multi_statements: bool | None = True
         self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
         self.resetting: asyncio.Task | None = None
-        self.opened_at = time.monotonic()
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):

@@ -98,3 +98,16 @@ def test_config_is_frozen():
     config = Config.from_environ(MINIMAL)
     with pytest.raises(AttributeError):
         config.db_host = "elsewhere"
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `DBKEEPER_")}
+    for setting in SETTINGS:
+        row = next((line for name, line in rows.items() if name.startswith(f"`{setting.name}`")), None)
+        assert row is not None, f"{setting.name} is missing from README's configuration table"
+        if setting.fallback:
+            assert f"`{setting.fallback}`" in row, setting.name
+        assert setting.meaning

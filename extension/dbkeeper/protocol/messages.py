@@ -10,7 +10,6 @@ from ..errors import ProtocolError
 from .packets import lenenc_int, read_lenenc_int
 
 OK_HEADER = 0x00
-AUTH_MORE_DATA_HEADER = 0x01
 LOCAL_INFILE_HEADER = 0xFB
 EOF_HEADER = 0xFE
 ERR_HEADER = 0xFF
@@ -20,9 +19,6 @@ ER_ACCESS_DENIED_ERROR = 1045
 ER_CON_COUNT_ERROR = 1040
 ER_HANDSHAKE_ERROR = 1043
 ER_NET_PACKETS_OUT_OF_ORDER = 1156
-ER_NOT_SUPPORTED_YET = 1235
-ER_UNKNOWN_COM_ERROR = 1047
-CR_CONNECTION_ERROR_SQLSTATE = "08S01"
 
 
 class ServerError(NamedTuple):
@@ -50,10 +46,6 @@ def is_ok(payload: bytes) -> bool:
     return bool(payload) and payload[0] == OK_HEADER
 
 
-def is_eof(payload: bytes) -> bool:
-    return bool(payload) and payload[0] == EOF_HEADER and len(payload) < 9
-
-
 def parse_err(payload: bytes) -> ServerError:
     if not is_err(payload) or len(payload) < 3:
         raise ProtocolError("not an ERR packet")
@@ -71,6 +63,3 @@ def ok_status(payload: bytes) -> int:
         raise ProtocolError("truncated OK packet")
     return int.from_bytes(payload[position:position + 2], "little")
 
-
-def eof_status(payload: bytes) -> int:
-    return int.from_bytes(payload[3:5], "little") if len(payload) >= 5 else 0

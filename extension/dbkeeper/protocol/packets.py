@@ -43,7 +43,6 @@ class PacketBuffer:
         self._max_packet = max_packet
         self._partial: list[bytes] = []
         self._partial_sequence = 0
-        self.next_sequence = 0  # sequence id the peer's next frame must carry, once checked
 
     def feed(self, data: bytes) -> list[Packet]:
         self._buffer += data

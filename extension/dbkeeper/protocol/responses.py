@@ -41,8 +41,7 @@ class ResponseTracker:
     def __init__(self) -> None:
         self._pending: deque[int] = deque()  # commands whose reply has not ended
         self._state: str | None = None
-        self._count = 0                      # definitions left in _COLUMNS/_PARAMS
-        self._after_params = 0               # prepare: column count that follows the params
+        self._after_params = 0               # prepare: columns that follow the parameters
         self._binary = False                 # rows of COM_STMT_EXECUTE / FETCH
         self._header = b""
         self._head = b""
@@ -151,13 +150,10 @@ class ResponseTracker:
             elif first == EOF_HEADER and length < 9:
                 self._reply_done()
             else:
-                count, _ = read_lenenc_int(head, 0)
-                self._state, self._count = _COLUMNS, count or 0
+                self._state = _COLUMNS  # a column count: definitions follow, up to an EOF
         elif state in (_COLUMNS, _PARAMS, _PREPARE_COLUMNS, _FIELD_LIST):
             if first == EOF_HEADER and length < 9:
                 self._end_definitions(_eof_status(head))
-            elif state != _FIELD_LIST:
-                self._count -= 1
         elif state == _SINGLE:
             self._reply_done()
         elif state == COMMAND.COM_STMT_PREPARE:
@@ -168,9 +164,9 @@ class ResponseTracker:
             params = int.from_bytes(head[7:9], "little")
             self._after_params = columns
             if params:
-                self._state, self._count = _PARAMS, params
+                self._state = _PARAMS
             elif columns:
-                self._state, self._count = _PREPARE_COLUMNS, columns
+                self._state = _PREPARE_COLUMNS
             else:
                 self._reply_done()
         else:
@@ -179,7 +175,7 @@ class ResponseTracker:
     def _end_definitions(self, status: int) -> None:
         state = self._state
         if state == _PARAMS and self._after_params:
-            self._state, self._count = _PREPARE_COLUMNS, self._after_params
+            self._state = _PREPARE_COLUMNS
         elif state in (_PARAMS, _PREPARE_COLUMNS, _FIELD_LIST):
             self._reply_done()
         elif self._binary and status & SERVER_STATUS.SERVER_STATUS_CURSOR_EXISTS:
