@@ -279,7 +279,7 @@ def launcher_overhead(layer: Path, repeat: int) -> dict:
 
 
 def import_times(layer: Path, repeat: int = 5, progress=print) -> dict:
-    progress(f"imports: best of {repeat}, as shipped and with .pyc ...")
+    progress(f"imports: best of {repeat}, as shipped and with/without .pyc ...")
     python = extension_python()
     lib = str(layer / "dbkeeper" / "lib")
     shipped_pyc = sum(len([f for f in files if f.endswith(".pyc")]) for _, _, files in os.walk(lib))

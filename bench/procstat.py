@@ -94,10 +94,3 @@ def memory_kb(pid: int) -> dict:
             if key in wanted:
                 out[key] = int(value.split()[0])
     return out
-
-
-def process_start_monotonic(pid: int) -> float:
-    """The process's start as seconds on CLOCK_MONOTONIC's scale (approx: boot-time based, 10 ms
-    ticks; CLOCK_BOOTTIME = CLOCK_MONOTONIC + suspended time, none on a server)."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) * _TICK_NS / 1e9

@@ -182,7 +182,7 @@ def latency_table(results: dict) -> str:
             cpu_m = f"{c['p50']:.2f} ({c['p50_lo']:.2f}–{c['p50_hi']:.2f})"
             f = cpu.get("minor_faults_per_query", {}).get("mb1", {}).get(name)
             if f:
-                cpu_m += f"; {f['p50']:.0f} faults"
+                cpu_m += f"; {f['p50']:.0f}"
         rows.append([
             LABELS.get(name, name),
             f"{p['p50']:.0f} ({p['p50_lo']:.0f}–{p['p50_hi']:.0f}) / {p['p90']:.0f} / {p['p99']:.0f}",
