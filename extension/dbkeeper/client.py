@@ -179,8 +179,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._settings = settings
         self._write(messages.ok_payload(status=upstream.status), sequence + 1)
-        self._log.debug("client_session_started", connection_id=upstream.connection_id,
-                        ms=round((time.monotonic() - self._started) * 1000, 3))
+        if self._log.enabled("debug"):
+            self._log.debug("client_session_started", connection_id=upstream.connection_id,
+                            ms=round((time.monotonic() - self._started) * 1000, 3))
         self._start_relay(self._packets.take_rest())
 
     async def _switch_to_native(self, plugin: str | None, proof: bytes, sequence: int) -> tuple[bytes, int]:
@@ -314,5 +315,6 @@ class ClientConnection(asyncio.Protocol):
         if not reusable:
             self._log.info("upstream_not_reusable", connection_id=upstream.connection_id, reason=relay.why_not_idle)
         self._pool.release(upstream, reusable)
-        self._log.debug("client_session_ended", reason=reason, commands=relay.commands, reusable=reusable,
-                        ms=round((time.monotonic() - self._started) * 1000, 3))
+        if self._log.enabled("debug"):
+            self._log.debug("client_session_ended", reason=reason, commands=relay.commands, reusable=reusable,
+                            ms=round((time.monotonic() - self._started) * 1000, 3))

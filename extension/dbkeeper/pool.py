@@ -116,8 +116,9 @@ class Pool:
             self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
             self._discard(connection, "reset_failed")
         else:
-            self._log.debug("upstream_reset", connection_id=connection.connection_id,
-                            ms=round((time.monotonic() - started) * 1000, 3))
+            if self._log.enabled("debug"):
+                self._log.debug("upstream_reset", connection_id=connection.connection_id,
+                                ms=round((time.monotonic() - started) * 1000, 3))
         finally:
             connection.resetting = None
             self._notify()

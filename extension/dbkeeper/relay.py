@@ -3,8 +3,9 @@
 Chunks are forwarded as received (no per-row work, no copies). Commands are seen from the
 client's side, which is cheap. Replies are only walked packet by packet when needed: a client
 that sends its next command has read the previous reply, and if the bytes relayed end with a
-closing EOF that is proof enough; otherwise (OK/ERR replies, pipelining clients, the end of a
-session) the saved chunks are fed to the ResponseTracker, which knows exactly where replies end.
+closing EOF, OK or ERR that is proof enough; otherwise (pipelining clients, unusual replies, the
+end of a session) the saved chunks are fed to the ResponseTracker, which knows exactly where
+replies end.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import socket
 
 from pymysql.constants import COMMAND
 
-from .protocol.commands import NO_REPLY, CommandScanner
-from .protocol.responses import ResponseTracker, ends_with_final_eof
+from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
+from .protocol.packets import MAX_FRAME
+from .protocol.responses import ResponseTracker, ends_with_final_reply
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
+# Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
+_NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 
 
 def enable_nodelay(transport) -> None:
@@ -34,14 +38,26 @@ class Relay:
         self.upstream = upstream
         self.scanner = CommandScanner()
         self.tracker = ResponseTracker()
-        self._unfed: list[bytes] = []
+        self._expected: list[int] = []  # commands relayed since the tracker last saw replies
+        self._unfed: list[bytes] = []   # reply chunks relayed since then
         self._unfed_size = 0
+        self._tracker_idle = True       # every reply the tracker was given has ended
         self._client_write = client.transport.write
         self._upstream_write = upstream.transport.write
         self.commands = 0
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
+        # Fast path, the shape of nearly every query: one whole command packet after a reply
+        # that provably ended.
+        size = len(data)
+        if size > 4 and self.scanner.at_boundary:
+            length = data[0] | data[1] << 8 | data[2] << 16
+            if length == size - 4 and length != MAX_FRAME and data[4] not in _NOT_FAST and self._replies_ended():
+                self._expected.append(data[4])
+                self.commands += 1
+                self._upstream_write(data)
+                return None
         forward, commands, rest = self.scanner.feed(data)
         if commands:
             self._on_commands(commands)
@@ -49,18 +65,24 @@ class Relay:
             self._upstream_write(forward)
         return rest
 
+    def _replies_ended(self) -> bool:
+        """True (and the saved state cleared) when every reply relayed so far has ended, as far
+        as can be told without walking the replies."""
+        if not self._unfed:
+            return not self._expected and self._tracker_idle
+        if len(self._expected) == 1 and self._tracker_idle and ends_with_final_reply(self._unfed):
+            self._expected.clear()
+            self._unfed.clear()
+            self._unfed_size = 0
+            return True
+        return False
+
     def _on_commands(self, commands: list[int]) -> None:
-        tracker = self.tracker
-        if self._unfed:
-            if tracker.outstanding == 1 and ends_with_final_eof(self._unfed):
-                tracker.assume_complete()
-                self._unfed.clear()
-                self._unfed_size = 0
-            else:
-                self._feed_tracker()
+        if (self._unfed or self._expected) and not self._replies_ended():
+            self._feed_tracker()
         for code in commands:
             if code not in NO_REPLY and code >= 0:
-                tracker.expect(code)
+                self._expected.append(code)
             if code == COMMAND.COM_SET_OPTION:
                 self.upstream.forget_options()
         self.commands += len(commands)
@@ -73,11 +95,15 @@ class Relay:
             self._feed_tracker()
 
     def _feed_tracker(self) -> None:
-        feed = self.tracker.feed
+        tracker = self.tracker
+        for code in self._expected:
+            tracker.expect(code)
+        self._expected.clear()
         for chunk in self._unfed:
-            feed(chunk)
+            tracker.feed(chunk)
         self._unfed.clear()
         self._unfed_size = 0
+        self._tracker_idle = tracker.idle
 
     def settle(self) -> bool:
         """At the end of a session (or before an intercepted command): is the upstream between

@@ -115,10 +115,11 @@ class UpstreamConnection(asyncio.Protocol):
         the server sent before closing, a TLS alert) or EOF means it is gone."""
         if self.closed:
             return True
-        try:
-            probe = self.transport.get_extra_info("socket").dup()
-        except (AttributeError, OSError):
+        transport_socket = self.transport.get_extra_info("socket")
+        if transport_socket is None:
             return False
+        # A socket object over the transport's descriptor, detached again: one recv() syscall.
+        probe = socket.socket(transport_socket.family, transport_socket.type, 0, transport_socket.fileno())
         try:
             probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             return True
@@ -127,7 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         except OSError:
             return True
         finally:
-            probe.close()
+            probe.detach()
 
     def attach(self, relay) -> None:
         if self._inbox or self._packets.take_rest():

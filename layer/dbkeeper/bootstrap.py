@@ -1,13 +1,18 @@
 # Started by /opt/extensions/dbkeeper as `python -I -S bootstrap.py <launcher path> [args]`.
 # Kept tiny: it is on the cold-start path.
-import os.path
+import os
 import sys
 
-# No .pyc writes: /opt is read-only on Lambda, and a local run (dist/layer-*/ as /opt) must not
-# leave __pycache__ in the tree or get faster than Lambda's cold start.
+# The layer ships its bytecode (built for each supported Python); never write any: /opt is
+# read-only on Lambda, and a local run (dist/layer-*/ as /opt) must leave the tree as built.
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 
 from dbkeeper.main import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+# Every log line is already written (unbuffered). Interpreter teardown would spend ~20 ms of the
+# SHUTDOWN budget on nothing, so the exit is immediate.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambda_sandbox, tests.*)
 
-from tests.sandbox_fixtures.helpers import ext_events, http, make_opt, sandboxes  # noqa: E402,F401
+from tests.sandbox_fixtures.helpers import ext_events, wait_ext_event, http, make_opt, sandboxes  # noqa: E402,F401
 
 REG = "/2020-01-01/extension/register"
 NEXT = "/2020-01-01/extension/event/next"
@@ -39,7 +39,8 @@ def test_invoke_event_is_json_with_event_identifier_and_no_tracing_without_trace
     before = int(time.time() * 1000)
     r = sb.invoke({"k": 1})
     assert r.ok, r.body
-    (ev,) = ext_events(sb, "testext", "INVOKE")
+    ev = wait_ext_event(sb, "testext", "INVOKE")
+    assert len(ext_events(sb, "testext", "INVOKE")) == 1
     assert ev["content_type"] == "application/json"
     uuid.UUID(ev["headers"]["Lambda-Extension-Event-Identifier"])
     body = json.loads(ev["body"])
@@ -53,7 +54,7 @@ def test_invoke_event_carries_tracing_when_the_invoke_has_a_trace_id(tmp_path, s
     sb = sandboxes(make_opt(tmp_path, {"testext": {}}))
     trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
     r = sb.invoke({}, trace_id=trace)
-    (ev,) = ext_events(sb, "testext", "INVOKE")
+    ev = wait_ext_event(sb, "testext", "INVOKE")
     assert json.loads(ev["body"])["tracing"] == {"type": "X-Amzn-Trace-Id", "value": trace}
     assert r.json()["trace"] == trace  # the runtime got Lambda-Runtime-Trace-Id too
 
@@ -63,7 +64,8 @@ def test_shutdown_event_is_text_plain_json_without_request_id(tmp_path, sandboxe
     assert sb.invoke({}).ok
     t_sig = int(time.time() * 1000)
     rep = sb.shutdown()
-    (ev,) = ext_events(sb, "testext", "SHUTDOWN")
+    ev = wait_ext_event(sb, "testext", "SHUTDOWN")
+    assert len(ext_events(sb, "testext", "SHUTDOWN")) == 1
     assert ev["content_type"].startswith("text/plain")
     assert "Lambda-Extension-Event-Identifier" not in ev["headers"]
     body = json.loads(ev["body"])

@@ -95,6 +95,12 @@ def http(address: str, method: str, path: str, headers: Optional[dict] = None, b
         conn.close()
 
 
+def wait_ext_event(sb, name: str, event_type: str, timeout: float = 5.0) -> dict:
+    """The first lifecycle event `name` logged of `event_type`; lines are pumped from the process's
+    stdout asynchronously, so one may land in the log store just after an invoke returned."""
+    return sb.wait_for_json(name, lambda e: e.get("event") == "event" and e.get("eventType") == event_type, timeout)
+
+
 def ext_events(sb, name: str, event_type: Optional[str] = None) -> list[dict]:
     out = [e for e in sb.json_logs(name) if e.get("event") == "event"]
     return [e for e in out if event_type is None or e.get("eventType") == event_type]

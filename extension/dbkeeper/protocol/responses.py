@@ -3,7 +3,7 @@
 
 No I/O. The relay forwards reply bytes as they come and feeds them here lazily: walking every row
 of a large result in Python would cost more CPU than relaying it, so `Relay` (session.py) only feeds
-what it cannot vouch for otherwise (see `ends_with_final_eof`).
+what it cannot vouch for otherwise (see `ends_with_final_reply`).
 """
 
 from __future__ import annotations
@@ -65,15 +65,6 @@ class ResponseTracker:
         if not self._pending:
             self._begin(command)
         self._pending.append(command)
-
-    def assume_complete(self) -> None:
-        """The caller knows every reply so far ended (see Relay): start afresh at a boundary."""
-        self._pending.clear()
-        self._state = None
-        self._header = self._head = b""
-        self._collecting_head = False
-        self._skip = 0
-        self._continuation = False
 
     def feed(self, data: bytes) -> None:
         if self.broken is not None:
@@ -211,12 +202,20 @@ class ResponseTracker:
             self._state = command  # unknown shape: _on_packet marks the stream unfollowable
 
 
-def ends_with_final_eof(chunks: list[bytes]) -> bool:
-    """True when the relayed bytes end with an EOF packet that closes a whole reply (no more
-    results follow). A cheap witness for large result sets: see Relay.on_command."""
-    tail = chunks[-1][-9:]
+def ends_with_final_reply(chunks: list[bytes]) -> bool:
+    """True when the relayed bytes end with a packet that closes a whole reply: an EOF with no
+    more results to follow, or a last chunk that is exactly one OK (likewise) or ERR packet.
+    A cheap witness, used only once the client has sent its next command: see Relay."""
+    last = chunks[-1]
+    size = len(last)
+    if size > 4 and (last[0] | last[1] << 8 | last[2] << 16) == size - 4:
+        if last[4] == ERR_HEADER:
+            return True
+        if last[4] == OK_HEADER:
+            return not _ok_status(last[4:]) & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
+    tail = last[-9:]
     if len(tail) < 9 and len(chunks) > 1:
-        tail = (chunks[-2] + chunks[-1])[-9:]
+        tail = (chunks[-2] + last)[-9:]
     return (len(tail) == 9 and tail[0] == 5 and tail[1] == 0 and tail[2] == 0 and tail[4] == EOF_HEADER
             and not int.from_bytes(tail[7:9], "little") & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS)
 

@@ -1,0 +1,114 @@
+"""The Relay forwards every byte untouched and, whatever the chunking and whichever shortcut it
+takes, knows at the end of a session whether the upstream is between replies."""
+
+from hypothesis import given, settings, strategies as st
+from pymysql.constants import COMMAND
+
+from dbkeeper.protocol.packets import frame
+from dbkeeper.relay import Relay
+from mysql_replies import eof, err, ok, query_reply, stream, text_result
+
+
+class Recorder:
+    def __init__(self):
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+    def is_closing(self):
+        return False
+
+
+class Side:
+    def __init__(self):
+        self.transport = Recorder()
+        self.options_forgotten = 0
+
+    def forget_options(self):
+        self.options_forgotten += 1
+
+
+def relay():
+    client, upstream = Side(), Side()
+    return Relay(client, upstream), client, upstream
+
+
+def chunks_of(data, sizes):
+    pieces, start = [], 0
+    for size in sizes:
+        if start >= len(data):
+            break
+        pieces.append(data[start:start + size])
+        start += size
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
+
+
+exchange = st.tuples(query_reply(), st.lists(st.integers(min_value=1, max_value=200), max_size=5))
+
+
+@settings(max_examples=150, deadline=None)
+@given(exchanges=st.lists(exchange, min_size=1, max_size=6))
+def test_a_synchronous_client_leaves_the_upstream_reusable_and_every_byte_is_forwarded(exchanges):
+    session, client, upstream = relay()
+    sent_up, sent_down = [], []
+    for index, (reply, sizes) in enumerate(exchanges):
+        command = frame(b"\x03SELECT %d" % index, 0)
+        assert session.client_data(command) is None
+        sent_up.append(command)
+        for piece in chunks_of(reply, sizes):
+            session.upstream_data(piece)
+            sent_down.append(piece)
+    assert b"".join(upstream.transport.written) == b"".join(sent_up)
+    assert b"".join(client.transport.written) == b"".join(sent_down)
+    assert session.commands == len(exchanges)
+    assert session.settle()
+
+
+@settings(max_examples=150, deadline=None)
+@given(exchanges=st.lists(exchange, min_size=1, max_size=4), cut=st.integers(min_value=1))
+def test_a_client_vanishing_mid_reply_leaves_an_upstream_that_is_not_reusable(exchanges, cut):
+    session, _, _ = relay()
+    for index, (reply, sizes) in enumerate(exchanges):
+        session.client_data(frame(b"\x03SELECT %d" % index, 0))
+        if index == len(exchanges) - 1:
+            reply = reply[:cut % len(reply)]  # the last reply is cut short
+        for piece in chunks_of(reply, sizes):
+            session.upstream_data(piece)
+    assert not session.settle()
+
+
+def test_pipelined_commands_are_followed_exactly():
+    session, _, _ = relay()
+    first, second = stream(text_result([[b"1"]])), stream([ok()])
+    session.client_data(frame(b"\x03SELECT 1", 0) + frame(b"\x03DO 1", 0))
+    session.upstream_data(first)
+    assert not session.settle()  # the second reply has not come
+    session.upstream_data(second)
+    assert session.settle()
+
+
+def test_a_reply_ending_in_err_or_a_single_ok_needs_no_walk_but_is_still_exact():
+    session, _, _ = relay()
+    for reply in (stream([err()]), stream([ok()]), stream(text_result([[b"x"]] * 3))):
+        session.client_data(frame(b"\x03Q", 0))
+        session.upstream_data(reply)
+    assert session.settle()
+
+
+def test_commands_without_a_reply_and_option_changes_are_accounted_for():
+    session, _, upstream = relay()
+    session.client_data(frame(bytes((COMMAND.COM_STMT_CLOSE,)) + b"\x01\x00\x00\x00", 0))
+    session.client_data(frame(bytes((COMMAND.COM_SET_OPTION,)) + b"\x00\x00", 0))
+    session.upstream_data(frame(eof(), 1))
+    assert upstream.options_forgotten == 1
+    assert session.settle()
+
+
+def test_an_intercepted_command_is_returned_not_forwarded():
+    session, _, upstream = relay()
+    quit_packet = frame(bytes((COMMAND.COM_QUIT,)), 0)
+    assert session.client_data(quit_packet) == quit_packet
+    assert upstream.transport.written == []
