@@ -131,6 +131,9 @@ class ClientConnection(asyncio.Protocol):
         except DbkeeperError as exc:
             self._log.warning("client_session_failed", error=str(exc))
             self.close()
+        except Exception as exc:  # a bug must cost one client its session, never the extension
+            self._log.error("client_session_crashed", error=repr(exc))
+            self.close()
 
     async def _handshake(self) -> None:
         try:
@@ -226,16 +229,18 @@ class ClientConnection(asyncio.Protocol):
         self._relay = None
         self._upstream.detach()
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
-        self._inbox = self._packets.feed(self._intercepted)
+        # Reading resumes at once: the rest of the command may still be on its way, and a client
+        # that hangs up meanwhile must be noticed.
+        self.transport.resume_reading()
         try:
+            self._inbox = self._packets.feed(self._intercepted)
             packet = await self._read_packet(expected_sequence=0)
             if packet.payload[0] == COM_RESET_CONNECTION:
                 sequence = packet.sequence_id
-                reset_ok = True
             else:
-                reset_ok, sequence = await self._change_user(packet)
-            if not reset_ok:
-                return
+                accepted, sequence = await self._change_user(packet)
+                if not accepted:
+                    return
             self._upstream_in_use = True
             await self._upstream.reset()
             error = await self._upstream.prepare(self._settings)
@@ -247,23 +252,32 @@ class ClientConnection(asyncio.Protocol):
             self._write(messages.ok_payload(status=self._upstream.status), sequence + 1)
         except asyncio.CancelledError:
             return
+        except PacketsOutOfOrder as exc:
+            self._reject(messages.ER_NET_PACKETS_OUT_OF_ORDER, "08S01", f"Got packets out of order ({exc})",
+                         "client_protocol_error", sequence_id=1)
+            return
         except DbkeeperError as exc:
             self._log.warning("client_session_failed", error=str(exc))
             self.close()
             return
-        self.transport.resume_reading()
-        self._start_relay(self._packets.take_rest())
+        # Commands the client sent meanwhile go to the relay as they came.
+        pending = b"".join(frame(p.payload, p.sequence_id) for p in self._inbox) + self._packets.take_rest()
+        self._inbox = []
+        self._start_relay(pending)
 
     async def _change_user(self, packet: Packet) -> tuple[bool, int]:
         payload = packet.payload
-        user, position = read_nul_bytes(payload, 1)
-        length = payload[position]
-        proof = payload[position + 1:position + 1 + length]
-        position += 1 + length
-        database, position = read_nul_bytes(payload, position) if position < len(payload) else (b"", position)
-        collation_id = int.from_bytes(payload[position:position + 2], "little") if position + 2 <= len(payload) else None
-        position += 2
-        plugin = read_nul_bytes(payload, position)[0].decode() if position < len(payload) else None
+        try:
+            user, position = read_nul_bytes(payload, 1)
+            length = payload[position]
+            proof = payload[position + 1:position + 1 + length]
+            position += 1 + length
+            database, position = read_nul_bytes(payload, position) if position < len(payload) else (b"", position)
+            collation_id = int.from_bytes(payload[position:position + 2], "little") if position + 2 <= len(payload) else None
+            position += 2
+            plugin = read_nul_bytes(payload, position)[0].decode("ascii", "replace") if position < len(payload) else None
+        except IndexError as exc:
+            raise ProtocolError("truncated COM_CHANGE_USER") from exc
         proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)
         if not self._verify(user.decode("utf-8", "replace"), proof):
             self._deny(user.decode("utf-8", "replace"), bool(proof), sequence + 1)

@@ -28,14 +28,10 @@ def wait_until(condition, timeout=5.0, interval=0.01):
         time.sleep(interval)
 
 
-def extension_events(sandbox, name):
-    return [line for line in sandbox_json(sandbox) if line.get("event") == name]
-
-
-def sandbox_json(sandbox):
-    import json
-
-    return [json.loads(line) for source, line in sandbox.logs if source == EXTENSION and line.startswith("{")]
+def wait_event(sandbox, name, **fields):
+    """The extension's first `name` line with these fields; its stdout is read asynchronously."""
+    return sandbox.wait_for_json(EXTENSION, lambda line: line.get("event") == name
+                                 and all(line.get(k) == v for k, v in fields.items()))
 
 
 def test_after_init_exactly_one_upstream_connection_exists(lambda_function, fresh_mariadb):
@@ -68,9 +64,9 @@ def test_shutdown_closes_every_upstream_connection_before_the_deadline(lambda_fu
     assert extension.exit_code == 0 and not extension.killed
     assert extension.exit_after_delivery_ms < 1000  # of the 2000 ms the deadline allows
     assert wait_until(lambda: not app_connections(fresh_mariadb)), app_connections(fresh_mariadb)
-    complete = extension_events(sandbox, "shutdown_complete")
-    assert complete and complete[0]["upstreams_closed"] == 1
-    assert complete[0]["ms_left_before_deadline"] > 1000
+    complete = wait_event(sandbox, "shutdown_complete")
+    assert complete["upstreams_closed"] == 1
+    assert complete["ms_left_before_deadline"] > 1000
 
 
 @pytest.mark.parametrize("name, value", [("DBKEEPER_POOL_SIZE", "lots"), ("DBKEEPER_DB_TLS", "sometimes"),
@@ -80,8 +76,7 @@ def test_a_bad_setting_fails_init_with_a_message_naming_it(lambda_function, fres
     result = sandbox.invoke({})
     assert not result.ok
     assert result.error_type == "Extension.ConfigInvalid"
-    failure = extension_events(sandbox, "init_failed")
-    assert failure and name in failure[0]["error"]
+    assert name in wait_event(sandbox, "init_failed")["error"]
     assert not app_connections(fresh_mariadb)
 
 
@@ -110,8 +105,8 @@ def test_the_database_restarting_between_invocations_is_invisible_to_the_functio
     fresh_mariadb.restart()
     after = sandbox.invoke({})
     assert after.ok, after.text
-    assert extension_events(sandbox, "upstream_closed")[-1]["reason"] in ("stale", "closed")
-    assert len(extension_events(sandbox, "upstream_connected")) == 2  # reopened once, transparently
+    assert wait_event(sandbox, "upstream_closed")["reason"] in ("stale", "closed")
+    wait_event(sandbox, "upstream_connected", opened_total=2)  # reopened once, transparently
 
 
 def test_shutdown_while_frozen_then_thawed_still_cleans_up(lambda_function, fresh_mariadb):
@@ -131,7 +126,7 @@ def test_a_function_timeout_shuts_the_extension_down_and_the_next_invoke_starts_
     sandbox = lambda_function(fresh_mariadb, handler="app.handler", task_dir=SLOW_FUNCTION, timeout_s=1)
     timed_out = sandbox.invoke({"sleep": 3})
     assert timed_out.timed_out and b"Task timed out after 1.00 seconds" in timed_out.body
-    assert wait_until(lambda: any(e["reason"] == "Timeout" for e in extension_events(sandbox, "shutdown_complete")))
+    wait_event(sandbox, "shutdown_complete", reason="Timeout")
     assert wait_until(lambda: not app_connections(fresh_mariadb))
     again = sandbox.invoke({})
     assert again.ok, again.text

@@ -54,3 +54,23 @@ def test_quit_ends_the_session_and_the_upstream_lives_on(dbkeeper, mariadb):
     again = pymysql.connect(**dbkeeper.connect_kwargs())
     assert again.thread_id() == upstream_id
     again.close()
+
+
+def test_a_truncated_change_user_from_a_client_that_hangs_up_closes_only_that_client(dbkeeper):
+    import socket
+    import time
+
+    from tests.integration.raw_mysql import RawClient
+
+    client = RawClient.connect(host=dbkeeper.host, port=dbkeeper.port)
+    client.login(dbkeeper.upstream.user, dbkeeper.upstream.password, dbkeeper.upstream.database)
+    # a COM_CHANGE_USER header announcing 100 bytes, of which 5 arrive, then the client's FIN
+    client.send_raw((100).to_bytes(3, "little") + b"\x00\x11user")
+    client.sock.shutdown(socket.SHUT_WR)
+    started = time.monotonic()
+    client.wait_closed(3.0)
+    assert time.monotonic() - started < 1.0  # noticed at once, not after a read timeout
+    assert dbkeeper.alive()
+    with pymysql.connect(**dbkeeper.connect_kwargs()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
