@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 
 from pymysql.constants import COMMAND
+from pymysql.constants.SERVER_STATUS import SERVER_MORE_RESULTS_EXISTS
 
 from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.packets import MAX_FRAME
@@ -21,6 +22,22 @@ from .protocol.responses import ResponseTracker, ends_with_final_reply
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
+
+
+def _closes_reply(chunk: bytes) -> bool:
+    """Does this last chunk of a reply end with a packet that closes the reply? An EOF with no
+    more results to follow, or a chunk that is one whole ERR, or one whole OK (with one-byte
+    counters) likewise. Inline byte checks: this runs on every fast-path command. Anything it
+    cannot tell falls back to the exact path."""
+    size = len(chunk)
+    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
+        return not chunk[-2] & SERVER_MORE_RESULTS_EXISTS
+    if size > 4 and (chunk[0] | chunk[1] << 8 | chunk[2] << 16) == size - 4:
+        if chunk[4] == 0xFF:
+            return True
+        return size >= 11 and chunk[4] == 0 and chunk[5] < 0xFB and chunk[6] < 0xFB \
+            and not chunk[7] & SERVER_MORE_RESULTS_EXISTS
+    return False
 
 
 def enable_nodelay(transport) -> None:
@@ -39,46 +56,44 @@ class Relay:
         self.scanner = CommandScanner()
         self.tracker = ResponseTracker()
         self._expected: list[int] = []  # commands relayed since the tracker last saw replies
-        self._unfed: list[bytes] = []   # reply chunks relayed since then
-        self._unfed_size = 0
-        self._tracker_idle = True       # every reply the tracker was given has ended
+        self._older: list[bytes] = []   # reply chunks relayed since then, but the last one
+        self._older_size = 0
+        self._last: bytes | None = None  # the last reply chunk relayed since then
+        # The fast path's precondition: the client is between packets, the tracker holds no
+        # unfinished reply and at most one command awaits its reply. After an idle wait the
+        # memory a path touches costs more than the instructions it runs, so the fast path
+        # reads only this flag, the chunk it forwards and the last reply chunk.
+        self._simple = True
         self._client_write = client.transport.write
         self._upstream_write = upstream.transport.write
         self.commands = 0
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
-        # Fast path, the shape of nearly every query: one whole command packet after a reply
-        # that provably ended.
-        size = len(data)
-        if size > 4 and self.scanner.at_boundary:
-            length = data[0] | data[1] << 8 | data[2] << 16
-            if length == size - 4 and length != MAX_FRAME and data[4] not in _NOT_FAST and self._replies_ended():
-                self._expected.append(data[4])
-                self.commands += 1
-                self._upstream_write(data)
-                return None
+        if self._simple:  # the shape of nearly every query: one whole command after a whole reply
+            size = len(data)
+            if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
+                    and data[4] not in _NOT_FAST:
+                last = self._last
+                if not self._expected if last is None else len(self._expected) == 1 and _closes_reply(last):
+                    self._upstream_write(data)
+                    self._expected = [data[4]]
+                    if self._older:
+                        self._older.clear()
+                        self._older_size = 0
+                    self._last = None
+                    self.commands += 1
+                    return None
         forward, commands, rest = self.scanner.feed(data)
         if commands:
             self._on_commands(commands)
         if forward:
             self._upstream_write(forward)
+        self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
         return rest
 
-    def _replies_ended(self) -> bool:
-        """True (and the saved state cleared) when every reply relayed so far has ended, as far
-        as can be told without walking the replies."""
-        if not self._unfed:
-            return not self._expected and self._tracker_idle
-        if len(self._expected) == 1 and self._tracker_idle and ends_with_final_reply(self._unfed):
-            self._expected.clear()
-            self._unfed.clear()
-            self._unfed_size = 0
-            return True
-        return False
-
     def _on_commands(self, commands: list[int]) -> None:
-        if (self._unfed or self._expected) and not self._replies_ended():
+        if not self._replies_ended():
             self._feed_tracker()
         for code in commands:
             if code not in NO_REPLY and code >= 0:
@@ -87,23 +102,42 @@ class Relay:
                 self.upstream.forget_options()
         self.commands += len(commands)
 
+    def _replies_ended(self) -> bool:
+        """True (and the saved replies dropped) when every reply relayed so far has ended, as far
+        as can be told without walking the replies."""
+        if self._last is None:
+            return not self._expected and self.tracker.idle
+        if len(self._expected) == 1 and self.tracker.idle and ends_with_final_reply(self._older + [self._last]):
+            self._expected.clear()
+            self._older.clear()
+            self._older_size = 0
+            self._last = None
+            return True
+        return False
+
     def upstream_data(self, data: bytes) -> None:
         self._client_write(data)
-        self._unfed.append(data)
-        self._unfed_size += len(data)
-        if self._unfed_size > _UNFED_LIMIT:
-            self._feed_tracker()
+        previous = self._last
+        self._last = data
+        if previous is not None:  # a reply of several chunks: keep them all, bounded
+            self._older.append(previous)
+            self._older_size += len(previous)
+            if self._older_size > _UNFED_LIMIT:
+                self._feed_tracker()
 
     def _feed_tracker(self) -> None:
         tracker = self.tracker
         for code in self._expected:
             tracker.expect(code)
         self._expected.clear()
-        for chunk in self._unfed:
+        for chunk in self._older:
             tracker.feed(chunk)
-        self._unfed.clear()
-        self._unfed_size = 0
-        self._tracker_idle = tracker.idle
+        if self._last is not None:
+            tracker.feed(self._last)
+        self._older.clear()
+        self._older_size = 0
+        self._last = None
+        self._simple = tracker.idle and self.scanner.at_boundary
 
     def settle(self) -> bool:
         """At the end of a session (or before an intercepted command): is the upstream between
