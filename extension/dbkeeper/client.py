@@ -32,7 +32,6 @@ _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT
             | CLIENT.IGNORE_SIGPIPE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
-_HANDSHAKE_TIMEOUT = 10.0
 _MAX_CONTROL_PACKET = 1 << 16
 CR_CONN_HOST_ERROR = 2003
 
@@ -61,6 +60,7 @@ class ClientConnection(asyncio.Protocol):
         self._trusted = False
         self._started = 0.0
         self._upstream_in_use = False  # a command of dbkeeper's own is in flight upstream
+        self._deadline: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -70,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self._started = time.monotonic()
         sockname = transport.get_extra_info("sockname")
         self._trusted = self._config.trust_unix_socket and isinstance(sockname, (str, bytes))
+        self._arm_deadline()
         self._task = asyncio.ensure_future(self._serve())
 
     def data_received(self, data):
@@ -84,8 +85,7 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._reject(messages.ER_HANDSHAKE_ERROR, "08S01", f"Bad handshake ({exc})", "client_protocol_error")
             return
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
     def eof_received(self):
         return False  # a half-closed client is gone: close both directions
@@ -93,8 +93,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self._closed = True
         self._registry.discard(self)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._disarm_deadline()
+        self._wake()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._end_session("client_closed")
@@ -205,6 +205,7 @@ class ClientConnection(asyncio.Protocol):
                      "client_auth_failed", sequence_id=sequence_id, user=user)
 
     def _start_relay(self, pending: bytes) -> None:
+        self._disarm_deadline()
         self._relay = Relay(self, self._upstream)
         self._upstream.attach(self._relay)
         if pending:
@@ -232,6 +233,7 @@ class ClientConnection(asyncio.Protocol):
         # Reading resumes at once: the rest of the command may still be on its way, and a client
         # that hangs up meanwhile must be noticed.
         self.transport.resume_reading()
+        self._arm_deadline()
         try:
             self._inbox = self._packets.feed(self._intercepted)
             packet = await self._read_packet(expected_sequence=0)
@@ -289,19 +291,35 @@ class ClientConnection(asyncio.Protocol):
 
     # --- I/O helpers --------------------------------------------------------------------------
     async def _read_packet(self, expected_sequence: int | None = None) -> Packet:
-        deadline = asyncio.get_running_loop().time() + _HANDSHAKE_TIMEOUT
         while not self._inbox:
             if self._closed:
                 raise asyncio.CancelledError
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise ProtocolError("handshake timed out")
             self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.wait((self._waiter,), timeout=remaining)
+            await self._waiter
         packet = self._inbox.pop(0)
         if expected_sequence is not None and packet.sequence_id != expected_sequence:
             raise PacketsOutOfOrder(f"got packet {packet.sequence_id}, expected {expected_sequence}")
         return packet
+
+    # One timer per control phase (not one per packet read): a client that stops half-way
+    # through its handshake or an intercepted command is dropped.
+    def _arm_deadline(self) -> None:
+        self._deadline = asyncio.get_running_loop().call_later(self._config.client_handshake_timeout,
+                                                               self._deadline_passed)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        self._reject(messages.ER_HANDSHAKE_ERROR, "08S01", "Bad handshake (timed out)", "client_protocol_error")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _write(self, payload: bytes, sequence_id: int) -> None:
         if not self._closed:

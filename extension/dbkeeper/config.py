@@ -47,6 +47,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
     Setting("DBKEEPER_CONNECT_TIMEOUT_MS", "2000", "Bound on one upstream connect + handshake."),
+    Setting("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", "10000",
+            "A local client that has not finished its handshake (or a command dbkeeper answers) by then is dropped."),
     Setting("DBKEEPER_INIT_CONNECT_BUDGET_MS", "8000",
             "Total time the INIT-time connect keeps retrying (jittered backoff); later borrows retry lazily."),
     Setting("DBKEEPER_LOG_LEVEL", "info", "debug, info, warning or error."),
@@ -72,6 +74,7 @@ class Config(NamedTuple):
     pool_size: int
     borrow_timeout: float
     connect_timeout: float
+    client_handshake_timeout: float
     init_connect_budget: float
     log_level: str
     event_loop: str
@@ -119,6 +122,7 @@ class Config(NamedTuple):
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
+            client_handshake_timeout=parsed("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", _milliseconds(10, 600_000)),
             init_connect_budget=parsed("DBKEEPER_INIT_CONNECT_BUDGET_MS", _milliseconds(0, 9_000)),
             log_level=parsed("DBKEEPER_LOG_LEVEL", _choice(LOG_LEVELS)),
             event_loop=parsed("DBKEEPER_EVENT_LOOP", _choice(EVENT_LOOPS)),

@@ -53,3 +53,19 @@ def test_trust_on_the_unix_socket_only(dbkeeper_factory, mariadb):
     with pytest.raises(pymysql.err.OperationalError) as caught:
         select_one(**running.connect_kwargs(password="anything"))  # TCP is still verified
     assert caught.value.args[0] == ACCESS_DENIED
+
+
+def test_a_client_that_never_finishes_its_handshake_is_dropped(dbkeeper_factory, mariadb):
+    import socket
+    import time
+
+    running = dbkeeper_factory(mariadb, DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS="300")
+    silent = socket.create_connection((running.host, running.port))
+    silent.settimeout(5)
+    started = time.monotonic()
+    received = b""
+    while chunk := silent.recv(4096):  # the greeting, then ERR 1043, then the close
+        received += chunk
+    assert 0.25 < time.monotonic() - started < 3
+    assert b"Bad handshake (timed out)" in received
+    assert select_one(**running.connect_kwargs()) == 1

@@ -18,6 +18,7 @@ def test_given_only_the_functions_db_settings_then_every_other_setting_has_its_d
     assert config.pool_size == 4
     assert config.borrow_timeout == 5.0
     assert config.connect_timeout == 2.0
+    assert config.client_handshake_timeout == 10.0
     assert config.init_connect_budget == 8.0
     assert config.log_level == "info"
     assert config.event_loop == "auto"
@@ -40,6 +41,7 @@ def test_every_setting_is_parsed():
         "DBKEEPER_LISTEN_PORT": "0", "DBKEEPER_SOCKET": "/tmp/x.sock", "DBKEEPER_CLIENT_PASSWORD": "local",
         "DBKEEPER_TRUST_UNIX_SOCKET": "yes", "DBKEEPER_POOL_SIZE": "2", "DBKEEPER_BORROW_TIMEOUT_MS": "250",
         "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
+        "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500",
         "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1",
     }
     config = Config.from_environ(env)
@@ -48,6 +50,7 @@ def test_every_setting_is_parsed():
     assert config.local_password == "local" and config.trust_unix_socket is True
     assert (config.pool_size, config.borrow_timeout, config.connect_timeout, config.init_connect_budget) == (2, 0.25, 0.3, 0.0)
     assert config.log_level == "debug" and config.event_loop == "asyncio"
+    assert config.client_handshake_timeout == 1.5
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
