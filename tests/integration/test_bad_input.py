@@ -28,29 +28,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.client_ops import TRANSPORTS, Target, dbkeeper_target_of, direct_target_of, upstream_prepared
+from tests.integration.client_ops import TRANSPORTS, Target, dbkeeper_target_of
 from tests.integration.raw_mysql import RawClient, ServerError, packet
 
 CLOSE_DEADLINE_S = 3.0  # how long a server may take to hang up on a client it must drop (MariaDB: ~0)
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def upstream(mariadb):
-    with upstream_prepared(mariadb) as db:
-        yield db
-
-
-@pytest.fixture(scope="module")
-def direct(upstream) -> Target:
-    return direct_target_of(upstream)
-
-
-@pytest.fixture(scope="module")
-def dbk(upstream, request):
-    return request.getfixturevalue("dbkeeper")
 
 
 class Side:

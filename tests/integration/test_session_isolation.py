@@ -29,30 +29,13 @@ import pytest
 from pymysql.constants import COMMAND
 
 from tests.integration.client_ops import (
-    OTHER_DB, TRANSPORTS, Target, dbkeeper_target_of, direct_target_of, upstream_prepared,
+    OTHER_DB, TRANSPORTS, Target, dbkeeper_target_of,
 )
 
 RUN_ID = os.urandom(3).hex()
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def upstream(mariadb):
-    with upstream_prepared(mariadb) as db:
-        yield db
-
-
-@pytest.fixture(scope="module")
-def direct(upstream) -> Target:
-    return direct_target_of(upstream)
-
-
-@pytest.fixture(scope="module")
-def dbk(upstream, request):
-    # asked for after `upstream` is prepared (otherdb exists before dbkeeper connects)
-    return request.getfixturevalue("dbkeeper")
 
 
 @pytest.fixture
