@@ -38,14 +38,17 @@ from . import procs
 from .logs import LogObservation, LogRecord, LogStore
 from .netns import Netns
 from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
-from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE
+from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE, host_paths_under_tmp
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 MOUNT_SCRIPT = (
     'opt="$1"; task="$2"; tmp="$3"; shift 3; '
     "mkdir -p /opt /var/task && "
-    'mount --bind "$opt" /opt && mount --bind "$task" /var/task && mount --bind "$tmp" /tmp && '
-    'cd /var/task && exec "$@"'
+    'mount --bind "$opt" /opt && mount --bind "$task" /var/task && '
+    # host paths under /tmp still needed (see host_paths_under_tmp) are bound back into the private /tmp
+    'mount --bind /tmp /mnt && mount --bind "$tmp" /tmp && '
+    'while [ "$1" != "--" ]; do mkdir -p "$1" && mount --bind "/mnt${1#/tmp}" "$1" || exit 1; shift; done && '
+    'shift && umount -l /mnt && cd /var/task && exec "$@"'
 )
 
 
@@ -181,7 +184,7 @@ class RieSandbox(LogObservation):
             rie += ["--log-level", self.log_level]
         tmp = self.private_tmp or "<private /tmp dir, created by start()>"
         argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_SCRIPT, "lsb-rie",
-                self.opt_dir, self.task_dir, tmp] + rie + self.runtime_command()
+                self.opt_dir, self.task_dir, tmp, *host_paths_under_tmp(self.python), "--"] + rie + self.runtime_command()
         if self._netns is not None:
             argv = self._netns.exec_prefix() + argv
         return argv

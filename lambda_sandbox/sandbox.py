@@ -42,7 +42,11 @@ ACCOUNT_ID = "012345678912"
 LAMBDA_PATHS_SCRIPT = (  # /opt and /var/task read-only as on Lambda; only /tmp is writable
     'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && '
     'mount --bind "$2" /var/task && mount -o remount,bind,ro /var/task && '
-    'mount --bind "$3" /tmp && shift 3 && cd /var/task && exec "$@"'
+    # the private /tmp hides the host's; paths under it the processes still need (an interpreter's
+    # virtualenv in a checkout under /tmp) are bound back from the host's /tmp, seen at /mnt meanwhile
+    'mount --bind /tmp /mnt && mount --bind "$3" /tmp && shift 3 && '
+    'while [ "$1" != "--" ]; do mkdir -p "$1" && mount --bind "/mnt${1#/tmp}" "$1" || exit 1; shift; done && '
+    'shift && umount -l /mnt && cd /var/task && exec "$@"'
 )
 MAX_PAYLOAD = 6 * 1024 * 1024 + 100  # 6291556 bytes, Lambda's synchronous response limit
 RUNTIME_DEADLINE_SHARE = 0.3  # RIE: the runtime gets 30% of the shutdown budget (600 ms of 2000 ms)
@@ -61,6 +65,20 @@ def _kill_leftovers() -> None:
             sb._teardown()
         except Exception:
             pass
+
+
+def host_paths_under_tmp(python: str) -> list[str]:
+    """Host paths under /tmp that a sandbox's processes need although their /tmp is private: this
+    checkout and the virtualenv of the interpreter that runs the runtime (e.g. a clone in /tmp)."""
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    candidates = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    if os.path.exists(os.path.join(venv, "pyvenv.cfg")):
+        candidates.append(venv)
+    keep: list[str] = []
+    for path in sorted(candidates, key=len):
+        if path.startswith("/tmp/") and not any(path == k or path.startswith(k + "/") for k in keep):
+            keep.append(path)
+    return keep
 
 
 def _compact(obj: Any) -> bytes:
@@ -437,7 +455,7 @@ class Sandbox(LogObservation):
             # own mount namespace: opt_dir on /opt, task_dir on /var/task, the sandbox's private dir on /tmp
             # (bound last: opt_dir/task_dir may themselves live under /tmp); exec keeps the pid
             argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", LAMBDA_PATHS_SCRIPT,
-                    "lsb", self.opt_dir, self.task_dir, self.private_tmp] + argv
+                    "lsb", self.opt_dir, self.task_dir, self.private_tmp, *host_paths_under_tmp(self.python), "--"] + argv
         return (self._netns.exec_prefix() + argv) if self._netns else argv
 
     # ------------------------------------------------------------------ process bookkeeping

@@ -145,7 +145,10 @@ def test_rie_command_runs_the_rie_in_a_private_mount_namespace_with_free_ports(t
     assert cmd[5:8] == ["/bin/sh", "-c", MOUNT_SCRIPT]
     assert cmd[9:11] == [str(tmp_path / "opt"), str(tmp_path / "task")]
     assert "private /tmp" in cmd[11]  # created by start(); command() has no side effect
-    rie = cmd[12:]
+    # then host paths under /tmp still needed inside (a checkout in /tmp), up to "--"
+    separator = cmd.index("--", 12)
+    assert all(path.startswith("/tmp/") for path in cmd[12:separator])
+    rie = cmd[separator + 1:]
     assert rie[0] == "/usr/local/bin/aws-lambda-rie"
     rie_port, api_port = sb.ports()
     assert rie_port != api_port
@@ -177,7 +180,8 @@ def test_rie_environment_sets_the_rie_settings_and_never_managed_instances_mode(
 def test_rie_netns_mode_listens_on_all_addresses_inside_the_namespace(tmp_path):
     sb = RieSandbox("aws-lambda-rie", str(tmp_path), str(tmp_path), netns=True)
     assert sb.ports() == (8080, 9001)
-    rie = sb.command()[12:]
+    command = sb.command()
+    rie = command[command.index("--", 12) + 1:]
     assert rie[1:5] == ["--runtime-interface-emulator-address", "0.0.0.0:8080",
                         "--runtime-api-address", "127.0.0.1:9001"]
 
