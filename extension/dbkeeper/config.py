@@ -14,6 +14,8 @@ from .errors import ConfigError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_MODES = ("disabled", "preferred", "required")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+# Client capability flags that shape a session (pymysql.constants.CLIENT names); see upstream.PROFILE_BITS.
+SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS", "PS_MULTI_RESULTS")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -43,6 +45,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(for IAM tokens or secrets the function never sees). Never logged."),
     Setting("DBKEEPER_TRUST_UNIX_SOCKET", "false",
             "true: clients on the 0600 Unix socket are not asked for a password."),
+    Setting("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS",
+            "Session-shaping capability flags the function's driver sends (e.g. FOUND_ROWS,MULTI_RESULTS "
+            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient). The INIT-time connection uses "
+            "them; a client with others costs one reconnect."),
     Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
@@ -71,6 +77,7 @@ class Config(NamedTuple):
     socket_path: str | None
     client_password: str | None
     trust_unix_socket: bool
+    client_flags: tuple[str, ...]
     pool_size: int
     borrow_timeout: float
     connect_timeout: float
@@ -119,6 +126,7 @@ class Config(NamedTuple):
             socket_path=parsed("DBKEEPER_SOCKET", _socket_path),
             client_password=raw["DBKEEPER_CLIENT_PASSWORD"] or None,
             trust_unix_socket=parsed("DBKEEPER_TRUST_UNIX_SOCKET", _boolean),
+            client_flags=parsed("DBKEEPER_CLIENT_FLAGS", _flag_names(SESSION_FLAGS)),
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
@@ -182,6 +190,16 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         if text.lower() not in options:
             raise ValueError("expected one of " + ", ".join(options))
         return text.lower()
+    return parse
+
+
+def _flag_names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(sorted({name.strip().upper() for name in text.replace(",", " ").split() if name.strip()}))
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise ValueError(f"unknown flag(s) {', '.join(unknown)}; expected some of {', '.join(allowed)}")
+        return names
     return parse
 
 

@@ -18,7 +18,9 @@ from collections import deque
 from .config import Config
 from .errors import PoolTimeout, UpstreamError
 from .log import Logger
-from .upstream import DEFAULT_PROFILE, UpstreamConnection
+from pymysql.constants import CLIENT
+
+from .upstream import UpstreamConnection
 
 # Server errors worth retrying: the server is starting, full, or briefly refusing us.
 _RETRYABLE_ERRNOS = frozenset((1040, 1203, 1205, 1226, 1290, 2002, 2003, 2006, 2013, 1927, 4031))
@@ -36,7 +38,9 @@ class Pool:
         self._changed: asyncio.Future | None = None
         self._closing = False
         self._warm_task: asyncio.Task | None = None
-        self.profile = DEFAULT_PROFILE
+        # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
+        # first, then those of the last client that needed a connection of its own
+        self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
         self.last_error: UpstreamError | None = None
 

@@ -15,7 +15,7 @@ from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from . import __version__
-from .config import Config
+from .config import SESSION_FLAGS, Config
 from .errors import ProtocolError, UpstreamError
 from .log import Logger
 from .protocol import auth, handshake, messages
@@ -26,9 +26,7 @@ from .relay import enable_nodelay
 # Capability bits that change what a session means (affected-rows semantics, parser flags,
 # multi-result framing). The upstream must have the same ones as its client, so they form the
 # pool's "profile"; every other bit is either fixed by dbkeeper or only shapes the handshake.
-PROFILE_BITS = (CLIENT.FOUND_ROWS | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE
-                | CLIENT.INTERACTIVE | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS)
-DEFAULT_PROFILE = CLIENT.MULTI_RESULTS  # what PyMySQL and most drivers ask for
+PROFILE_BITS = sum(getattr(CLIENT, name) for name in SESSION_FLAGS)
 _BASE_CAPABILITIES = (CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
                       | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.PLUGIN_AUTH
                       | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS)

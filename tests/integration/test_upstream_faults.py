@@ -116,3 +116,28 @@ def test_a_server_restart_between_sessions_is_invisible(dbkeeper_factory, fresh_
     fresh_mariadb.restart()
     assert query(running, "SELECT 1") == 1
     assert running.alive()
+
+
+def test_the_declared_client_flags_let_a_found_rows_driver_reuse_the_init_connection(dbkeeper_factory, fresh_mariadb):
+    from pymysql.constants import CLIENT
+
+    # given SQLAlchemy-style sessions (CLIENT_FOUND_ROWS), declared up front
+    running = dbkeeper_factory(fresh_mariadb, DBKEEPER_CLIENT_FLAGS="FOUND_ROWS,MULTI_RESULTS")
+    running.wait_for_event("upstream_connected")
+    opened = fresh_mariadb.connections_opened()
+    for _ in range(3):
+        assert query(running, client_flag=CLIENT.FOUND_ROWS) > 0
+    # then no connection was opened for them
+    assert fresh_mariadb.connections_opened() == opened
+
+
+def test_a_client_with_undeclared_session_flags_costs_one_reconnect_then_none(dbkeeper_factory, fresh_mariadb):
+    from pymysql.constants import CLIENT
+
+    running = dbkeeper_factory(fresh_mariadb)  # default: PyMySQL's flags
+    running.wait_for_event("upstream_connected")
+    opened = fresh_mariadb.connections_opened()
+    ids = {query(running, client_flag=CLIENT.FOUND_ROWS) for _ in range(3)}
+    assert fresh_mariadb.connections_opened() == opened + 1
+    assert len(ids) == 1
+    assert running.wait_for_event("upstream_closed", reason="profile_changed")

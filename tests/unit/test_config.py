@@ -19,6 +19,7 @@ def test_given_only_the_functions_db_settings_then_every_other_setting_has_its_d
     assert config.borrow_timeout == 5.0
     assert config.connect_timeout == 2.0
     assert config.client_handshake_timeout == 10.0
+    assert config.client_flags == ("MULTI_RESULTS",)
     assert config.init_connect_budget == 8.0
     assert config.log_level == "info"
     assert config.event_loop == "auto"
@@ -41,7 +42,7 @@ def test_every_setting_is_parsed():
         "DBKEEPER_LISTEN_PORT": "0", "DBKEEPER_SOCKET": "/tmp/x.sock", "DBKEEPER_CLIENT_PASSWORD": "local",
         "DBKEEPER_TRUST_UNIX_SOCKET": "yes", "DBKEEPER_POOL_SIZE": "2", "DBKEEPER_BORROW_TIMEOUT_MS": "250",
         "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
-        "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500",
+        "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500", "DBKEEPER_CLIENT_FLAGS": "found_rows, MULTI_RESULTS",
         "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1",
     }
     config = Config.from_environ(env)
@@ -51,6 +52,7 @@ def test_every_setting_is_parsed():
     assert (config.pool_size, config.borrow_timeout, config.connect_timeout, config.init_connect_budget) == (2, 0.25, 0.3, 0.0)
     assert config.log_level == "debug" and config.event_loop == "asyncio"
     assert config.client_handshake_timeout == 1.5
+    assert config.client_flags == ("FOUND_ROWS", "MULTI_RESULTS")
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
@@ -60,7 +62,7 @@ def test_every_setting_is_parsed():
     ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
     ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
     ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
-    ("DBKEEPER_ENABLED", "perhaps"),
+    ("DBKEEPER_ENABLED", "perhaps"), ("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS,COMPRESS"),
 ])
 def test_a_bad_value_fails_with_a_message_naming_the_setting(name, value):
     with pytest.raises(ConfigError) as caught:
