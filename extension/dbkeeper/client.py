@@ -138,14 +138,8 @@ class ClientConnection(asyncio.Protocol):
     async def _handshake(self) -> None:
         try:
             upstream = await self._pool.acquire()
-        except PoolTimeout as exc:
-            self._reject(messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({exc})",
-                         "client_rejected", sequence_id=0)
-            return
-        except UpstreamError as exc:
-            errno = exc.errno or CR_CONN_HOST_ERROR
-            self._reject(errno, exc.sqlstate or "HY000", f"Can't connect to MySQL server through dbkeeper: {exc}",
-                         "client_rejected", sequence_id=0)
+        except (PoolTimeout, UpstreamError) as exc:
+            self._reject_for_upstream(exc, sequence_id=0)  # instead of a greeting, as a full server does
             return
         if self._closed:
             self._pool.give_back_clean(upstream)
@@ -170,7 +164,11 @@ class ClientConnection(asyncio.Protocol):
         capabilities = response.capabilities & offered
         settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
                                    bool(capabilities & CLIENT.MULTI_STATEMENTS))
-        upstream = self._upstream = await self._pool.make_ready(upstream, capabilities & PROFILE_BITS)
+        try:
+            upstream = self._upstream = await self._pool.make_ready(upstream, capabilities & PROFILE_BITS)
+        except (PoolTimeout, UpstreamError) as exc:
+            self._reject_for_upstream(exc, sequence_id=sequence + 1)
+            return
         self._upstream_in_use = True
         error = await upstream.prepare(settings)
         self._upstream_in_use = False
@@ -198,6 +196,15 @@ class ClientConnection(asyncio.Protocol):
         if user != self._config.db_user:
             return False
         return self._trusted or auth.verify_native(self._config.local_password, self._scramble, proof)
+
+    def _reject_for_upstream(self, error: PoolTimeout | UpstreamError, sequence_id: int) -> None:
+        if isinstance(error, PoolTimeout):
+            self._reject(messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})",
+                         "client_rejected", sequence_id=sequence_id)
+        else:
+            self._reject(error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000",
+                         f"Can't connect to MySQL server through dbkeeper: {error}", "client_rejected",
+                         sequence_id=sequence_id)
 
     def _deny(self, user: str, used_password: bool, sequence_id: int) -> None:
         self._reject(messages.ER_ACCESS_DENIED_ERROR, "28000",

@@ -141,3 +141,16 @@ def test_a_client_with_undeclared_session_flags_costs_one_reconnect_then_none(db
     assert fresh_mariadb.connections_opened() == opened + 1
     assert len(ids) == 1
     assert running.wait_for_event("upstream_closed", reason="profile_changed")
+
+
+def test_a_database_gone_between_greeting_and_login_gives_the_client_a_clear_error(dbkeeper_factory, fresh_mariadb):
+    running = dbkeeper_factory(fresh_mariadb, DBKEEPER_BORROW_TIMEOUT_MS="300", DBKEEPER_CONNECT_TIMEOUT_MS="200")
+    assert query(running, "SELECT 1") == 1
+    # when the server dies while its (idle, pooled) connection is handed to a new client
+    fresh_mariadb.kill()
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        query(running, "SELECT 1")
+    # then the client gets the usual "can't connect" error, not a bare hang-up
+    assert caught.value.args[0] == 2003
+    fresh_mariadb.restart()
+    assert query(running, "SELECT 1") == 1
