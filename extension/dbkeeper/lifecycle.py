@@ -32,19 +32,24 @@ async def _serve(config: Config, log: Logger, listeners: BoundListeners, events:
     await server.start()
     loop.add_signal_handler(signal.SIGTERM, lambda: events.inject(
         ShutdownEvent(reason="SIGTERM", deadline_ms=int(time.time() * 1000) + _SIGTERM_GRACE_MS)))
-    while True:
-        event = await events.next()
-        if isinstance(event, InvokeEvent):
-            log.debug("invoke", request_id=event.request_id)
-            continue
-        if isinstance(event, ShutdownEvent):
-            received = time.time()
-            report = await server.shutdown()
-            await asyncio.sleep(0)  # let the transports we closed run their close callbacks
-            log.info("shutdown_complete", reason=event.reason, upstreams_opened=server.pool.opened,
-                     ms_left_before_deadline=round(event.deadline_ms - time.time() * 1000, 1),
-                     ms_since_event=round((time.time() - received) * 1000, 3), **report)
-            return 0
+    try:
+        while True:
+            event = await events.next()
+            if isinstance(event, InvokeEvent):
+                log.debug("invoke", request_id=event.request_id)
+                continue
+            if isinstance(event, ShutdownEvent):
+                received = time.time()
+                report = await server.shutdown()
+                await asyncio.sleep(0)  # let the transports we closed run their close callbacks
+                log.info("shutdown_complete", reason=event.reason, upstreams_opened=server.pool.opened,
+                         ms_left_before_deadline=round(event.deadline_ms - time.time() * 1000, 1),
+                         ms_since_event=round((time.time() - received) * 1000, 3), **report)
+                return 0
+    except BaseException:
+        # Lambda's API failed us (or a bug): still say goodbye to the database before the exit.
+        await server.shutdown()
+        raise
 
 
 def _loop_factory(config: Config, log: Logger):
