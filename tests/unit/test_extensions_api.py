@@ -1,58 +1,20 @@
 """The Extensions API client against a local HTTP server that answers as Lambda does."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from dbkeeper.errors import ExtensionsApiError
 from dbkeeper.events import InvokeEvent, ShutdownEvent
 from dbkeeper.extensions_api import ExtensionsApi, parse_response
-
-
-class FakeLambda:
-    """Records requests; answers from a script of (status, headers, body, content_type)."""
-
-    def __init__(self):
-        self.requests = []
-        self.answers = {}
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                owner.requests.append((self.command, self.path, dict(self.headers), body))
-                status, headers, payload, content_type = owner.answers[(self.command, self.path)]
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = _answer
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-
-    def answer(self, method, path, status, body=b"{}", headers=None, content_type="application/json"):
-        self.answers[(method, "/2020-01-01/extension" + path)] = (status, headers or {}, body, content_type)
+from tests.fake_lambda_api import FakeLambda
 
 
 @pytest.fixture
 def fake():
     server = FakeLambda()
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 def registered(fake):
