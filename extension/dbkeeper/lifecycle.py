@@ -36,8 +36,7 @@ async def _serve(config: Config, log: Logger, listeners: BoundListeners, events:
         while True:
             event = await events.next()
             if isinstance(event, InvokeEvent):
-                log.debug("invoke", request_id=event.request_id)
-                continue
+                continue  # not subscribed; nothing to do per invocation even if one comes
             if isinstance(event, ShutdownEvent):
                 received = time.time()
                 report = await server.shutdown()
