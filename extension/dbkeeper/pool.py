@@ -15,11 +15,11 @@ import random
 import time
 from collections import deque
 
+from pymysql.constants import CLIENT
+
 from .config import Config
 from .errors import PoolTimeout, UpstreamError
 from .log import Logger
-from pymysql.constants import CLIENT
-
 from .upstream import UpstreamConnection
 
 # Server errors worth retrying: the server is starting, full, or briefly refusing us.
@@ -201,10 +201,6 @@ class Pool:
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
-
-    @property
-    def size(self) -> int:
-        return len(self._members)
 
     async def close(self) -> int:
         """Close every connection with COM_QUIT. Returns how many were open."""
