@@ -13,31 +13,14 @@ from __future__ import annotations
 import socket
 
 from pymysql.constants import COMMAND
-from pymysql.constants.SERVER_STATUS import SERVER_MORE_RESULTS_EXISTS
 
 from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.packets import MAX_FRAME
-from .protocol.responses import ResponseTracker, ends_with_final_reply
+from .protocol.responses import ResponseTracker, closes_reply
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
-
-
-def _closes_reply(chunk: bytes) -> bool:
-    """Does this last chunk of a reply end with a packet that closes the reply? An EOF with no
-    more results to follow, or a chunk that is one whole ERR, or one whole OK (with one-byte
-    counters) likewise. Inline byte checks: this runs on every fast-path command. Anything it
-    cannot tell falls back to the exact path."""
-    size = len(chunk)
-    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
-        return not chunk[-2] & SERVER_MORE_RESULTS_EXISTS
-    if size > 4 and (chunk[0] | chunk[1] << 8 | chunk[2] << 16) == size - 4:
-        if chunk[4] == 0xFF:
-            return True
-        return size >= 11 and chunk[4] == 0 and chunk[5] < 0xFB and chunk[6] < 0xFB \
-            and not chunk[7] & SERVER_MORE_RESULTS_EXISTS
-    return False
 
 
 def enable_nodelay(transport) -> None:
@@ -75,7 +58,7 @@ class Relay:
             if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
                     and data[4] not in _NOT_FAST:
                 last = self._last
-                if not self._expected if last is None else len(self._expected) == 1 and _closes_reply(last):
+                if not self._expected if last is None else len(self._expected) == 1 and closes_reply(last):
                     self._upstream_write(data)
                     self._expected = [data[4]]
                     if self._older:
@@ -107,7 +90,10 @@ class Relay:
         as can be told without walking the replies."""
         if self._last is None:
             return not self._expected and self.tracker.idle
-        if len(self._expected) == 1 and self.tracker.idle and ends_with_final_reply(self._older + [self._last]):
+        last = self._last
+        if len(last) < 9 and self._older:  # a final EOF may straddle the last two chunks
+            last = (self._older[-1] + last)[-9:]
+        if len(self._expected) == 1 and self.tracker.idle and closes_reply(last):
             self._expected.clear()
             self._older.clear()
             self._older_size = 0

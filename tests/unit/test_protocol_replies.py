@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 from pymysql.constants import COMMAND, SERVER_STATUS
 
 from dbkeeper.protocol.packets import MAX_FRAME, frame, lenenc_int
-from dbkeeper.protocol.responses import ResponseTracker, ends_with_final_reply
+from dbkeeper.protocol.responses import ResponseTracker, closes_reply
 from mysql_replies import AUTOCOMMIT, MORE, column, eof, err, ok, query_reply, stream, text_result
 
 
@@ -118,10 +118,8 @@ def test_reply_bytes_with_nothing_outstanding_break_the_stream():
 
 
 def test_the_final_reply_witness_sees_only_a_closing_packet():
-    assert ends_with_final_reply([stream(text_result([[b"1"]]))])
-    assert not ends_with_final_reply([stream(text_result([[b"1"]], status=AUTOCOMMIT | MORE))])
-    assert ends_with_final_reply([stream([ok()])]) and ends_with_final_reply([stream([err()])])
-    assert not ends_with_final_reply([stream([ok(AUTOCOMMIT | MORE)])])
-    assert not ends_with_final_reply([stream([ok(), ok()])[:-1]])
-    whole = stream(text_result([[b"1"]]))
-    assert ends_with_final_reply([whole[:-4], whole[-4:]])
+    assert closes_reply(stream(text_result([[b"1"]])))
+    assert not closes_reply(stream(text_result([[b"1"]], status=AUTOCOMMIT | MORE)))
+    assert closes_reply(stream([ok()])) and closes_reply(stream([err()]))
+    assert not closes_reply(stream([ok(AUTOCOMMIT | MORE)]))
+    assert not closes_reply(stream([ok(), ok()])[:-1])

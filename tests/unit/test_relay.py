@@ -112,3 +112,18 @@ def test_an_intercepted_command_is_returned_not_forwarded():
     quit_packet = frame(bytes((COMMAND.COM_QUIT,)), 0)
     assert session.client_data(quit_packet) == quit_packet
     assert upstream.transport.written == []
+
+
+def test_a_final_eof_split_across_two_chunks_still_proves_the_reply_ended():
+    session, _, _ = relay()
+    reply = stream(text_result([[b"x" * 50]]))
+    session.client_data(frame(b"\x03SELECT 1", 0))
+    session.upstream_data(reply[:-4])
+    session.upstream_data(reply[-4:])
+    walked = []
+    session.tracker.feed = walked.append  # the exact (slow) path would hand the chunks over here
+    assert session.client_data(frame(b"\x03SELECT 2", 0)) is None
+    assert walked == []  # proven from the last 9 bytes alone
+    del session.tracker.feed
+    session.upstream_data(stream([ok()]))
+    assert session.settle()

@@ -3,7 +3,7 @@
 
 No I/O. The relay forwards reply bytes as they come and feeds them here lazily: walking every row
 of a large result in Python would cost more CPU than relaying it, so `Relay` (session.py) only feeds
-what it cannot vouch for otherwise (see `ends_with_final_reply`).
+what it cannot vouch for otherwise (see `closes_reply`).
 """
 
 from __future__ import annotations
@@ -202,22 +202,23 @@ class ResponseTracker:
             self._state = command  # unknown shape: _on_packet marks the stream unfollowable
 
 
-def ends_with_final_reply(chunks: list[bytes]) -> bool:
-    """True when the relayed bytes end with a packet that closes a whole reply: an EOF with no
-    more results to follow, or a last chunk that is exactly one OK (likewise) or ERR packet.
-    A cheap witness, used only once the client has sent its next command: see Relay."""
-    last = chunks[-1]
-    size = len(last)
-    if size > 4 and (last[0] | last[1] << 8 | last[2] << 16) == size - 4:
-        if last[4] == ERR_HEADER:
+_MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
+
+
+def closes_reply(chunk: bytes) -> bool:
+    """Does this last chunk of a reply end with a packet that closes the reply? An EOF with no
+    more results to follow, or a chunk that is one whole ERR, or one whole OK (with one-byte
+    counters) likewise. Inline byte checks: the relay runs this on every query. Anything it
+    cannot tell falls back to the exact path."""
+    size = len(chunk)
+    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER:
+        return not chunk[-2] & _MORE_RESULTS
+    if size > 4 and (chunk[0] | chunk[1] << 8 | chunk[2] << 16) == size - 4:
+        if chunk[4] == ERR_HEADER:
             return True
-        if last[4] == OK_HEADER:
-            return not _ok_status(last[4:]) & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
-    tail = last[-9:]
-    if len(tail) < 9 and len(chunks) > 1:
-        tail = (chunks[-2] + last)[-9:]
-    return (len(tail) == 9 and tail[0] == 5 and tail[1] == 0 and tail[2] == 0 and tail[4] == EOF_HEADER
-            and not int.from_bytes(tail[7:9], "little") & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS)
+        return size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB \
+            and not chunk[7] & _MORE_RESULTS
+    return False
 
 
 def _eof_status(head: bytes) -> int:
