@@ -27,7 +27,6 @@ import select
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -35,10 +34,11 @@ import weakref
 from typing import Any, Callable, Optional
 
 from . import procs
-from .logs import LogObservation, LogRecord, LogStore
+from .logs import LogRecord
 from .netns import Netns
 from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
-from .sandbox import ACCOUNT_ID, RUNTIME_DEADLINE_SHARE, host_paths_under_tmp
+from .base import SandboxBase
+from .sandbox import RUNTIME_DEADLINE_SHARE, host_paths_under_tmp
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 MOUNT_SCRIPT = (
@@ -92,7 +92,7 @@ def parse_rie_response(status: int, body: bytes, timeout_s: float) -> tuple[bool
     return True, None, False
 
 
-class RieSandbox(LogObservation):
+class RieSandbox(SandboxBase):
     """Same Python API as Sandbox, backed by `aws-lambda-rie` (root only)."""
 
     merged_sources = True  # the RIE writes every process's output to one stream
@@ -122,24 +122,10 @@ class RieSandbox(LogObservation):
         log_level: Optional[str] = None,
     ) -> None:
         self.rie_binary = os.path.abspath(rie_binary) if os.sep in rie_binary else (shutil.which(rie_binary) or rie_binary)
-        self.opt_dir = os.path.abspath(opt_dir)
-        self.task_dir = os.path.abspath(task_dir)
-        self.handler = handler
-        self.env = dict(env or {})
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
-        self.function_name = function_name
-        self.function_version = function_version
-        self.region = region
-        self.python = python or sys.executable
-        self.runtime_cmd = runtime_cmd
-        self.freeze = freeze
-        self.use_netns = netns
-        self.shutdown_budget_ms = shutdown_budget_ms
+        self._set_function(opt_dir, task_dir, handler, env, timeout_s, memory_mb, function_name, function_version,
+                           region, python, runtime_cmd, freeze, netns, shutdown_budget_ms, on_log)
         self.name = name or f"rie-{os.getpid()}-{id(self):x}"
         self.log_level = log_level
-        self.logs_store = LogStore(on_log)
-        self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
         self._rie_port = rie_port
         self._api_port = api_port
         self._netns: Optional[Netns] = None
@@ -256,12 +242,6 @@ class RieSandbox(LogObservation):
                 self._proc.exited.wait(0.02)  # polling a port: there is no readiness signal to wait on
         raise SandboxError(f"aws-lambda-rie did not listen on {host}:{port} within {timeout}s")
 
-    def __enter__(self) -> "RieSandbox":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._state == "closed":
             return
@@ -277,12 +257,7 @@ class RieSandbox(LogObservation):
         if self._proc is not None and self._proc.alive:
             procs.signal_pids(self._tree() | {self._proc.pid}, signal.SIGKILL)
             self._proc.exited.wait(5)
-        if self._netns is not None:
-            if self._netns.inode is not None:
-                procs.signal_pids(procs.pids_in_netns(self._netns.inode), signal.SIGKILL)
-            self._netns.delete()
-        if self.private_tmp is not None:
-            shutil.rmtree(self.private_tmp, ignore_errors=True)
+        self._remove_netns_and_tmp()
 
     # ------------------------------------------------------------------ processes
     def _tree(self) -> set[int]:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import procs
-from .logs import LogObservation, LogRecord, LogStore
+from .base import ACCOUNT_ID, SandboxBase
+from .logs import LogRecord
 from .netns import Netns
 from .results import (
     ExtensionShutdown,
@@ -38,7 +39,6 @@ from .results import (
     ShutdownReport,
 )
 
-ACCOUNT_ID = "012345678912"
 LAMBDA_PATHS_SCRIPT = (  # /opt and /var/task read-only as on Lambda; only /tmp is writable
     'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && '
     'mount --bind "$2" /var/task && mount -o remount,bind,ro /var/task && '
@@ -188,7 +188,7 @@ class _Gen:
         return out
 
 
-class Sandbox(LogObservation):
+class Sandbox(SandboxBase):
     """A local Lambda execution environment.
 
     with Sandbox(opt_dir, task_dir, handler="app.handler", env={...}, timeout_s=10) as sb:
@@ -224,31 +224,17 @@ class Sandbox(LogObservation):
         name: Optional[str] = None,
         on_log: Optional[Callable[[LogRecord], None]] = None,
     ) -> None:
-        self.opt_dir = os.path.abspath(opt_dir)
-        self.task_dir = os.path.abspath(task_dir)
-        self.handler = handler
-        self.env = dict(env or {})
-        self.timeout_s = timeout_s
+        self._set_function(opt_dir, task_dir, handler, env, timeout_s, memory_mb, function_name, function_version,
+                           region, python, runtime_cmd, freeze, netns, shutdown_budget_ms, on_log)
         self.init_timeout_s = timeout_s if init_timeout_s is None else init_timeout_s
-        self.memory_mb = memory_mb
-        self.function_name = function_name
-        self.function_version = function_version
-        self.region = region
-        self.python = python or sys.executable
-        self.runtime_cmd = runtime_cmd
-        self.freeze = freeze
-        self.use_netns = netns
         self.lambda_paths = lambda_paths
         # paths as the processes see them
         self.proc_opt = "/opt" if lambda_paths else self.opt_dir
         self.proc_task = "/var/task" if lambda_paths else self.task_dir
         self.private_tmp: Optional[str] = None
-        self.shutdown_budget_ms = shutdown_budget_ms
         with Sandbox._names_lock:
             Sandbox._counter += 1
             self.name = name or f"sandbox-{os.getpid()}-{Sandbox._counter}"
-        self.logs_store = LogStore(on_log)
-        self.arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
 
         self._cv = threading.Condition()
         self._op_lock = threading.Lock()
@@ -306,12 +292,6 @@ class Sandbox(LogObservation):
         os.makedirs("/var/task", exist_ok=True)  # empty mount point; the bind mounts stay in the namespaces
         self.private_tmp = tempfile.mkdtemp(prefix=f"lsb-tmp-{self.name}-")
         os.chmod(self.private_tmp, 0o1777)
-
-    def __enter__(self) -> "Sandbox":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def close(self) -> None:
         """shutdown() unless already shut down/reclaimed; never leaves a process behind."""
@@ -956,12 +936,7 @@ class Sandbox(LogObservation):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self._netns is not None:
-            if self._netns.inode is not None:
-                procs.signal_pids(procs.pids_in_netns(self._netns.inode), signal.SIGKILL)
-            self._netns.delete()
-        if self.private_tmp is not None:
-            shutil.rmtree(self.private_tmp, ignore_errors=True)
+        self._remove_netns_and_tmp()
 
     def _require_open(self) -> None:
         if self._state == "closed":
