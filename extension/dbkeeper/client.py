@@ -41,8 +41,11 @@ class PacketsOutOfOrder(ProtocolError):
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set):
+    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set, *, password_hash: bytes,
+                 over_unix: bool):
         self._config = config
+        self._password_hash = password_hash
+        self._over_unix = over_unix
         self._pool = pool
         self._log = log
         self._registry = registry
@@ -65,11 +68,11 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        enable_nodelay(transport)
+        if not self._over_unix:
+            enable_nodelay(transport.get_extra_info("socket"))
         self._registry.add(self)
         self._started = time.monotonic()
-        sockname = transport.get_extra_info("sockname")
-        self._trusted = self._config.trust_unix_socket and isinstance(sockname, (str, bytes))
+        self._trusted = self._config.trust_unix_socket and self._over_unix
         self._arm_deadline()
         self._task = asyncio.ensure_future(self._serve())
 
@@ -179,11 +182,10 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         self._settings = settings
-        self._write(messages.ok_payload(status=upstream.status), sequence + 1)
+        self._start_relay(messages.ok_payload(status=upstream.status), sequence + 1, self._packets.take_rest())
         if self._log.enabled("debug"):
             self._log.debug("client_session_started", connection_id=upstream.connection_id,
                             ms=round((time.monotonic() - self._started) * 1000, 3))
-        self._start_relay(self._packets.take_rest())
 
     async def _switch_to_native(self, plugin: str | None, proof: bytes, sequence: int) -> tuple[bytes, int]:
         if plugin in (None, handshake.NATIVE_PASSWORD):
@@ -195,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
     def _verify(self, user: str, proof: bytes) -> bool:
         if user != self._config.db_user:
             return False
-        return self._trusted or auth.verify_native(self._config.local_password, self._scramble, proof)
+        return self._trusted or auth.verify_native(self._password_hash, self._scramble, proof)
 
     def _reject_for_upstream(self, error: PoolTimeout | UpstreamError, sequence_id: int) -> None:
         if isinstance(error, PoolTimeout):
@@ -211,10 +213,13 @@ class ClientConnection(asyncio.Protocol):
                      f"Access denied for user '{user}'@'localhost' (using password: {'YES' if used_password else 'NO'})",
                      "client_auth_failed", sequence_id=sequence_id, user=user)
 
-    def _start_relay(self, pending: bytes) -> None:
+    def _start_relay(self, ok: bytes, sequence_id: int, pending: bytes) -> None:
+        """Send the client its OK with the relay already in place: the client's next command
+        follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
         self._relay = Relay(self, self._upstream)
         self._upstream.attach(self._relay)
+        self._write(ok, sequence_id)
         if pending:
             self.data_received(pending)
 
@@ -258,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
                 self._write(error, sequence + 1)
                 self.close()
                 return
-            self._write(messages.ok_payload(status=self._upstream.status), sequence + 1)
+            ok = messages.ok_payload(status=self._upstream.status)
         except asyncio.CancelledError:
             return
         except PacketsOutOfOrder as exc:
@@ -272,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
         # Commands the client sent meanwhile go to the relay as they came.
         pending = b"".join(frame(p.payload, p.sequence_id) for p in self._inbox) + self._packets.take_rest()
         self._inbox = []
-        self._start_relay(pending)
+        self._start_relay(ok, sequence + 1, pending)
 
     async def _change_user(self, packet: Packet) -> tuple[bool, int]:
         payload = packet.payload

@@ -23,11 +23,10 @@ _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to boun
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 
 
-def enable_nodelay(transport) -> None:
+def enable_nodelay(sock) -> None:
     """Small request/response packets must not wait for Nagle + delayed ACK (a 40 ms stall per
     large result). asyncio and uvloop already set it on TCP transports; the relay does not rely
-    on that."""
-    sock = transport.get_extra_info("socket")
+    on that. `sock` is a transport's socket (get_extra_info("socket")), or None."""
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

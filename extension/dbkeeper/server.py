@@ -11,6 +11,7 @@ from .config import Config
 from .listeners import BoundListeners
 from .log import Logger
 from .pool import Pool
+from .protocol.auth import native_password_hash
 
 
 class Server:
@@ -24,11 +25,15 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        factory = lambda: ClientConnection(self._config, self.pool, self._log, self._clients)  # noqa: E731
+        password_hash = native_password_hash(self._config.local_password)  # once, not per handshake
+
+        def factory(over_unix: bool):
+            return lambda: ClientConnection(self._config, self.pool, self._log, self._clients,
+                                            password_hash=password_hash, over_unix=over_unix)
         if self._listeners.tcp is not None:
-            self._servers.append(await loop.create_server(factory, sock=self._listeners.tcp))
+            self._servers.append(await loop.create_server(factory(False), sock=self._listeners.tcp))
         if self._listeners.unix is not None:
-            self._servers.append(await loop.create_unix_server(factory, sock=self._listeners.unix))
+            self._servers.append(await loop.create_unix_server(factory(True), sock=self._listeners.unix))
         self.pool.warm()
         self._log.info("serving", tcp=f"127.0.0.1:{self._config.listen_port}" if self._listeners.tcp else None,
                        socket=self._listeners.unix_path)

@@ -50,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._log = log
         self.profile = profile
         self.transport: asyncio.Transport | None = None
+        self._probe_args: tuple | None = None
         self._packets = PacketBuffer(max_packet=MAX_PACKET)
         self._inbox: list[Packet] = []
         self._waiter: asyncio.Future | None = None
@@ -66,7 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        enable_nodelay(transport)
+        sock = transport.get_extra_info("socket")
+        enable_nodelay(sock)
+        # the descriptor outlives a start_tls; looks_dead probes it directly
+        self._probe_args = (sock.family, sock.type, 0, sock.fileno()) if sock is not None else None
 
     def data_received(self, data):
         relay = self._relay
@@ -113,11 +117,10 @@ class UpstreamConnection(asyncio.Protocol):
         the server sent before closing, a TLS alert) or EOF means it is gone."""
         if self.closed:
             return True
-        transport_socket = self.transport.get_extra_info("socket")
-        if transport_socket is None:
+        if self._probe_args is None:
             return False
         # A socket object over the transport's descriptor, detached again: one recv() syscall.
-        probe = socket.socket(transport_socket.family, transport_socket.type, 0, transport_socket.fileno())
+        probe = socket.socket(*self._probe_args)
         try:
             probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             return True

@@ -42,16 +42,29 @@ def test_a_broken_handshake_response_is_a_protocol_error(payload):
         handshake.parse_handshake_response(payload)
 
 
-def test_native_proof_matches_pymysql_and_verifies_only_the_right_password():
+def test_a_pymysql_proof_verifies_against_the_stored_hash_of_the_right_password_only():
+    # given a scramble and the proof PyMySQL computes for it
     scramble = auth.new_scramble()
     proof = _auth.scramble_native_password(b"s3cret", scramble)
-    assert auth.verify_native("s3cret", scramble, proof)
-    assert not auth.verify_native("wrong", scramble, proof)
-    assert auth.verify_native("", scramble, b"") and not auth.verify_native("", scramble, proof)
+    # then only the hash of the same password accepts it
+    assert auth.verify_native(auth.native_password_hash("s3cret"), scramble, proof)
+    assert not auth.verify_native(auth.native_password_hash("wrong"), scramble, proof)
+    assert not auth.verify_native(auth.native_password_hash("s3cret"), auth.new_scramble(), proof)
+    assert not auth.verify_native(auth.native_password_hash("s3cret"), scramble, proof[:19])
+    # and an empty password takes exactly an empty proof
+    assert auth.verify_native(auth.native_password_hash(""), scramble, b"")
+    assert not auth.verify_native(auth.native_password_hash(""), scramble, proof)
 
 
-def test_a_scramble_never_holds_nul():
-    assert all(len(s) == 20 and b"\0" not in s for s in (auth.new_scramble() for _ in range(200)))
+def test_the_stored_hash_is_the_servers_own_format():
+    # MariaDB 10.11 answers SELECT PASSWORD('s3cret') with this
+    assert "*" + auth.native_password_hash("s3cret").hex().upper() == "*B865CAE8F340F6CE1485A06F4492BB49718DF1EC"
+
+
+def test_a_scramble_never_holds_nul_or_dollar_and_varies():
+    scrambles = [auth.new_scramble() for _ in range(2000)]
+    assert all(len(s) == 20 and b"\0" not in s and b"$" not in s for s in scrambles)
+    assert len(set(scrambles)) == len(scrambles)
 
 
 def test_clear_password_upstream_only_over_a_secure_channel():
