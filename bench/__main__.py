@@ -3,7 +3,8 @@
 Phases (each interleaves its comparisons within one run, with warm-up):
   latency   SELECT 1 (PyMySQL and raw packets) and a 1 MB / 10k-row result, six paths
   cpu       relay CPU per SELECT 1 and per 1 MB result (dbkeeper vs socat)
-  connect   connect() + SELECT 1 + close() through dbkeeper vs direct, PyMySQL 1.1.1 and 1.2.4
+  connect   connect() + SELECT 1 + close() through dbkeeper vs direct, PyMySQL 1.1.1 and 1.2.4, on
+            loopback and across an emulated network (--rtt-ms, bench/netdelay.py)
   coldstart spawn -> registered -> upstream ready, RSS, SHUTDOWN -> upstream closed server-side
   imports   import time of the launcher's chain, as shipped and with .pyc
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant-env", default="", metavar="K=V,K=V",
                         help="also run a second dbkeeper with this extra environment (endpoint dbkv_tcp) "
                              "in the latency and cpu phases, e.g. MALLOC_TRIM_THRESHOLD_=33554432")
+    parser.add_argument("--rtt-ms", type=float, default=1.0,
+                        help="RTT of the emulated network for the connect phase's *_net paths (0: skip them)")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{results['machine']['nproc']} CPUs; layer {fingerprint} (snapshot); setting up MariaDB, dbkeeper, "
              f"socat ...")
     try:
-        env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env)
+        env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env, net_rtt_ms=args.rtt_ms)
     except BaseException:
         shutil.rmtree(layer.parent, ignore_errors=True)
         raise

@@ -8,7 +8,8 @@ Clients (one worker process each, see connect_worker.py):
 Modes: PyMySQL defaults, and ssl_disabled=True.
 Paths: direct_tcp (server without TLS), direct_tcp_tlsdb (server offering TLS: the direct path
 really negotiates it when the client prefers TLS), dbk_tcp, dbk_unix (dbkeeper, pooled upstream),
-dbk_tcp_tlsdb (dbkeeper whose pooled upstream is TLS; the local hop never is).
+dbk_tcp_tlsdb (dbkeeper whose pooled upstream is TLS; the local hop never is); and the last two
+across an emulated network of a fixed RTT (direct_tcp_tlsdb_net, dbk_tcp_tlsdb_net; see targets.py).
 
 wall = client's elapsed time; cpu = the client process's CPU time in it (what no proxy can remove).
 """
@@ -28,7 +29,8 @@ from .stats import summary
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PYMYSQL_124 = BENCH / "out" / "pymysql-1.2.4"
-PATHS = ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb")
+PATHS = ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb", "direct_tcp_tlsdb_net",
+         "dbk_tcp_tlsdb_net")
 MODES = ("defaults", "ssl_disabled")
 
 
@@ -116,6 +118,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
         for worker in workers.values():
             worker.close()
     out = {"clients": {label: w.version for label, w in workers.items()}, "iterations": iterations,
+           "net_rtt_ms": env.net_rtt_ms,
            "errors": errors, "extension_cpu_us_per_connect_cycle": dbk_cpu_per_cycle_us, "variants": {}}
     for (client, mode, path), s in samples.items():
         if not s["wall_us"]:

@@ -29,6 +29,8 @@ LABELS = {
     "dbkv_tcp": "dbkeeper TCP, variant env (A/B)",
     "direct_tcp_tlsdb": "direct TCP, DB offers TLS",
     "dbk_tcp_tlsdb": "dbkeeper TCP, TLS upstream",
+    "direct_tcp_tlsdb_net": "direct TCP across the emulated network, DB offers TLS",
+    "dbk_tcp_tlsdb_net": "dbkeeper TCP, TLS upstream across the emulated network",
 }
 
 
@@ -107,13 +109,16 @@ def targets(results: dict) -> list[dict]:
     con = results.get("connect")
     if con:
         v = con["variants"]
+        network = f"across an emulated {con.get('net_rtt_ms', 0):g} ms RTT network, DB offers TLS"
+        pairs = (("direct_tcp_tlsdb", "dbk_tcp", "loopback, DB offers TLS"),
+                 ("direct_tcp", "dbk_tcp", "loopback, DB without TLS"),
+                 ("direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net", network))
         for client in con["clients"]:
-            for direct in ("direct_tcp_tlsdb", "direct_tcp"):
-                a, b = v.get(f"{client}/defaults/{direct}"), v.get(f"{client}/defaults/dbk_tcp")
+            for direct, via, what in pairs:
+                a, b = v.get(f"{client}/defaults/{direct}"), v.get(f"{client}/defaults/{via}")
                 if not (a and b):
                     continue
                 r = ratio(a["samples_wall_us"], b["samples_wall_us"])
-                what = "DB offers TLS" if direct.endswith("tlsdb") else "DB without TLS"
                 best = a["wall_us"]["p50"] / b["cpu_us"]["p50"]
                 rows.append(dict(
                     target=f"connect+SELECT 1+close via dbkeeper >= 15x faster than direct (PyMySQL {client} defaults, {what})",
@@ -202,8 +207,13 @@ def latency_table(results: dict) -> str:
 def connect_table(results: dict) -> str:
     con = results["connect"]
     v = con["variants"]
-    paths = [p for p in ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb")
+    paths = [p for p in ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb",
+                         "direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net")
              if any(x["path"] == p for x in v.values())]
+    ratios = [(d, k, label) for d, k, label in (
+        ("direct_tcp_tlsdb", "dbk_tcp", "direct (DB offers TLS) / dbkeeper TCP"),
+        ("direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net", "the same across the emulated network"))
+        if d in paths and k in paths]
     rows = []
     for client in con["clients"]:
         for mode in ("defaults", "ssl_disabled"):
@@ -215,13 +225,18 @@ def connect_table(results: dict) -> str:
                     continue
                 tls = " TLS" if x["tls_fraction"] > 0.5 else ""
                 row.append(f"{x['wall_us']['p50'] / 1000:.2f} ({x['cpu_us']['p50'] / 1000:.2f}){tls}")
-            d, k = v.get(f"{client}/{mode}/direct_tcp_tlsdb"), v.get(f"{client}/{mode}/dbk_tcp")
-            row.append(f"{d['wall_us']['p50'] / k['wall_us']['p50']:.2f}x" if d and k else "—")
+            for direct, via, _ in ratios:
+                d, k = v.get(f"{client}/{mode}/{direct}"), v.get(f"{client}/{mode}/{via}")
+                row.append(f"{d['wall_us']['p50'] / k['wall_us']['p50']:.2f}x" if d and k else "—")
             rows.append(row)
-    header = ["client / mode"] + [LABELS.get(p, p) for p in paths] + ["direct (DB offers TLS) / dbkeeper TCP"]
+    header = ["client / mode"] + [LABELS.get(p, p) for p in paths] + [label for _, _, label in ratios]
+    network = ""
+    if "direct_tcp_tlsdb_net" in paths:
+        network = (f" Emulated network: {con.get('net_rtt_ms', 0):g} ms RTT (bench/netdelay.py, user space: "
+                   "connect() + greeting = 2 RTT, each later round trip 1 RTT).")
     return ("wall ms p50 (client CPU ms p50); TLS = the client negotiated TLS. Extension CPU per connect cycle "
             f"(handshake + relayed queries + COM_QUIT + background reset): "
-            f"{con.get('extension_cpu_us_per_connect_cycle', math.nan):.0f} µs\n\n" + _table(header, rows))
+            f"{con.get('extension_cpu_us_per_connect_cycle', math.nan):.0f} µs.{network}\n\n" + _table(header, rows))
 
 
 def coldstart_table(results: dict) -> str:

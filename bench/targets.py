@@ -10,7 +10,12 @@
     dbkv_tcp      only with --variant-env: a second dbkeeper, same layer, extra environment (A/B)
 
 plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
-and a second dbkeeper whose upstream connection to it negotiates TLS.
+and a second dbkeeper whose upstream connection to it negotiates TLS; and, since a DB on loopback
+is closer than any real one, the same pair across an emulated network (bench/netdelay.py, a
+user-space delay line of a fixed RTT: this kernel has no netem):
+
+    direct_tcp_tlsdb_net   client -> network -> TLS-offering MariaDB
+    dbk_tcp_tlsdb_net      client -> dbkeeper -> network (TLS upstream) -> the same MariaDB
 
 Reuses tests/mariadb.py (MariaDB, free_port) and tests/dbkeeper_process.py (start_dbkeeper).
 The layer is snapshotted (copied) first, so a ./build.sh running meanwhile can't change what is
@@ -66,6 +71,8 @@ class Environment:
     endpoints: dict[str, Endpoint]
     tls_db: MariaDB | None = None
     tls_dbk: RunningDbkeeper | None = None
+    net_dbk: RunningDbkeeper | None = None      # upstream across the emulated network
+    net_rtt_ms: float = 0.0
     variant_dbk: RunningDbkeeper | None = None  # same layer, extra environment (--variant-env)
     socats: list[subprocess.Popen] = field(default_factory=list)  # and the minirelay
     workdir: str = ""
@@ -87,7 +94,8 @@ class Environment:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("variant_dbk", self.variant_dbk)):
+        for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("net_dbk", self.net_dbk),
+                          ("variant_dbk", self.variant_dbk)):
             if dbk is not None:
                 try:
                     reports[name] = dbk.stop()
@@ -151,14 +159,15 @@ def make_cert(directory: str) -> tuple[str, str]:
     return cert, key
 
 
-def _minirelay(upstream_port: int) -> tuple[subprocess.Popen, int]:
+def _bench_process(module: str, *args) -> tuple[subprocess.Popen, int]:
+    """bench.minirelay or bench.netdelay on a free port, once it says it is ready."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.minirelay", str(port), str(upstream_port)],
+    proc = subprocess.Popen([sys.executable, "-m", module, str(port), *map(str, args)],
                             cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
-        raise RuntimeError("bench.minirelay did not start")
+        raise RuntimeError(f"{module} did not start")
     return proc, port
 
 
@@ -170,7 +179,7 @@ def _start_dbkeeper(layer: Path, db: MariaDB, extra: dict | None = None) -> tupl
     return dbk, connected
 
 
-def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None) -> Environment:
+def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, net_rtt_ms: float = 1.0) -> Environment:
     workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
     db = MariaDB().start()
     env = None
@@ -183,7 +192,7 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None) -
                                  f"TCP:127.0.0.1:{db.port},nodelay"))
         env.socats.append(_socat(f"UNIX-LISTEN:{socat_path},fork,mode=600",
                                  f"TCP:127.0.0.1:{db.port},nodelay"))
-        mini, mini_port = _minirelay(db.port)
+        mini, mini_port = _bench_process("bench.minirelay", db.port)
         env.socats.append(mini)
         _wait_connectable(socket.AF_INET, ("127.0.0.1", socat_port))
         _wait_connectable(socket.AF_UNIX, socat_path)
@@ -209,6 +218,18 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None) -
                                              tls_db=True)
             e["dbk_tcp_tlsdb"] = Endpoint("dbk_tcp_tlsdb", dict(host="127.0.0.1", port=env.tls_dbk.port),
                                           env.tls_dbk.pid, "dbkeeper", tls_db=True)
+            if net_rtt_ms > 0:
+                net, net_port = _bench_process("bench.netdelay", env.tls_db.port, net_rtt_ms)
+                env.socats.append(net)
+                env.net_rtt_ms = net_rtt_ms
+                env.net_dbk, connected = _start_dbkeeper(layer, env.tls_db, {"DBKEEPER_DB_TLS_CA": cert,
+                                                                             "DBKEEPER_DB_PORT": str(net_port)})
+                if not connected.get("tls"):
+                    raise RuntimeError(f"dbkeeper did not negotiate TLS across the network: {connected}")
+                e["direct_tcp_tlsdb_net"] = Endpoint("direct_tcp_tlsdb_net", dict(host="127.0.0.1", port=net_port),
+                                                     tls_db=True)
+                e["dbk_tcp_tlsdb_net"] = Endpoint("dbk_tcp_tlsdb_net", dict(host="127.0.0.1", port=env.net_dbk.port),
+                                                  env.net_dbk.pid, "dbkeeper", tls_db=True)
         return env
     except BaseException:
         if env is not None:
