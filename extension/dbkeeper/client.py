@@ -115,6 +115,14 @@ class ClientConnection(asyncio.Protocol):
         if not self._closed:
             (self.transport.resume_reading if reading else self.transport.pause_reading)()
 
+    def setup_failed(self, reply: bytes) -> None:
+        fields = {}
+        if messages.is_err(reply):
+            error = messages.parse_err(reply)
+            fields = {"errno": error.errno, "error": error.message}
+        self._log.warning("session_setup_failed", connection_id=self._upstream.connection_id, **fields)
+        self.close()
+
     def upstream_lost(self) -> None:
         # The client sees the connection drop, as it would if the server died (CR 2013 on its side).
         self._log.warning("upstream_lost_mid_session", connection_id=self._upstream.connection_id)
@@ -217,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
         """Send the client its OK with the relay already in place: the client's next command
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
-        self._relay = Relay(self, self._upstream)
+        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None)
         self._upstream.attach(self._relay)
         self._write(ok, sequence_id)
         if pending:

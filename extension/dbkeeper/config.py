@@ -49,6 +49,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Session-shaping capability flags the function's driver sends (e.g. FOUND_ROWS,MULTI_RESULTS "
             "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient). The INIT-time connection uses "
             "them; a client with others costs one reconnect."),
+    Setting("DBKEEPER_HOLD_SETUP", "true",
+            "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
+            "answered at once and sent with its first real command (no round trip each); false: forwarded as they come."),
     Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
@@ -78,6 +81,7 @@ class Config(NamedTuple):
     client_password: str | None
     trust_unix_socket: bool
     client_flags: tuple[str, ...]
+    hold_setup: bool
     pool_size: int
     borrow_timeout: float
     connect_timeout: float
@@ -127,6 +131,7 @@ class Config(NamedTuple):
             client_password=raw["DBKEEPER_CLIENT_PASSWORD"] or None,
             trust_unix_socket=parsed("DBKEEPER_TRUST_UNIX_SOCKET", _boolean),
             client_flags=parsed("DBKEEPER_CLIENT_FLAGS", _flag_names(SESSION_FLAGS)),
+            hold_setup=parsed("DBKEEPER_HOLD_SETUP", _boolean),
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),

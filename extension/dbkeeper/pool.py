@@ -20,6 +20,7 @@ from pymysql.constants import CLIENT
 from .config import Config
 from .errors import PoolTimeout, UpstreamError
 from .log import Logger
+from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
 
 # Server errors worth retrying: the server is starting, full, or briefly refusing us.
@@ -38,10 +39,12 @@ class Pool:
         self._changed: asyncio.Future | None = None
         self._closing = False
         self._warm_task: asyncio.Task | None = None
+        self._hurry: asyncio.Future | None = None  # set while an open waits out its backoff
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
         self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
+        self.proven_setup = ProvenSetup()  # setup statements the server accepted (relay.py holds them)
         self.last_error: UpstreamError | None = None
 
     # --- borrowing ----------------------------------------------------------------------------
@@ -69,6 +72,8 @@ class Pool:
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
+            if self._hurry is not None and not self._hurry.done():
+                self._hurry.set_result(None)  # a client is waiting: the open in backoff tries again now
             await self._wait_for_change(remaining)
 
     async def make_ready(self, connection: UpstreamConnection, profile: int) -> UpstreamConnection:
@@ -164,7 +169,7 @@ class Pool:
                                       errno=exc.errno, retrying=not last)
                     if last:
                         raise
-                    await asyncio.sleep(backoff)  # jittered backoff between attempts, not synchronisation
+                    await self._back_off(backoff)
                     continue
                 if self._closing:
                     connection.quit()
@@ -182,6 +187,15 @@ class Pool:
         finally:
             self._opening -= 1
             self._notify()
+
+    async def _back_off(self, seconds: float) -> None:
+        """Jittered backoff between connect attempts, cut short by a client that needs a connection:
+        the database may be back, and the client must not wait out a backoff chosen before."""
+        self._hurry = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((self._hurry,), timeout=seconds)
+        finally:
+            self._hurry = None
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _discard(self, connection: UpstreamConnection, reason: str) -> None:

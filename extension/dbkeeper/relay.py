@@ -6,6 +6,10 @@ that sends its next command has read the previous reply, and if the bytes relaye
 closing EOF, OK or ERR that is proof enough; otherwise (pipelining clients, unusual replies, the
 end of a session) the saved chunks are fed to the ResponseTracker, which knows exactly where
 replies end.
+
+A session's leading setup statements (protocol/session_setup.py) that this server has accepted
+before are answered here and held, then written in front of the first command that goes
+upstream; their replies are dropped from the upstream stream before anything reaches the client.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import socket
 
 from pymysql.constants import COMMAND
 
+from .protocol import session_setup
 from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
-from .protocol.packets import MAX_FRAME
+from .protocol.messages import OK_HEADER
+from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
 from .protocol.responses import ResponseTracker, closes_reply
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
@@ -31,8 +37,12 @@ def enable_nodelay(sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
 class Relay:
-    def __init__(self, client, upstream):
+    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None):
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -49,9 +59,24 @@ class Relay:
         self._client_write = client.transport.write
         self._upstream_write = upstream.transport.write
         self.commands = 0
+        # Session setup: statements answered here, not yet sent (None once a command went upstream)
+        self._proven = proven
+        self._held: list[bytes] | None = [] if proven is not None else None
+        self._sent_held: list[bytes] = []
+        self._status = upstream.status if proven is not None else 0  # for the OKs given here
+        self._candidate: bytes | None = None  # a setup statement sent unproven: its reply may prove it
+        self._swallow = 0                    # replies to held statements still to drop upstream-side
+        self._swallowed = b""                # the start of the next one of them
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
+        if self._candidate is not None:
+            self._prove_candidate()
+        if self._held is not None and self._answered_setup(data):
+            return None
+        return self._forward(data)
+
+    def _forward(self, data: bytes) -> bytes | None:
         if self._simple:  # the shape of nearly every query: one whole command after a whole reply
             size = len(data)
             if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
@@ -73,6 +98,71 @@ class Relay:
             self._upstream_write(forward)
         self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
         return rest
+
+    # --- session setup --------------------------------------------------------------------------
+    def _answered_setup(self, data: bytes) -> bool:
+        """At the start of a session: answer a proven setup statement here and hold it. Otherwise
+        the leading run is over: send what is held, in front of `data`."""
+        size = len(data)
+        if size > HEADER_SIZE and data[3] == 0 and (data[0] | data[1] << 8 | data[2] << 16) == size - HEADER_SIZE:
+            command = data[HEADER_SIZE:]
+            statement = self._proven.get(command)
+            if statement is not None:
+                reply, self._status = session_setup.answer(statement, self._status)
+                self._held.append(data)
+                self._client_write(frame(reply, 1))
+                self.commands += 1
+                return True
+            if data[HEADER_SIZE] in INTERCEPTED:
+                self._held = None  # a reset, a change of user or the end: what is held need not run
+                return False
+            if session_setup.classify(command) is not None:
+                self._candidate = command
+        held, self._held = self._held, None
+        if held:
+            self._upstream_write(b"".join(held))
+            self._sent_held = held
+            self._swallow = len(held)
+        return False
+
+    def _prove_candidate(self) -> None:
+        """The client sent its next command, so it has the reply to the candidate: if that is one
+        whole OK, this server accepts the statement."""
+        command, self._candidate = self._candidate, None
+        last = self._last
+        if last is not None and not self._older and len(self._expected) == 1 and len(last) > HEADER_SIZE \
+                and (last[0] | last[1] << 8 | last[2] << 16) == len(last) - HEADER_SIZE:
+            self._proven.learn(command, last[HEADER_SIZE:])
+
+    def _drop_setup_replies(self, data: bytes) -> bytes:
+        buffer = self._swallowed + data if self._swallowed else data
+        size = len(buffer)
+        position = 0
+        while self._swallow and position + HEADER_SIZE <= size:
+            end = position + HEADER_SIZE + (buffer[position] | buffer[position + 1] << 8 | buffer[position + 2] << 16)
+            if end > size:
+                break
+            if end == position + HEADER_SIZE or buffer[position + HEADER_SIZE] != OK_HEADER:
+                self._setup_failed(buffer[position + HEADER_SIZE:end])
+                return b""
+            self._swallow -= 1
+            position = end
+        if self._swallow:
+            self._swallowed = buffer[position:]
+            return b""
+        self._swallowed = b""
+        return buffer[position:]
+
+    def _setup_failed(self, reply: bytes) -> None:
+        """A held statement failed after all (the server changed under us). The client was told
+        OK: its session can't go on, and the upstream's state is unknown."""
+        failed = self._sent_held[len(self._sent_held) - self._swallow]
+        self._proven.forget(failed[HEADER_SIZE:])
+        self._swallow = 0
+        self._swallowed = b""
+        self.tracker.broken = "a held session-setup statement failed"
+        self._client_write = _discard  # the rest of the stream answers commands of a session now over
+        self.client.setup_failed(reply)
 
     def _on_commands(self, commands: list[int]) -> None:
         if not self._replies_ended():
@@ -101,6 +191,10 @@ class Relay:
         return False
 
     def upstream_data(self, data: bytes) -> None:
+        if self._swallow:
+            data = self._drop_setup_replies(data)
+            if not data:
+                return
         self._client_write(data)
         previous = self._last
         self._last = data
@@ -127,6 +221,8 @@ class Relay:
     def settle(self) -> bool:
         """At the end of a session (or before an intercepted command): is the upstream between
         replies, so it can be reset and reused?"""
+        if self._swallow:
+            return False
         self._feed_tracker()
         return self.tracker.idle and self.scanner.at_boundary
 
@@ -134,6 +230,8 @@ class Relay:
     def why_not_idle(self) -> str:
         if self.tracker.broken:
             return self.tracker.broken
+        if self._swallow:
+            return f"{self._swallow} reply(ies) to held session-setup statements unfinished"
         if not self.scanner.at_boundary:
             return "client stopped mid-packet"
         return f"{self.tracker.outstanding} reply(ies) unfinished"

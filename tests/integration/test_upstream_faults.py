@@ -118,6 +118,18 @@ def test_a_server_restart_between_sessions_is_invisible(dbkeeper_factory, fresh_
     assert running.alive()
 
 
+def test_a_client_arriving_after_the_database_came_back_does_not_wait_out_a_backoff(dbkeeper_factory, fresh_mariadb):
+    # given a database that was down through INIT, so dbkeeper's INIT-time connect is still retrying,
+    # its backoff grown towards a second
+    fresh_mariadb.stop()
+    running = dbkeeper_factory(fresh_mariadb, DBKEEPER_BORROW_TIMEOUT_MS="200", DBKEEPER_CONNECT_TIMEOUT_MS="100")
+    assert wait_until(lambda: len(running.events("upstream_connect_failed")) >= 5)
+    # when the database is back and a client connects at once, with little patience
+    fresh_mariadb.restart()
+    # then it is served: its arrival made the retrying connect try again now
+    assert query(running, "SELECT 1") == 1
+
+
 def test_the_declared_client_flags_let_a_found_rows_driver_reuse_the_init_connection(dbkeeper_factory, fresh_mariadb):
     from pymysql.constants import CLIENT
 

@@ -25,6 +25,7 @@ def test_given_only_the_functions_db_settings_then_every_other_setting_has_its_d
     assert config.event_loop == "auto"
     assert config.enabled is True
     assert config.trust_unix_socket is False
+    assert config.hold_setup is True
     assert config.local_password == ""
 
 
@@ -43,7 +44,7 @@ def test_every_setting_is_parsed():
         "DBKEEPER_TRUST_UNIX_SOCKET": "yes", "DBKEEPER_POOL_SIZE": "2", "DBKEEPER_BORROW_TIMEOUT_MS": "250",
         "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
         "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500", "DBKEEPER_CLIENT_FLAGS": "found_rows, MULTI_RESULTS",
-        "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1",
+        "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1", "DBKEEPER_HOLD_SETUP": "off",
     }
     config = Config.from_environ(env)
     assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
@@ -53,6 +54,7 @@ def test_every_setting_is_parsed():
     assert config.log_level == "debug" and config.event_loop == "asyncio"
     assert config.client_handshake_timeout == 1.5
     assert config.client_flags == ("FOUND_ROWS", "MULTI_RESULTS")
+    assert config.hold_setup is False
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
