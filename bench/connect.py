@@ -86,7 +86,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
         progress(f"connect: {len(variants)} variants x {iterations}, interleaved ...")
         started = time.monotonic()
         rng = random.Random(7)
-        samples = {v: {"wall_us": [], "cpu_us": [], "tls": []} for v in variants}
+        samples = {v: {"wall_us": [], "connect_us": [], "cpu_us": [], "tls": []} for v in variants}
         errors: dict = {}
         # The plain dbkeeper instance serves only the dbk_tcp/dbk_unix variants here: its CPU over the
         # phase / their count = extension CPU per connect cycle (handshake, relay, COM_QUIT, reset).
@@ -108,7 +108,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
                     errors.setdefault("/".join(variant), reply["error"])
                     continue
                 if i >= warmup:
-                    for key in ("wall_us", "cpu_us", "tls"):
+                    for key in ("wall_us", "connect_us", "cpu_us", "tls"):
                         samples[variant][key].append(reply[key])
                     dbk_cycles += path in ("dbk_tcp", "dbk_unix")
         time.sleep(0.05)  # let the last background reset finish before reading the CPU (bounded, not a sync)
@@ -125,7 +125,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
             continue
         out["variants"][f"{client}/{mode}/{path}"] = {
             "client": client, "mode": mode, "path": path,
-            "wall_us": summary(s["wall_us"]), "cpu_us": summary(s["cpu_us"]),
+            "wall_us": summary(s["wall_us"]), "connect_us": summary(s["connect_us"]), "cpu_us": summary(s["cpu_us"]),
             "tls_fraction": sum(s["tls"]) / len(s["tls"]),
             "samples_wall_us": s["wall_us"],
         }

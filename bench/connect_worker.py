@@ -2,8 +2,8 @@
 (the pinned 1.1.1 from the venv, or another one from BENCH_PYMYSQL_PATH).
 
 Protocol: one JSON request per stdin line {"kw": {...connect kwargs...}}; one JSON reply per line
-{"wall_us", "cpu_us", "tls"} measured around connect() + SELECT 1 + close(), the per-invocation
-pattern. The first line written is {"pymysql": "<version>"}.
+{"wall_us", "connect_us", "cpu_us", "tls"} measured around connect() + SELECT 1 + close(), the
+per-invocation pattern (connect_us: connect() alone, with the driver's session setup). The first line written is {"pymysql": "<version>"}.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def one(kw: dict) -> dict:
     c0 = time.process_time_ns()
     t0 = time.perf_counter_ns()
     conn = pymysql.connect(**kw)
+    connected = time.perf_counter_ns()
     tls = isinstance(conn._sock, ssl.SSLSocket)
     cur = conn.cursor()
     cur.execute("SELECT 1")
@@ -32,7 +33,7 @@ def one(kw: dict) -> dict:
     conn.close()
     t1 = time.perf_counter_ns()
     c1 = time.process_time_ns()
-    return {"wall_us": (t1 - t0) / 1e3, "cpu_us": (c1 - c0) / 1e3, "tls": tls}
+    return {"wall_us": (t1 - t0) / 1e3, "connect_us": (connected - t0) / 1e3, "cpu_us": (c1 - c0) / 1e3, "tls": tls}
 
 
 def main() -> None:
