@@ -6,7 +6,12 @@ import sys
 # The layer ships its bytecode (built for each supported Python); never write any: /opt is
 # read-only on Lambda, and a local run (dist/layer-*/ as /opt) must leave the tree as built.
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
+sys.path.insert(0, LIB)
+
+from dbkeeper.cold_start import register_pymysql_without_its_client  # noqa: E402
+
+register_pymysql_without_its_client(LIB)
 
 from dbkeeper.main import main  # noqa: E402
 

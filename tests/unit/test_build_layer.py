@@ -295,6 +295,27 @@ def test_real_extension_imports_with_only_the_layer_on_sys_path(built_layer: Bui
     assert proc.stdout.strip() == str(lib / "dbkeeper" / "main.py")
 
 
+def test_the_extension_process_loads_pymysqls_constants_but_never_its_client(built_layer: BuiltLayer) -> None:
+    # given the layer's lib as the bootstrap arranges it, when every module of dbkeeper is imported
+    lib = built_layer.tree_x86_64 / "dbkeeper" / "lib"
+    probe = (
+        "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1])\n"
+        "from dbkeeper.cold_start import register_pymysql_without_its_client\n"
+        "assert register_pymysql_without_its_client(sys.argv[1])\n"
+        + IMPORT_WHOLE_PACKAGE +
+        "from pymysql.constants import CLIENT; from pymysql import _auth; from pymysql.charset import charset_by_id\n"
+        "assert CLIENT.MULTI_RESULTS and _auth.scramble_native_password and charset_by_id(45).name == 'utf8mb4'\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('pymysql'))\n"
+        "assert 'pymysql.connections' not in loaded and 'pymysql.cursors' not in loaded, loaded\n"
+        "print(sys.modules['pymysql'].__path__[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True,
+                          timeout=60, cwd="/")
+    # then PyMySQL's constants, scramble and charsets come from the layer, and its client never loads
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(lib / "pymysql")
+
+
 @pytest.mark.xfail(not HAS_MAIN, reason="extension/dbkeeper/main.py not written yet", strict=True)
 def test_real_launch_chain_outside_lambda_fails_cleanly_with_json_logs(built_layer: BuiltLayer, tmp_path: Path) -> None:
     # given the unpacked layer and no AWS_LAMBDA_RUNTIME_API, when Lambda would start the launcher
