@@ -13,7 +13,7 @@
 
 and the import time of the launcher's chain, measured in fresh interpreters as the launcher runs
 them (`python -I -S`, -B so nothing is written), best of N:
-  before registering: `import dbkeeper.main`;  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
+  before registering: the bootstrap's PyMySQL arrangement + `import dbkeeper.main`;  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
 both as shipped and for the alternative layer (see alternative_layer: the same tree with .pyc
 removed if it ships them, compiled if it does not), so the worth of shipping bytecode stays visible.
 """
@@ -210,10 +210,14 @@ def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
 
 # --------------------------------------------------------------------------- import time
 
+# What layer/dbkeeper/bootstrap.py does before importing dbkeeper.main.
+_BOOTSTRAP = "from dbkeeper.cold_start import register_pymysql_without_its_client; register_pymysql_without_its_client({lib!r})"
+
 _TIMED = r"""
 import sys, time
 sys.path.insert(0, {lib!r})
 t0 = time.perf_counter()
+""" + _BOOTSTRAP + r"""
 import dbkeeper.main
 t1 = time.perf_counter()
 import dbkeeper.event_pump, dbkeeper.lifecycle
@@ -245,7 +249,7 @@ def _best_inprocess(python: str, lib: str, repeat: int) -> dict:
 
 def _importtime_top(python: str, lib: str, modules: str, repeat: int = 3, top: int = 12) -> list[dict]:
     """-X importtime of `modules`; per module the best of `repeat` runs (one run is noisy)."""
-    code = f"import sys; sys.path.insert(0, {lib!r}); import {modules}"
+    code = f"import sys; sys.path.insert(0, {lib!r}); {_BOOTSTRAP.format(lib=lib)}; import {modules}"
     best: dict[str, dict] = {}
     for _ in range(repeat):
         err = subprocess.run([python, "-I", "-S", "-B", "-X", "importtime", "-c", code], check=True,
@@ -287,7 +291,8 @@ def import_times(layer: Path, repeat: int = 5, progress=print) -> dict:
         "launcher": launcher_overhead(layer, repeat),
         "python_pass_ms": _best_wall([python, "-I", "-S", "-B", "-c", "pass"], repeat),
         "python_import_main_ms": _best_wall(
-            [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {lib!r}); import dbkeeper.main"], repeat),
+            [python, "-I", "-S", "-B", "-c",
+             f"import sys; sys.path.insert(0, {lib!r}); {_BOOTSTRAP.format(lib=lib)}; import dbkeeper.main"], repeat),
         "shipped_pyc_files": shipped_pyc,
         "as_shipped": _best_inprocess(python, lib, repeat),
         "importtime_top_pre_registration": _importtime_top(python, lib, "dbkeeper.main"),
@@ -301,7 +306,8 @@ def import_times(layer: Path, repeat: int = 5, progress=print) -> dict:
             "label": label,
             **_best_inprocess(python, copy, repeat),
             "python_import_main_ms": _best_wall(
-                [python, "-I", "-S", "-B", "-c", f"import sys; sys.path.insert(0, {copy!r}); import dbkeeper.main"],
+                [python, "-I", "-S", "-B", "-c",
+                 f"import sys; sys.path.insert(0, {copy!r}); {_BOOTSTRAP.format(lib=copy)}; import dbkeeper.main"],
                 repeat),
         }
     finally:
