@@ -10,6 +10,7 @@ import pytest
 
 from lambda_sandbox import netns_unavailable_reason
 from tests.dbkeeper_process import EXTENSION
+from tests.polling import wait_until
 
 SLOW_FUNCTION = Path(__file__).resolve().parents[1] / "functions" / "slow"
 
@@ -17,15 +18,6 @@ SLOW_FUNCTION = Path(__file__).resolve().parents[1] / "functions" / "slow"
 def app_connections(db) -> list[dict]:
     return db.processlist(user=db.user)
 
-
-def wait_until(condition, timeout=5.0, interval=0.01):
-    """Poll a condition with a deadline (the DB ends a session asynchronously after COM_QUIT)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def wait_event(sandbox, name, **fields):

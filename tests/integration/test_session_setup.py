@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pymysql
 import pytest
 
+from tests.polling import wait_until
+
 SESSION_FACTS = "SELECT @@autocommit, @@character_set_client, @@collation_connection, DATABASE()"
 
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-    return value
 
 
 def one_invocation(running, **kwargs):

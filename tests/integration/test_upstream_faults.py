@@ -10,17 +10,11 @@ import time
 import pymysql
 import pytest
 
+from tests.polling import wait_until
+
 TOO_MANY_CONNECTIONS = 1040
 LOST_CONNECTION = (2013, 2006)
 
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-    return value
 
 
 def query(running, sql="SELECT CONNECTION_ID()", **kwargs):

@@ -10,6 +10,7 @@ from dbkeeper.protocol import session_setup
 from dbkeeper.protocol.packets import PacketBuffer, frame
 from dbkeeper.relay import Relay
 from mysql_replies import AUTOCOMMIT, err, ok, stream, text_result
+from relay_doubles import Side
 
 SET_NAMES = b"\x03SET NAMES utf8mb4"
 AUTOCOMMIT_OFF = b"\x03SET AUTOCOMMIT = 0"
@@ -56,30 +57,6 @@ def test_only_an_ok_proves_a_statement_and_its_warnings_are_remembered():
 
 
 # --- the relay ---------------------------------------------------------------------------------
-
-class Recorder:
-    def __init__(self):
-        self.written = []
-
-    def write(self, data):
-        self.written.append(data)
-
-    def is_closing(self):
-        return False
-
-
-class Side:
-    def __init__(self, status=AUTOCOMMIT):
-        self.transport = Recorder()
-        self.status = status
-        self.failures = []
-
-    def forget_options(self):
-        pass
-
-    def setup_failed(self, reply):
-        self.failures.append(reply)
-
 
 def proven_relay(*statements):
     proven = session_setup.ProvenSetup()

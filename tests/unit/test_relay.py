@@ -7,26 +7,7 @@ from pymysql.constants import COMMAND
 from dbkeeper.protocol.packets import frame
 from dbkeeper.relay import Relay
 from mysql_replies import eof, err, ok, query_reply, stream, text_result
-
-
-class Recorder:
-    def __init__(self):
-        self.written = []
-
-    def write(self, data):
-        self.written.append(data)
-
-    def is_closing(self):
-        return False
-
-
-class Side:
-    def __init__(self):
-        self.transport = Recorder()
-        self.options_forgotten = 0
-
-    def forget_options(self):
-        self.options_forgotten += 1
+from relay_doubles import Side
 
 
 def relay():
