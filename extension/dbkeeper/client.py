@@ -21,7 +21,7 @@ from .pool import Pool
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
-from .relay import Relay, enable_nodelay
+from .relay import Relay
 from .upstream import PROFILE_BITS, SessionSettings, UpstreamConnection
 
 # What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
@@ -50,6 +50,7 @@ class ClientConnection(asyncio.Protocol):
         self._log = log
         self._registry = registry
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
         self._inbox: list[Packet] = []
         self._waiter: asyncio.Future | None = None
@@ -67,14 +68,13 @@ class ClientConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
+        self._loop = asyncio.get_running_loop()
         self.transport = transport
-        if not self._over_unix:
-            enable_nodelay(transport.get_extra_info("socket"))
         self._registry.add(self)
         self._started = time.monotonic()
         self._trusted = self._config.trust_unix_socket and self._over_unix
         self._arm_deadline()
-        self._task = asyncio.ensure_future(self._serve())
+        self._task = self._loop.create_task(self._serve())
 
     def data_received(self, data):
         relay = self._relay
@@ -238,11 +238,11 @@ class ClientConnection(asyncio.Protocol):
         if rest[4] == COMMAND.COM_QUIT:
             self.close()
             return
-        self._task = asyncio.ensure_future(self._answer_intercepted())
+        self._task = self._loop.create_task(self._answer_intercepted())
 
     async def _answer_intercepted(self) -> None:
         relay = self._relay
-        if not relay.settle():
+        if not relay.settle(after_command=True):
             # A pipelining client: replies it asked for are still on their way. Rare enough to end
             # the session cleanly rather than wait for them.
             self.close()
@@ -314,7 +314,7 @@ class ClientConnection(asyncio.Protocol):
         while not self._inbox:
             if self._closed:
                 raise asyncio.CancelledError
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             await self._waiter
         packet = self._inbox.pop(0)
         if expected_sequence is not None and packet.sequence_id != expected_sequence:
@@ -324,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
     # One timer per control phase (not one per packet read): a client that stops half-way
     # through its handshake or an intercepted command is dropped.
     def _arm_deadline(self) -> None:
-        self._deadline = asyncio.get_running_loop().call_later(self._config.client_handshake_timeout,
+        self._deadline = self._loop.call_later(self._config.client_handshake_timeout,
                                                                self._deadline_passed)
 
     def _disarm_deadline(self) -> None:

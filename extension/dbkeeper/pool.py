@@ -31,6 +31,7 @@ _BACKOFF_CAP = 1.0
 
 class Pool:
     def __init__(self, config: Config, log: Logger):
+        self._loop = asyncio.get_running_loop()  # made inside the loop; asking again costs a getpid()
         self._config = config
         self._log = log
         self._idle: deque[UpstreamConnection] = deque()
@@ -52,7 +53,7 @@ class Pool:
         """A connection for one client session, quickly: it may still be resetting after its last
         session, which `make_ready` waits for while the client authenticates. `profile` None takes
         any idle connection."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
@@ -79,7 +80,7 @@ class Pool:
     async def make_ready(self, connection: UpstreamConnection, profile: int) -> UpstreamConnection:
         """Wait for the connection's reset, then make sure it is alive and has the client's
         profile; otherwise replace it. The result is exclusively the caller's."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             reason = None
@@ -107,7 +108,7 @@ class Pool:
         elif self._closing or not reusable or connection.closed:
             self._discard(connection, "not_reusable" if not reusable else "closed")
         else:
-            connection.resetting = asyncio.ensure_future(self._reset(connection))
+            connection.resetting = self._loop.create_task(self._reset(connection))
             self._idle.append(connection)
         self._notify()
 
@@ -135,8 +136,8 @@ class Pool:
     # --- opening ------------------------------------------------------------------------------
     def warm(self) -> None:
         """Open the first connection in the background, overlapping the function's own INIT."""
-        deadline = asyncio.get_running_loop().time() + self._config.init_connect_budget
-        self._warm_task = asyncio.ensure_future(self._warm(deadline))
+        deadline = self._loop.time() + self._config.init_connect_budget
+        self._warm_task = self._loop.create_task(self._warm(deadline))
 
     async def _warm(self, deadline: float) -> None:
         try:
@@ -148,7 +149,7 @@ class Pool:
         self.give_back_clean(connection)
 
     async def _open(self, profile: int, deadline: float, reason: str) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         attempt = 0
         self._opening += 1
         try:
@@ -191,7 +192,7 @@ class Pool:
     async def _back_off(self, seconds: float) -> None:
         """Jittered backoff between connect attempts, cut short by a client that needs a connection:
         the database may be back, and the client must not wait out a backoff chosen before."""
-        self._hurry = asyncio.get_running_loop().create_future()
+        self._hurry = self._loop.create_future()
         try:
             await asyncio.wait((self._hurry,), timeout=seconds)
         finally:
@@ -213,7 +214,7 @@ class Pool:
 
     async def _wait_for_change(self, timeout: float) -> None:
         if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
+            self._changed = self._loop.create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
 
     async def close(self) -> int:

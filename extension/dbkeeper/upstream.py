@@ -46,6 +46,7 @@ class SessionSettings(NamedTuple):
 
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, config: Config, log: Logger, profile: int):
+        self._loop = asyncio.get_running_loop()  # made inside the loop; asking again costs a getpid()
         self._config = config
         self._log = log
         self.profile = profile
@@ -142,7 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- opening ------------------------------------------------------------------------------
     async def open(self) -> None:
         config = self._config
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
         except asyncio.TimeoutError as exc:
@@ -232,7 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self._inbox:
             if self._lost is not None:
                 raise self._lost
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:

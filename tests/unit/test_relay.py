@@ -95,6 +95,28 @@ def test_an_intercepted_command_is_returned_not_forwarded():
     assert upstream.transport.written == []
 
 
+def test_a_client_quitting_right_after_the_column_definitions_leaves_an_upstream_that_is_not_reusable():
+    # given an unbuffered cursor's session: the reply so far ends with the columns' EOF, rows to come
+    reply = stream(text_result([[b""], [b""]]))
+    columns_end = len(stream(text_result([[b""], [b""]])[:3]))
+    session, _, _ = relay()
+    session.client_data(frame(b"\x03SELECT ''", 0))
+    session.upstream_data(reply[:columns_end])
+    # when the client quits there, then the end of its session is not mistaken for the end of the reply
+    quit_packet = frame(bytes((COMMAND.COM_QUIT,)), 0)
+    assert session.client_data(quit_packet) == quit_packet
+    assert not session.settle()
+
+
+def test_a_reset_after_a_whole_reply_needs_no_walk_to_be_settled():
+    session, _, _ = relay()
+    session.client_data(frame(b"\x03SELECT 1", 0))
+    session.upstream_data(stream(text_result([[b"1"]])))
+    reset = frame(b"\x1f", 0)
+    assert session.client_data(reset) == reset
+    assert session.settle(after_command=True)
+
+
 def test_a_final_eof_split_across_two_chunks_still_proves_the_reply_ended():
     session, _, _ = relay()
     reply = stream(text_result([[b"x" * 50]]))
