@@ -324,8 +324,7 @@ class ClientConnection(asyncio.Protocol):
     # One timer per control phase (not one per packet read): a client that stops half-way
     # through its handshake or an intercepted command is dropped.
     def _arm_deadline(self) -> None:
-        self._deadline = self._loop.call_later(self._config.client_handshake_timeout,
-                                                               self._deadline_passed)
+        self._deadline = self._loop.call_later(self._config.client_handshake_timeout, self._deadline_passed)
 
     def _disarm_deadline(self) -> None:
         if self._deadline is not None:
