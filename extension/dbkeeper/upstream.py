@@ -302,13 +302,19 @@ class UpstreamConnection(asyncio.Protocol):
     async def reset(self) -> None:
         """Forget everything the last session did: COM_RESET_CONNECTION rolls back, drops temporary
         tables, user variables, prepared statements and locks, and restores the handshake's
-        character set. It keeps the current database, so the default one is selected again."""
+        character set. It keeps the current database, so the default one is selected again. The
+        character set the last session started with is set again too (the next session of the
+        same driver asks for the same): all pipelined, one round trip, off the client's path."""
+        kept_collation = self.collation_id
         self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
         default = self._config.db_name
-        if default:  # pipelined: one round trip for both
+        if default:
             self.write_packet(bytes((COMMAND.COM_INIT_DB,)) + default.encode(), 0)
         else:
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT DATABASE()", 0)
+        set_names = _SET_NAMES.get(kept_collation) if kept_collation != UTF8MB4_GENERAL_CI else None
+        if set_names:  # the statement that worked for this collation before
+            self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
         reply = (await self.read_packet()).payload
         if not messages.is_ok(reply):
             raise _server_error("COM_RESET_CONNECTION failed", reply)
@@ -325,6 +331,11 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamError("a session selected a database and none is configured to return to "
                                     "(set DBKEEPER_DB_NAME)")
         self.database = default
+        if set_names:
+            reply = (await self.read_packet()).payload
+            if messages.is_ok(reply):
+                self.collation_id = kept_collation
+            # an ERR leaves the handshake's character set, which the next session's prepare() sees
 
     def quit(self) -> None:
         """Say goodbye so the server ends the session at once, then close. Never waits."""

@@ -96,3 +96,21 @@ def test_with_hold_setup_off_every_setup_statement_goes_to_the_server(dbkeeper_f
     # when the server cannot answer, then the connect's SET NAMES waits for it and times out
     with stopped(fresh_mariadb), pytest.raises(pymysql.err.OperationalError):
         pymysql.connect(**running.connect_kwargs(read_timeout=1))
+
+
+def test_a_driver_with_another_character_set_finds_it_restored_by_the_reset(dbkeeper_factory, fresh_mariadb, stopped):
+    # given a driver whose handshake asks for latin1 (not the upstream handshake's utf8mb4)
+    running = dbkeeper_factory(fresh_mariadb)
+    expected = direct_facts(fresh_mariadb, charset="latin1")
+    for _ in range(3):
+        assert one_invocation(running, charset="latin1") == expected
+    assert settled(running, 3)
+    # when the server cannot answer, then a new session of that driver still connects: the reset
+    # already set its character set again, and its own SET NAMES is held
+    with stopped(fresh_mariadb):
+        conn = pymysql.connect(**running.connect_kwargs(read_timeout=3, charset="latin1"))
+    # and its session has the character set it asked for
+    with conn, conn.cursor() as cur:
+        cur.execute(SESSION_FACTS)
+        assert cur.fetchone() == expected
+        assert expected[1:3] == ("latin1", "latin1_swedish_ci")
