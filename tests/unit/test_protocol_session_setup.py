@@ -149,3 +149,69 @@ def test_without_proven_statements_nothing_is_held():
     session = Relay(client, upstream, None)
     session.client_data(frame(SET_NAMES, 0))
     assert upstream.transport.written == [frame(SET_NAMES, 0)]
+
+
+# --- the whole exchange, as a property --------------------------------------------------------
+
+SETUP_STATEMENTS = [SET_NAMES, AUTOCOMMIT_OFF, b"\x03SET autocommit=1"]
+command_st = st.one_of(st.sampled_from(SETUP_STATEMENTS), st.sampled_from([SELECT, b"\x03SELECT 2"]))
+
+
+def server_reply(command):
+    """What a server answers, as one stream: OK to a SET, a one-row result to a SELECT."""
+    if session_setup.classify(command) is not None:
+        return stream([ok()])
+    return stream(text_result([[command[-1:]]]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sessions=st.lists(st.lists(command_st, min_size=1, max_size=6), min_size=1, max_size=4),
+       cuts=st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=8))
+def test_over_many_sessions_the_server_runs_what_each_client_sent_and_each_client_gets_its_replies(sessions, cuts):
+    # given sessions of synchronous clients sharing one ProvenSetup, as one pool's sessions do
+    proven = session_setup.ProvenSetup()
+    for commands in sessions:
+        client, upstream = Side(), Side()
+        session = Relay(client, upstream, proven)
+        executed = 0  # bytes of upstream writes the server has run
+        server_got = []
+        autocommit = True
+        for command in commands:
+            before = len(client.transport.written)
+            effect = session_setup.classify(command)
+            if effect is not None and effect.autocommit is not None:
+                autocommit = effect.autocommit
+            # when the client sends a command and waits for its reply
+            assert session.client_data(frame(command, 0)) is None
+            sent = b"".join(upstream.transport.written)
+            if len(sent) == executed:
+                # answered here: one OK, whose status tells the session's autocommit as it now is
+                (answer,) = replies_of(client.transport.written[before:])
+                assert answer[0] == 0 and bool(answer[3] & AUTOCOMMIT) == autocommit
+                continue
+            if len(sent) > executed:
+                # the server runs whatever arrived, in order, and its replies come back in pieces
+                replies = b""
+                for packet in PacketBuffer(max_packet=1 << 24).feed(sent[executed:]):
+                    server_got.append(packet.payload)
+                    replies += server_reply(packet.payload)
+                executed = len(sent)
+                start, index = 0, 0
+                while start < len(replies):
+                    cut = cuts[index % len(cuts)]
+                    session.upstream_data(replies[start:start + cut])
+                    start, index = start + cut, index + 1
+            # then the client got exactly one reply: its own
+            received = replies_of(client.transport.written[before:])
+            expected = replies_of([server_reply(command)])
+            assert [r[:1] for r in received] == [e[:1] for e in expected]
+            assert received[-1:] == expected[-1:] or session_setup.classify(command) is not None
+        # and the server ran the client's commands in order, but for held ones never sent
+        sent_commands = [c for c in commands]
+        assert server_got == sent_commands[:len(server_got)]
+        assert all(proven.get(c) is not None for c in sent_commands[len(server_got):])
+        assert session.settle()
+
+
+def replies_of(chunks):
+    return [p.payload for p in PacketBuffer(max_packet=1 << 24).feed(b"".join(chunks))]
