@@ -31,9 +31,12 @@ def echo_server():
                 while data := conn.recv(65536):
                     conn.sendall(data)
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     yield listener.getsockname()[1]
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
     listener.close()
+    server.join(5)
 
 
 @pytest.fixture
