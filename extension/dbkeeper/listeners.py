@@ -56,6 +56,10 @@ def _bind_tcp(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux): every client gets Nagle off without a syscall per
+        # connect, whichever event loop runs (asyncio sets it only for sockets made with
+        # IPPROTO_TCP, which accepted ones are not; uvloop always does).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((LOOPBACK, port))
         sock.listen(_BACKLOG)
     except OSError as exc:

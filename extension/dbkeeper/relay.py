@@ -31,10 +31,8 @@ _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 
 def enable_nodelay(sock) -> None:
     """Small request/response packets must not wait for Nagle + delayed ACK (a 40 ms stall per
-    large result). asyncio and uvloop set it on every TCP transport they make (documented since
-    Python 3.6), which accepted clients rely on: it would cost two syscalls per connect. The
-    long-lived upstream connection gets it explicitly as well. `sock` is a transport's socket
-    (get_extra_info("socket")), or None."""
+    large result). For the upstream connection; accepted clients inherit it from the listening
+    socket (listeners.py). `sock` is a transport's socket (get_extra_info("socket")), or None."""
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

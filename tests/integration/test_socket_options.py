@@ -47,8 +47,10 @@ def connected_tcp(sockets, local_port=None, peer_port=None):
     return out
 
 
-def test_client_and_upstream_sockets_have_tcp_nodelay(dbkeeper, mariadb):
-    # given a function connected to dbkeeper over TCP
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_client_and_upstream_sockets_have_tcp_nodelay(dbkeeper_factory, mariadb, event_loop):
+    # given a function connected over TCP to dbkeeper running on either event loop
+    dbkeeper = dbkeeper_factory(mariadb, DBKEEPER_EVENT_LOOP=event_loop)
     with pymysql.connect(**dbkeeper.connect_kwargs()) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
         # when we look at the extension's own sockets
