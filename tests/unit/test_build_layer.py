@@ -290,9 +290,7 @@ def test_real_extension_imports_with_only_the_layer_on_sys_path(built_layer: Bui
         "bad = [m.__file__ for m in list(sys.modules.values()) if 'site-packages' in (getattr(m, '__file__', '') or '')]; "
         "assert not bad, bad; print(dbkeeper.main.__file__)"
     )
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True, timeout=60, cwd="/")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(lib / "dbkeeper" / "main.py")
+    assert run_in_layer_python(probe, lib) == str(lib / "dbkeeper" / "main.py")
 
 
 def test_the_extension_process_loads_pymysqls_constants_but_never_its_client(built_layer: BuiltLayer) -> None:
@@ -309,11 +307,17 @@ def test_the_extension_process_loads_pymysqls_constants_but_never_its_client(bui
         "assert 'pymysql.connections' not in loaded and 'pymysql.cursors' not in loaded, loaded\n"
         "print(sys.modules['pymysql'].__path__[0])\n"
     )
+    # then PyMySQL's constants, scramble and charsets come from the layer, and its client never loads
+    assert run_in_layer_python(probe, lib) == str(lib / "pymysql")
+
+
+def run_in_layer_python(probe: str, lib: Path) -> str:
+    """Run `probe` as the launcher runs Python (-I -S, from /), with the layer's lib as argv[1];
+    it must succeed. Returns what it printed."""
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True,
                           timeout=60, cwd="/")
-    # then PyMySQL's constants, scramble and charsets come from the layer, and its client never loads
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(lib / "pymysql")
+    return proc.stdout.strip()
 
 
 @pytest.mark.xfail(not HAS_MAIN, reason="extension/dbkeeper/main.py not written yet", strict=True)
