@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="default: random (printed)")
     parser.add_argument("--work", type=Path, help="in-process: directory of the corpus the run grows "
                         "(default .cache/fuzz/inprocess: kept between runs)")
+    parser.add_argument("--target", help="in-process: fuzz only this target (packets, handshake, auth, messages, "
+                        "scanner, responses, session_setup, relay)")
     parser.add_argument("--no-coverage", action="store_true", help="in-process: skip the coverage measurement")
     parser.add_argument("--stop-at-first", action="store_true", help="stop at the first finding")
     parser.add_argument("--replay", nargs="+", metavar="PATH", help="replay kept inputs instead of fuzzing")
@@ -58,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fuzz: mode {args.mode}, seed {seed} (reproduce with --seed {seed}"
           f"{f' --runs {args.runs}' if args.runs else ''})", flush=True)
     if args.mode == "inprocess":
+        import os
+
         from fuzz import inprocess
+
+        if args.target:
+            os.environ["DBKEEPER_FUZZ_TARGET"] = args.target
 
         work = args.work or fuzz.REPO / ".cache" / "fuzz" / "inprocess"
         outcome = inprocess.run(seconds, args.runs, seed, work, restart=not args.stop_at_first,

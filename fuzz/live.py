@@ -207,7 +207,7 @@ def _m_bytes(rng, script):
         at = rng.randint(0, len(data))
         run = bytes((rng.choice(b" \t\n\x00a;'"),)) * min(1 << 16, int(2 ** rng.uniform(0, 16)))
         data[at:at] = run
-        _fix_first_length(data)
+        _fix_first_length(data, rng)
     elif kind == 2 and len(data) >= 4:  # a wrong sequence id
         data[3] = rng.randrange(256)
     elif kind == 3 and len(data) >= 3:  # a length that lies
@@ -231,9 +231,9 @@ def _m_bytes(rng, script):
     step["data"] = encode(bytes(data))
 
 
-def _fix_first_length(data: bytearray) -> None:
+def _fix_first_length(data: bytearray, rng: random.Random) -> None:
     """After an insertion, usually keep the packet well-framed (else the server just waits)."""
-    if len(data) >= 4 and random.random() < 0.8:
+    if len(data) >= 4 and rng.random() < 0.8:
         data[0:3] = min(len(data) - 4, 0xFFFFFE).to_bytes(3, "little")
 
 
@@ -530,9 +530,11 @@ class Campaign:
 
 
 class LiveFuzzer:
-    def __init__(self, log=print):
+    def __init__(self, log=print, layer: Path = LAYER, db=None):
         self.log = log
-        self.db = None
+        self.layer = layer
+        self.own_db = db is None
+        self.db = db
         self.running = None
         self.pid = None
         self.baseline: tuple[int, int] | None = None
@@ -541,7 +543,8 @@ class LiveFuzzer:
     def start_database(self) -> None:
         from tests.mariadb import MariaDB
 
-        self.db = MariaDB().start()
+        if self.db is None:
+            self.db = MariaDB().start()
         self.db.set_global("max_statement_time", 5)  # a bound the oracles can rely on
         self.db.query(f"CREATE TABLE IF NOT EXISTS {self.db.database}.fuzz_rows (v VARCHAR(64)) ENGINE=InnoDB")
 
@@ -549,9 +552,9 @@ class LiveFuzzer:
         from tests.dbkeeper_process import start_dbkeeper
         from tests.mariadb import free_port
 
-        if not (LAYER / "dbkeeper" / "lib" / "dbkeeper" / "main.py").exists():
-            raise SystemExit("fuzz: no built layer in dist/layer-x86_64: run ./build.sh first")
-        self.running = start_dbkeeper(LAYER, self.db, free_port(), ENV)
+        if not (self.layer / "dbkeeper" / "lib" / "dbkeeper" / "main.py").exists():
+            raise SystemExit(f"fuzz: no built layer in {self.layer}: run ./build.sh first")
+        self.running = start_dbkeeper(self.layer, self.db, free_port(), ENV)
         self.pid = self.running.pid
         self.target = Target(self.running.host, self.running.port, self.running.unix_socket, self.db.user,
                              self.db.password, self.db.database)
@@ -571,7 +574,7 @@ class LiveFuzzer:
 
     def close(self) -> None:
         self.stop_extension()
-        if self.db is not None:
+        if self.db is not None and self.own_db:
             self.db.cleanup()
 
     # --- checks -------------------------------------------------------------------------------
@@ -644,12 +647,13 @@ def keep(inputs: list[dict], message: str, seed: int, index: int) -> Path:
     return path
 
 
-def campaign(seconds: float | None, inputs: int | None, seed: int, log=print, stop_at_first: bool = False) -> Campaign:
+def campaign(seconds: float | None, inputs: int | None, seed: int, log=print, stop_at_first: bool = False,
+             layer: Path = LAYER, db=None, check_every: int = CHECK_EVERY) -> Campaign:
     rng = random.Random(seed)
     random.seed(seed)
     seeds = load_seeds()
     result = Campaign(seed)
-    fuzzer = LiveFuzzer(log)
+    fuzzer = LiveFuzzer(log, layer, db)
     started = time.monotonic()
     deadline = started + seconds if seconds is not None else None
     try:
@@ -663,7 +667,7 @@ def campaign(seconds: float | None, inputs: int | None, seed: int, log=print, st
             result.inputs += 1
             try:
                 fuzzer.one_input(script, result)
-                if result.inputs % CHECK_EVERY == 0:
+                if result.inputs % check_every == 0:
                     fuzzer.heavy_check(result)
                     log(f"live: {result.inputs} inputs, {time.monotonic() - started:.0f} s, checks passed "
                         f"(RSS {result.last_rss_fds[0] / 1024:.1f} MB, {result.last_rss_fds[1]} fds)")
@@ -699,11 +703,11 @@ def campaign(seconds: float | None, inputs: int | None, seed: int, log=print, st
     return result
 
 
-def replay(paths: list[Path], log=print, repeat: int = 1) -> list[tuple[str, str]]:
+def replay(paths: list[Path], log=print, repeat: int = 1, layer: Path = LAYER, db=None) -> list[tuple[str, str]]:
     """Run kept inputs (each file's scripts in order, `repeat` times: a race may need a few
     tries) against a fresh extension; the checks after each script and at the end must pass."""
     findings = []
-    fuzzer = LiveFuzzer(log)
+    fuzzer = LiveFuzzer(log, layer, db)
     result = Campaign(0)
     try:
         fuzzer.start_database()

@@ -19,6 +19,7 @@ Oracles:
 
 from __future__ import annotations
 
+import os
 import time
 
 from pymysql.constants import CLIENT, COMMAND
@@ -195,9 +196,12 @@ def target_messages(draw: Draw) -> None:
 
 # --------------------------------------------------------------------------- commands scanner
 
-def client_stream(draw: Draw, most_packets: int = 8) -> bytes:
-    """Client bytes in the command phase: commands of every kind, empty packets, lying lengths."""
+def client_packets(draw: Draw, most_packets: int = 8) -> list[bytes]:
+    """Client bytes in the command phase, piece by piece: commands of every kind, empty packets,
+    lying lengths; often led by the setup statements drivers send first."""
     out = []
+    if draw.int_in(0, 2) == 0:
+        out += [frames(b"\x03" + draw.pick(_SETUP), 0)[0] for _ in range(draw.int_in(1, 3))]
     for _ in range(draw.int_in(0, most_packets)):
         shape = draw.int_in(0, 9)
         if shape == 0:
@@ -209,10 +213,16 @@ def client_stream(draw: Draw, most_packets: int = 8) -> bytes:
         else:
             code = draw.pick(_COMMAND_CODES) if draw.int_in(0, 3) else draw.byte()
             argument = draw.pick(_SQL) if code == COMMAND.COM_QUERY and draw.boolean() else draw.raw(24)
-            out.append(frames(bytes((code,)) + argument, draw.int_in(0, 2))[0])
-    return b"".join(out)
+            out.append(frames(bytes((code,)) + argument, 0 if draw.int_in(0, 3) else draw.int_in(1, 255))[0])
+    return out
 
 
+def client_stream(draw: Draw, most_packets: int = 8) -> bytes:
+    return b"".join(client_packets(draw, most_packets))
+
+
+_SETUP = (b"SET NAMES utf8mb4", b"SET autocommit=0", b"SET AUTOCOMMIT = 1", b"SET NAMES latin1",
+          b"SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
 _COMMAND_CODES = tuple(c for c in range(0x20) if c != COMMAND.COM_PROCESS_KILL) + (COMMAND.COM_QUERY,) * 12
 _SQL = (b"SELECT 1", b"SET NAMES utf8mb4", b"SET autocommit=0", b"SET AUTOCOMMIT = 1", b"DO SLEEP(1)",
         b"SET NAMES latin1 COLLATE latin1_swedish_ci", b"BEGIN", b"SELECT 'secret'")
@@ -419,8 +429,8 @@ def target_relay(draw: Draw) -> None:
         sent_upstream = bytearray()
         upstream.transport.sink = lambda data: (sent_upstream.extend(data), server.receive(data))
         relay = Relay(client, upstream, proven if draw.int_in(0, 3) else None)
-        stream = client_stream(draw)
-        pieces = chunks(draw, stream, 40)
+        packets_sent = client_packets(draw)
+        pieces = list(packets_sent) if draw.boolean() else chunks(draw, b"".join(packets_sent), 40)
         sent = bytearray()
         delivered = bytearray()
         reusable = None
@@ -483,10 +493,15 @@ TARGETS = (
 )
 
 
+ONLY = os.environ.get("DBKEEPER_FUZZ_TARGET")  # one target's name: every input goes to it
+
+
 def run_one(data: bytes) -> None:
     if not data:
         return
     name, target = TARGETS[data[0] % len(TARGETS)]
+    if ONLY:
+        name, target = next(t for t in TARGETS if t[0] == ONLY)
     try:
         target(Draw(data[1:]))
     except Finding:

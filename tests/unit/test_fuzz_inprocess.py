@@ -1,0 +1,73 @@
+"""Spec: the in-process fuzz targets (fuzz/targets.py) hold on every input kept in the corpus, a
+short coverage-guided run from a fixed seed finds nothing, and the oracles are not vacuous: with
+a known defect put back, the input kept for it fails again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from fuzz import replay, targets  # noqa: E402
+
+KEPT = replay.input_files([str(REPO / "fuzz" / "corpus" / "inprocess"),
+                           str(REPO / "fuzz" / "corpus" / "inprocess-findings")])
+
+
+def test_the_corpus_has_seeds_for_every_target():
+    covered = {targets.TARGETS[path.read_bytes()[0] % len(targets.TARGETS)][0] for path in KEPT if path.stat().st_size}
+    assert covered == {name for name, _ in targets.TARGETS}
+
+
+@pytest.mark.parametrize("path", KEPT, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_kept_input_passes_every_oracle(path):
+    targets.run_one(path.read_bytes())
+
+
+def test_a_short_coverage_guided_run_finds_nothing(tmp_path):
+    pytest.importorskip("atheris")
+    run = subprocess.run([sys.executable, "-m", "fuzz", "--mode", "inprocess", "--runs", "12000", "--seed", "20261201",
+                          "--work", str(tmp_path), "--no-coverage", "--stop-at-first"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "12000 inputs" in run.stdout and "0 finding(s)" in run.stdout
+
+
+def test_the_relay_oracle_fails_when_an_empty_packet_is_taken_for_no_command(monkeypatch):
+    """The defect of issue 13 put back: the relay expecting no reply for an empty packet."""
+    from dbkeeper.protocol import commands
+    from dbkeeper.relay import Relay
+
+    original = Relay._on_commands
+    monkeypatch.setattr(Relay, "_on_commands",
+                        lambda self, codes: original(self, [c for c in codes if c != commands.EMPTY_PACKET]))
+    failed = 0
+    for path in KEPT:
+        try:
+            targets.run_one(path.read_bytes())
+        except targets.Finding as exc:
+            failed += "still owes" in str(exc)
+    assert failed, "no kept input shows a relay lending an upstream with replies owed"
+
+
+def test_the_setup_oracle_fails_when_classification_is_super_linear(monkeypatch):
+    """The defect of issue 13 put back: patterns ending in `\\s*;?\\s*\\Z` (quadratic backtracking)."""
+    import re
+
+    from dbkeeper.protocol import session_setup
+
+    quadratic = re.compile(rb"\s*SET\s+NAMES\s+\w+\s*;?\s*\Z", re.I)
+    monkeypatch.setattr(session_setup, "classify",
+                        lambda command: session_setup.Effect(None) if quadratic.match(command[1:]) else None)
+    failed = 0
+    for path in KEPT:
+        try:
+            targets.run_one(path.read_bytes())
+        except targets.Finding as exc:
+            failed += "super-linear" in str(exc)
+    assert failed, "no kept input shows super-linear classification"
