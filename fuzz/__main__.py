@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         "scanner, responses, session_setup, relay)")
     parser.add_argument("--no-coverage", action="store_true", help="in-process: skip the coverage measurement")
     parser.add_argument("--stop-at-first", action="store_true", help="stop at the first finding")
+    parser.add_argument("--layer", type=Path, help="live: the unpacked layer to run (default dist/layer-x86_64)")
     parser.add_argument("--replay", nargs="+", metavar="PATH", help="replay kept inputs instead of fuzzing")
     parser.add_argument("--repeat", type=int, default=1, help="live replay: run each kept input this many times")
     args = parser.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
         files = [p for name in args.replay for p in
                  (sorted(Path(name).glob("*.json")) if Path(name).is_dir() else [Path(name)])]
-        findings = live.replay(files, repeat=args.repeat)
+        findings = live.replay(files, repeat=args.repeat, layer=args.layer or live.LAYER)
         for path, message in findings:
             print(f"FINDING {path}: {message}")
         print(f"replayed {len(files)} live input file(s): {len(findings)} finding(s)")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from fuzz import live
 
     result = live.campaign(seconds, args.runs, seed, log=lambda m: print(m, flush=True),
-                           stop_at_first=args.stop_at_first)
+                           stop_at_first=args.stop_at_first, layer=args.layer or live.LAYER)
     live.report(result)
     return 1 if result.findings else 0
 

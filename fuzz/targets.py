@@ -26,7 +26,7 @@ from pymysql.constants import CLIENT, COMMAND
 
 from dbkeeper.errors import DbkeeperError, ProtocolError
 from dbkeeper.protocol import auth, handshake, messages, packets, session_setup
-from dbkeeper.protocol.commands import INTERCEPTED, CommandScanner
+from dbkeeper.protocol.commands import EMPTY_PACKET, INTERCEPTED, CommandScanner
 from dbkeeper.protocol.responses import ResponseTracker, closes_reply
 from dbkeeper.relay import Relay
 
@@ -236,7 +236,7 @@ def scan_reference(stream: bytes) -> tuple[list[int], int | None, bool]:
             return codes, None, False
         length = int.from_bytes(stream[position:position + 3], "little")
         if not continuation:
-            code = stream[position + 4] if length else -1
+            code = stream[position + 4] if length else EMPTY_PACKET  # the server reads it as COM_SLEEP
             if code in INTERCEPTED:
                 return codes, position, True
             codes.append(code)
@@ -453,9 +453,12 @@ def target_relay(draw: Draw) -> None:
                 client.in_upstream_data = False
                 if draw.int_in(0, 15) == 0:
                     relay.client_congested(draw.boolean())
+                    relay.upstream_congested(draw.boolean())
             else:  # the client hangs up (or has nothing more to say and the input ends)
                 reusable = relay.settle()
             if client.failed:
+                if server.pending:  # what is still on its way goes nowhere
+                    relay.upstream_data(server.take(draw.int_in(1, 96)))
                 reusable = relay.settle()
         if not client.failed:
             # the client got its own replies, nothing else: the OKs of setup statements answered

@@ -18,8 +18,8 @@ from fuzz import live  # noqa: E402
 def test_every_kept_live_input_passes_every_check(built_layer, fresh_mariadb):
     files = sorted(live.CORPUS.glob("*.json"))
     assert any(p.name.startswith("seed-") for p in files)
-    # a kept race (a client gone while its connection is opened) needs a few runs to show again
-    findings = live.replay(files, log=lambda m: None, repeat=3, layer=built_layer.tree_x86_64, db=fresh_mariadb)
+    # a kept race (a client gone while its connection is opened) needs several runs to show again
+    findings = live.replay(files, log=lambda m: None, repeat=8, layer=built_layer.tree_x86_64, db=fresh_mariadb)
     assert findings == []
 
 
