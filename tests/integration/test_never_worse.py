@@ -48,12 +48,18 @@ def _running_statements(db, tag: str) -> list[dict]:
 # --------------------------------------------------------------------------- work nobody waits for
 
 
+def _sleeping_session(dbkeeper_factory, db, seconds: int, tag: str):
+    """A dbkeeper and a client whose SELECT SLEEP(seconds) is running on the server (not read)."""
+    running = dbkeeper_factory(db)
+    client = _login(running)
+    _send_query(client, f"SELECT SLEEP({seconds}), '{tag}'")
+    assert wait_until(lambda: _running_statements(db, tag), timeout=5)
+    return running, client
+
+
 def test_shutdown_kills_a_statement_in_flight_within_the_deadline(dbkeeper_factory, mariadb):
     tag = f"in flight at shutdown {os.urandom(3).hex()}"
-    running = dbkeeper_factory(mariadb)
-    client = _login(running)
-    _send_query(client, f"SELECT SLEEP(60), '{tag}'")
-    assert wait_until(lambda: _running_statements(mariadb, tag), timeout=5)
+    running, client = _sleeping_session(dbkeeper_factory, mariadb, 60, tag)
     started = time.monotonic()
     report = running.sandbox.shutdown()
     assert wait_until(lambda: not _running_statements(mariadb, tag), timeout=2.0), "still running 2 s after SHUTDOWN"
@@ -90,10 +96,7 @@ def test_shutdown_frees_the_row_lock_of_a_transaction_whose_statement_is_still_r
 
 def test_a_client_that_vanishes_mid_query_leaves_no_statement_running(dbkeeper_factory, mariadb):
     tag = f"orphaned {os.urandom(3).hex()}"
-    running = dbkeeper_factory(mariadb)
-    client = _login(running)
-    _send_query(client, f"SELECT SLEEP(30), '{tag}'")
-    assert wait_until(lambda: _running_statements(mariadb, tag), timeout=5)
+    running, client = _sleeping_session(dbkeeper_factory, mariadb, 30, tag)
     client.abort()  # the function's process killed at its timeout
     # MariaDB alone notices a closed socket during SLEEP only after ~5 s, and never during most statements
     assert wait_until(lambda: not _running_statements(mariadb, tag), timeout=2.0), "the statement ran on"
