@@ -158,8 +158,9 @@ class ModelServer:
         draw = self._draw
         from dbkeeper.protocol import session_setup  # the model answers setup statements like the server
 
-        if session_setup.classify(payload) is not None and draw.int_in(0, 7):
-            return [ok(warnings=draw.int_in(0, 1))]
+        if session_setup.classify(payload) is not None:
+            # one statement (no result set, no further results): OK, or ERR if the server refuses it
+            return [ok(warnings=draw.int_in(0, 1))] if draw.int_in(0, 7) else [err(1115, b"Unknown character set")]
         packets: list[bytes] = []
         count = draw.int_in(1, 3)
         for index in range(count):
