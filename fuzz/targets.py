@@ -104,13 +104,15 @@ def _text(draw: Draw, most: int) -> str:
 
 def target_handshake(draw: Draw) -> None:
     mode = draw.int_in(0, 5)
-    if mode == 0:  # arbitrary bytes as a greeting
+    if mode == 0:  # arbitrary bytes as the upstream's greeting
         try:
             greeting = handshake.parse_greeting(draw.rest())
         except ProtocolError:
             return
-        check(handshake.parse_greeting(handshake.build_greeting(greeting)).server_version == greeting.server_version,
-              "a parsed greeting does not survive re-building")
+        # what client.py greets its clients with: the upstream's identity, dbkeeper's own scramble
+        local = greeting._replace(scramble=b"s" * handshake.SCRAMBLE_LENGTH, auth_plugin=handshake.NATIVE_PASSWORD)
+        check(handshake.parse_greeting(handshake.build_greeting(local)).server_version == greeting.server_version,
+              "the upstream's server version does not survive into dbkeeper's own greeting")
     elif mode == 1:  # arbitrary bytes as a handshake response
         try:
             handshake.parse_handshake_response(draw.rest())
