@@ -25,7 +25,17 @@ def test_the_corpus_has_seeds_for_every_target():
     assert covered == {name for name, _ in targets.TARGETS}
 
 
-@pytest.mark.parametrize("path", KEPT, ids=lambda p: f"{p.parent.name}/{p.name}")
+# Kept inputs of findings not fixed yet (reported, see fuzz/RESULTS.md): strict, so the fix shows.
+OPEN = {
+    "crash-9b8b18a68177d81aaefaf269412b8ed95552f873":
+        "Relay.settle(after_command=True) takes a column-definitions EOF for the end of a reply when "
+        "the client sends COM_RESET_CONNECTION before the rows (upstream.reset's sync marker catches it)",
+}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=OPEN[p.name]))
+                                  if p.name in OPEN else p for p in KEPT],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_a_kept_input_passes_every_oracle(path):
     targets.run_one(path.read_bytes())
 
