@@ -86,7 +86,7 @@ class CpuShare:
         self.path = self.root / f"{_PREFIX}{os.getpid()}-{name}"
         self._origin: dict[int, str] = {}
 
-    def __enter__(self) -> "CpuShare":
+    def __enter__(self) -> CpuShare:
         self.path.mkdir()
         if self.version == "v1":
             (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))

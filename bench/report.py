@@ -78,12 +78,16 @@ def targets(results: dict) -> list[dict]:
         r = ratio(s["dbk_tcp"], s["socat_tcp"])
         note = ""
         if "uvloop_tcp" in s:
-            note = f"bare uvloop relay: {ratio(s['uvloop_tcp'], s['socat_tcp'])['ratio']:.2f} x socat (the floor for a Python relay)"
+            floor = ratio(s["uvloop_tcp"], s["socat_tcp"])["ratio"]
+            note = f"bare uvloop relay: {floor:.2f} x socat (the floor for a Python relay)"
         idle = lat["samples_us"].get("select1_idle")
         if idle:
-            note += (f"; after 1 ms idle (raw): dbkeeper {ratio(idle['dbk_tcp'], idle['socat_tcp'])['ratio']:.2f} x socat"
-                     + (f", bare uvloop {ratio(idle['uvloop_tcp'], idle['socat_tcp'])['ratio']:.2f} x" if "uvloop_tcp" in idle else ""))
-        rows.append(dict(target="SELECT 1 p50, dbkeeper TCP <= 1.10 x socat", value=f"{percentile(s['dbk_tcp'], 50):.0f} µs vs {percentile(s['socat_tcp'], 50):.0f} µs",
+            after_idle = ratio(idle["dbk_tcp"], idle["socat_tcp"])["ratio"]
+            note += f"; after 1 ms idle (raw): dbkeeper {after_idle:.2f} x socat"
+            if "uvloop_tcp" in idle:
+                note += f", bare uvloop {ratio(idle['uvloop_tcp'], idle['socat_tcp'])['ratio']:.2f} x"
+        rows.append(dict(target="SELECT 1 p50, dbkeeper TCP <= 1.10 x socat",
+                         value=f"{percentile(s['dbk_tcp'], 50):.0f} µs vs {percentile(s['socat_tcp'], 50):.0f} µs",
                          ratio=r["ratio"], limit=1.10, spread=(r["lo"], r["hi"]),
                          status=verdict(r["ratio"], 1.10, False, r["lo"], r["hi"]), note=note))
         r = ratio(s["dbk_unix"], s["socat_unix"])
@@ -97,7 +101,8 @@ def targets(results: dict) -> list[dict]:
         r = ratio(m["socat_tcp"], m["dbk_tcp"])  # throughput ratio = inverse time ratio
         mb = lat["mb1_bytes"] / 1e6
         rows.append(dict(target="1 MB result, dbkeeper TCP >= 0.9 x socat throughput",
-                         value=f"{mb / percentile(m['dbk_tcp'], 50) * 1e6:.0f} vs {mb / percentile(m['socat_tcp'], 50) * 1e6:.0f} MB/s",
+                         value=f"{mb / percentile(m['dbk_tcp'], 50) * 1e6:.0f} vs "
+                               f"{mb / percentile(m['socat_tcp'], 50) * 1e6:.0f} MB/s",
                          ratio=r["ratio"], limit=0.90, spread=(r["lo"], r["hi"]),
                          status=verdict(r["ratio"], 0.90, True, r["lo"], r["hi"]),
                          note="socat as given relays in 8 KiB reads (its default -b 8192)"))
@@ -117,7 +122,8 @@ def targets(results: dict) -> list[dict]:
             r = ratio(a["samples_connect_us"], b["samples_connect_us"])
             whole = ratio(a["samples_wall_us"], b["samples_wall_us"])["ratio"]
             rows.append(dict(
-                target=f"connect() alone across {con['net_rtt_ms']:g} ms RTT: dbkeeper >= 10x faster than direct (PyMySQL 1.1.1)",
+                target=f"connect() alone across {con['net_rtt_ms']:g} ms RTT: dbkeeper >= 10x faster than direct "
+                       "(PyMySQL 1.1.1)",
                 value=f"{a['connect_us']['p50'] / 1000:.2f} ms vs {b['connect_us']['p50'] / 1000:.2f} ms",
                 ratio=r["ratio"], limit=10.0, spread=(r["lo"], r["hi"]),
                 status=verdict(r["ratio"], 10.0, True, r["lo"], r["hi"]),
@@ -165,10 +171,12 @@ def targets(results: dict) -> list[dict]:
         pyc = alt.get("summary", {})
         note = ""
         if pyc.get("spawn_to_registered_ms", {}).get("n"):
-            note = (f"{alt['label'].replace('_', ' ')}: {pyc['spawn_to_registered_ms']['p50']:.1f} ms; spawn -> upstream ready "
-                    f"{cold['summary']['spawn_to_upstream_ready_ms']['p50']:.0f} -> {pyc['spawn_to_upstream_ready_ms']['p50']:.0f} ms, "
+            note = (f"{alt['label'].replace('_', ' ')}: {pyc['spawn_to_registered_ms']['p50']:.1f} ms; "
+                    f"spawn -> upstream ready {cold['summary']['spawn_to_upstream_ready_ms']['p50']:.0f} -> "
+                    f"{pyc['spawn_to_upstream_ready_ms']['p50']:.0f} ms, "
                     f"CPU {cold['summary']['cpu_at_ready_ms']['p50']:.0f} -> {pyc['cpu_at_ready_ms']['p50']:.0f} ms")
-        rows.append(dict(target="extension start -> registered <= 60 ms wall", value=f"{s['p50']:.1f} ms (min {s['min']:.1f})",
+        rows.append(dict(target="extension start -> registered <= 60 ms wall",
+                         value=f"{s['p50']:.1f} ms (min {s['min']:.1f})",
                          ratio=s["p50"] / 60, limit=1.0, spread=(s["min"] / 60, s["max"] / 60) if "max" in s else None,
                          status=verdict(s["p50"], 60, False), note=note))
         hwm = cold["summary"]["vm_hwm_kb"]["p50"] / 1024
@@ -267,7 +275,8 @@ def connect_table(results: dict) -> str:
     if "direct_tcp_tlsdb_net" in paths:
         network = (f" Emulated network: {con.get('net_rtt_ms', 0):g} ms RTT (bench/netdelay.py, user space: "
                    "connect() + greeting = 2 RTT, each later round trip 1 RTT).")
-    return ("wall ms p50 (client CPU ms p50; connect() alone ms p50); TLS = the client negotiated TLS. Extension CPU per connect cycle "
+    return ("wall ms p50 (client CPU ms p50; connect() alone ms p50); TLS = the client negotiated TLS. "
+            "Extension CPU per connect cycle "
             f"(handshake + relayed queries + COM_QUIT + background reset): "
             f"{con.get('extension_cpu_us_per_connect_cycle', math.nan):.0f} µs.{network}\n\n" + _table(header, rows))
 
@@ -276,7 +285,8 @@ def tlsreq_table(results: dict) -> str:
     tls = results["tlsreq"]
     full = tls["full_cpu"]
     share = tls.get("cpu_share") or {}
-    head = (f"DB requires TLS (require_secure_transport; certificate from a throwaway CA), {tls['net_rtt_ms']:g} ms RTT "
+    head = (f"DB requires TLS (require_secure_transport; certificate from a throwaway CA), "
+            f"{tls['net_rtt_ms']:g} ms RTT "
             f"(bench/netdelay.py); PyMySQL 1.1.1. Direct: ssl_ca + ssl_verify_cert + ssl_verify_identity. dbkeeper: "
             f"the driver's defaults to 127.0.0.1, upstream DBKEEPER_DB_TLS=required with the CA. Full CPU: "
             f"{full['iterations']} iterations, interleaved; extension CPU per connect cycle "
@@ -340,7 +350,7 @@ def coldstart_table(results: dict) -> str:
         vals = [r[key] for r in results["coldstart"]["runs"] if r.get(key) is not None]
         rows.append([label, _f(s["p50"], digits), _f(min(vals), digits), _f(max(vals), digits),
                      _f(pyc[key]["p50"], digits) if pyc.get(key, {}).get("n") else "—"])
-    return _table(["cold start (n=%d each, interleaved)" % len(results["coldstart"]["runs"]),
+    return _table([f"cold start (n={len(results['coldstart']['runs'])} each, interleaved)",
                    "as shipped p50", "min", "max", f"{alt.get('label', 'alternative').replace('_', ' ')} p50"], rows)
 
 
@@ -364,8 +374,10 @@ def imports_table(results: dict) -> str:
         return ", ".join(f"{r['module'].strip()} {r['self_us'] / 1000:.1f}" for r in imp.get(key, [])[:8])
     return (_table(["import (best of N, ms)", f"as shipped ({imp['shipped_pyc_files']} .pyc files)",
                     alt["label"].replace("_", " ")], rows)
-            + f"\n\nLargest self import times before registering, as shipped (-X importtime, best of 3, ms): {top('importtime_top_pre_registration')}"
-            + f"\n\nLargest self import times, whole chain, as shipped (best of 3, ms): {top('importtime_top_as_shipped')}")
+            + "\n\nLargest self import times before registering, as shipped (-X importtime, best of 3, ms): "
+            + top("importtime_top_pre_registration")
+            + "\n\nLargest self import times, whole chain, as shipped (best of 3, ms): "
+            + top("importtime_top_as_shipped"))
 
 
 def targets_table(rows: list[dict]) -> str:

@@ -95,7 +95,7 @@ class Environment:
         db = self.tlsreq_db if tlsreq else self.tls_db if tls else self.db
         return dict(user=db.user, password=db.password, database=db.database)
 
-    def connect_kwargs(self, endpoint: "Endpoint") -> dict:
+    def connect_kwargs(self, endpoint: Endpoint) -> dict:
         return dict(endpoint.kwargs, **self.credentials(tls=endpoint.tls_db, tlsreq=endpoint.tlsreq_db))
 
     def close(self) -> dict:
@@ -149,9 +149,9 @@ def _wait_connectable(family: int, address, timeout: float = _READY_TIMEOUT) -> 
         try:
             probe.connect(address)
             return
-        except OSError:
+        except OSError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {address} after {timeout}s")
+                raise RuntimeError(f"nothing listens on {address} after {timeout}s") from exc
         finally:
             probe.close()
         time.sleep(0.01)  # polling interval, bounded by the deadline

@@ -31,9 +31,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python demo/main.py` as well as `python -m demo`
@@ -211,15 +212,30 @@ def _reachable(host: str, port: int) -> bool:
 DB_VARIABLES = ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_SSL_CA")
 
 
-def _external_database(args: argparse.Namespace) -> Database:
-    """The database in DB_HOST and friends, used as it is (its own network, its own TLS)."""
+@dataclass(frozen=True)
+class ExternalSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    ca: Optional[Path]
+
+
+def database_settings(args: argparse.Namespace) -> Optional[ExternalSettings]:
+    """The database the DB_* variables select (None: the demo starts its own), checked before anything starts."""
     env = os.environ
+    if not env.get("DB_HOST"):
+        stray = [k for k in DB_VARIABLES if env.get(k)]
+        if stray:
+            raise DemoError(f"{', '.join(stray)} set but DB_HOST is not: set DB_HOST to use your database, "
+                            "or unset them for the demo's own")
+        return None
     if args.loopback:
         raise DemoError("--loopback places the demo's own database; DB_HOST selects yours: use one of them")
     missing = [k for k in ("DB_USER", "DB_NAME") if not env.get(k)]
     if missing:
         raise DemoError(f"DB_HOST is set, so the demo uses that database; also set {', '.join(missing)}")
-    host = env["DB_HOST"]
     try:
         port = int(env.get("DB_PORT") or 3306)
         if not 0 < port < 65536:
@@ -231,15 +247,20 @@ def _external_database(args: argparse.Namespace) -> Database:
         ca = Path(env["DB_SSL_CA"]).resolve()
         if not ca.is_file():
             raise DemoError(f"DB_SSL_CA={env['DB_SSL_CA']}: no such file")
-    tls = {"ssl_ca": str(ca), "ssl_verify_cert": True, "ssl_verify_identity": True} if ca else {}
+    return ExternalSettings(env["DB_HOST"], port, env["DB_USER"], env.get("DB_PASSWORD", ""), env["DB_NAME"], ca)
+
+
+def _external_database(s: ExternalSettings) -> Database:
+    """The database in DB_HOST and friends, used as it is (its own network, its own TLS)."""
+    tls = {"ssl_ca": str(s.ca), "ssl_verify_cert": True, "ssl_verify_identity": True} if s.ca else {}
     try:
-        probe = ExternalProbe(host, port, env["DB_USER"], env.get("DB_PASSWORD", ""), env["DB_NAME"], tls)
+        probe = ExternalProbe(s.host, s.port, s.user, s.password, s.database, tls)
     except Exception as exc:  # noqa: BLE001 - the driver's message is the useful part
-        raise DemoError(f"cannot connect to the database in DB_HOST ({host}:{port}): {_one_line(exc)}") from None
-    how = "verified TLS (DB_SSL_CA)" if ca else "no TLS asked for (DB_SSL_CA not set)"
-    return Database(host, port, env["DB_USER"], env.get("DB_PASSWORD", ""), env["DB_NAME"], probe,
-                    f"{probe.version()} at {host}:{port} (from DB_HOST), reached as it is, {how}", throwaway=False,
-                    tls_ca=ca)
+        raise DemoError(f"cannot connect to the database in DB_HOST ({s.host}:{s.port}): {_one_line(exc)}") from None
+    how = "verified TLS (DB_SSL_CA)" if s.ca else "no TLS asked for (DB_SSL_CA not set)"
+    return Database(s.host, s.port, s.user, s.password, s.database, probe,
+                    f"{probe.version()} at {s.host}:{s.port} (from DB_HOST), reached as it is, {how}", throwaway=False,
+                    tls_ca=s.ca)
 
 
 def _start_delay_line(listen: str, upstream_port: int, rtt_ms: float) -> tuple[Any, int]:
@@ -248,7 +269,8 @@ def _start_delay_line(listen: str, upstream_port: int, rtt_ms: float) -> tuple[A
     from tests.mariadb import free_port
 
     port = free_port(listen)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.netdelay", str(port), str(upstream_port), str(rtt_ms), listen],
+    argv = [sys.executable, "-m", "bench.netdelay", str(port), str(upstream_port), str(rtt_ms), listen]
+    proc = subprocess.Popen(argv,
                             cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True, text=True)
     assert proc.stdout is not None
@@ -259,16 +281,12 @@ def _start_delay_line(listen: str, upstream_port: int, rtt_ms: float) -> tuple[A
     return proc, port
 
 
-def open_database(args: argparse.Namespace, netns_ok: bool, workdir: Path) -> Database:
+def open_database(args: argparse.Namespace, external: Optional[ExternalSettings], netns_ok: bool,
+                  workdir: Path) -> Database:
     """The external database (DB_HOST), or a throwaway one: behind the emulated network and requiring
     verified TLS by default, on this host's loopback without TLS with --loopback."""
-    env = os.environ
-    if env.get("DB_HOST"):
-        return _external_database(args)
-    stray = [k for k in DB_VARIABLES if env.get(k)]
-    if stray:
-        raise DemoError(f"{', '.join(stray)} set but DB_HOST is not: set DB_HOST to use your database, "
-                        "or unset them for the demo's own")
+    if external is not None:
+        return _external_database(external)
     from tests.mariadb import MariaDB, MariaDBNotInstalled
 
     if args.loopback:
@@ -303,7 +321,8 @@ def open_database(args: argparse.Namespace, netns_ok: bool, workdir: Path) -> Da
     except BaseException:
         db.close()
         raise
-    db.description = (f"throwaway MariaDB {db.probe.version()} requiring TLS (certificate of a throwaway CA, verified), "
+    db.description = (f"throwaway MariaDB {db.probe.version()} requiring TLS "
+                      "(certificate of a throwaway CA, verified), "
                       f"behind an emulated network of {args.rtt_ms:g} ms RTT at {address}:{db.port} "
                       "(bench/netdelay.py)")
     return db
@@ -691,7 +710,8 @@ def render_table(phases: list[Phase]) -> str:
 
 
 def default_layer_dir() -> Path:
-    arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "x86_64")
+    arches = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+    arch = arches.get(platform.machine(), "x86_64")
     return REPO / "dist" / f"layer-{arch}"
 
 
@@ -770,7 +790,9 @@ def cpu_share_note(args: argparse.Namespace) -> Optional[str]:
     if reason is None:
         return "this lambda_sandbox does not limit CPU by memory: every memory size ran with the machine's CPU"
     why = reason()
-    return None if why is None else f"CPU not limited by memory here ({why}): every memory size ran with the machine's CPU"
+    if why is None:
+        return None
+    return f"CPU not limited by memory here ({why}): every memory size ran with the machine's CPU"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -783,6 +805,7 @@ def run(args: argparse.Namespace) -> int:
         if not found or not os.access(found, os.X_OK):
             raise DemoError(f"aws-lambda-rie not found (or not executable): {args.rie}")
         args.rie = os.path.abspath(found)
+    external = database_settings(args)
     progress = Progress(enabled=not args.quiet)
     progress.update("  preparing the function's task directory, the layer and the database", force=True)
 
@@ -804,7 +827,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.copytree(layer_dir, scratch / "opt", symlinks=True)
         except (OSError, shutil.Error) as exc:
             raise DemoError(f"cannot copy the layer from {layer_dir}: {_one_line(exc)}") from None
-        db = open_database(args, not args.no_netns and netns_unavailable_reason() is None, scratch)
+        db = open_database(args, external, not args.no_netns and netns_unavailable_reason() is None, scratch)
         if db.tls_ca is not None:
             shutil.copy2(db.tls_ca, task_dir / CA_FILE)
         setup = choose_setup(args, db)
@@ -832,7 +855,8 @@ def run(args: argparse.Namespace) -> int:
             "sandboxes": args.sandboxes, "invocations_per_sandbox": args.invocations, "sandbox_kind": setup.kind,
             "netns": setup.netns, "lambda_paths": setup.lambda_paths,
             "ending": "reclaim" if setup.netns else "shutdown", "note": setup.note,
-            "network": "as is" if not db.throwaway else "loopback" if args.loopback else f"emulated {args.rtt_ms:g} ms RTT",
+            "network": ("as is" if not db.throwaway else "loopback" if args.loopback
+                        else f"emulated {args.rtt_ms:g} ms RTT"),
             "tls_required": db.tls_ca is not None, "memory_mb": list(args.memory), "cpu_share_note": cpu_note,
             "database": db.description, "elapsed_s": round(elapsed, 2),
             "phases": [p.summary() for p in phases],
@@ -874,5 +898,6 @@ def print_report(args: argparse.Namespace, setup: Setup, db: Database, phases: l
     for p in phases:
         if p.layer and p.wrapper_pointed < p.sandboxes:
             print(f"warning ({HANDLER_TITLES[p.handler]}, {p.memory_mb} MB): the wrapper pointed DB_HOST at the "
-                  f"extension in only {p.wrapper_pointed} of {p.sandboxes} sandboxes (see wrapper_passthrough in the logs)")
+                  f"extension in only {p.wrapper_pointed} of {p.sandboxes} sandboxes "
+                  "(see wrapper_passthrough in the logs)")
     print(f"task dir: sample_function + PyMySQL via {how}; layer: {layer_dir}; {elapsed:.1f} s", flush=True)

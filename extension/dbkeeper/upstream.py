@@ -146,7 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         loop = self._loop
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.abort()
             raise UpstreamError(f"connect to {config.db_host}:{config.db_port} timed out "
                                 f"after {config.connect_timeout * 1000:.0f} ms") from exc
@@ -180,7 +180,8 @@ class UpstreamConnection(asyncio.Protocol):
             plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
         response = handshake.HandshakeResponse(
             capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
-            user=config.db_user, auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
+            user=config.db_user,
+            auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
             database=config.db_name, auth_plugin=plugin,
             attributes={"_client_name": "dbkeeper", "_client_version": __version__, "program_name": "dbkeeper"},
         )

@@ -20,7 +20,8 @@ def _eof(seq: int, status: int = 0x0002) -> bytes:
 
 
 def _select1_reply(status: int = 0x0002) -> bytes:
-    column = b"\x03def" + b"\x00" * 3 + b"\x011" + b"\x00" + b"\x0c" + b"\x3f\x00" + b"\x01\x00\x00\x00" + b"\x08\x81\x00\x00\x00\x00"
+    column = (b"\x03def" + b"\x00" * 3 + b"\x011" + b"\x00" + b"\x0c" + b"\x3f\x00" + b"\x01\x00\x00\x00"
+              + b"\x08\x81\x00\x00\x00\x00")
     return _packet(b"\x01", 1) + _packet(column, 2) + _eof(3) + _packet(b"\x011", 4) + _eof(5, status)
 
 

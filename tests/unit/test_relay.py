@@ -1,13 +1,14 @@
 """The Relay forwards every byte untouched and, whatever the chunking and whichever shortcut it
 takes, knows at the end of a session whether the upstream is between replies."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mysql_replies import eof, err, ok, query_reply, stream, text_result
 from pymysql.constants import COMMAND
+from relay_doubles import Side
 
 from dbkeeper.protocol.packets import frame
 from dbkeeper.relay import Relay
-from mysql_replies import eof, err, ok, query_reply, stream, text_result
-from relay_doubles import Side
 
 
 def relay():

@@ -11,9 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambda_sandbox, tests.*)
 
-from lambda_sandbox import NetnsUnavailable, Sandbox  # noqa: E402
+from lambda_sandbox import (  # noqa: E402
+    NetnsUnavailable,
+    Sandbox,
+    procs,  # noqa: E402
+)
 from lambda_sandbox import netns as netns_mod  # noqa: E402
-from lambda_sandbox import procs  # noqa: E402
 from lambda_sandbox.api import route  # noqa: E402
 from lambda_sandbox.logs import LogStore  # noqa: E402
 from lambda_sandbox.rie import MOUNT_SCRIPT, RieSandbox, parse_rie_response  # noqa: E402

@@ -276,7 +276,8 @@ def _assert_one_passthrough_warning(run: Run, reason: str) -> dict:
 
 
 def test_given_no_socket_then_every_variable_is_untouched_and_one_warning_printed(shell, no_socket):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": no_socket, "DATABASE_URL": f"mysql://app:{SECRET.replace('#', '%23').replace('?', '%3F').replace('/', '%2F').replace('@', '%40')}@db:3307/appdb"}
+    encoded = SECRET.replace("#", "%23").replace("?", "%3F").replace("/", "%2F").replace("@", "%40")
+    env = {**APP_ENV, "DBKEEPER_SOCKET": no_socket, "DATABASE_URL": f"mysql://app:{encoded}@db:3307/appdb"}
     run = run_wrapper(env, shell=shell)
     assert run.returncode == 0
     assert_untouched(run, {k: v for k, v in env.items() if k != "DBKEEPER_SOCKET"})
@@ -578,6 +579,7 @@ def test_wrapper_internals_do_not_leak_into_the_runtime_environment(ext_socket):
     env = {**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": "mysql://u:pw@db/x"}
     run = run_wrapper(env)
     assert not [k for k in run.env if k.startswith("_dbk")]
-    added = set(run.env) - set(env) - {"PATH", "PWD", "SHLVL", "_", "OLDPWD", "LC_CTYPE"}  # LC_CTYPE: Python's own C-locale coercion
+    # LC_CTYPE: Python's own C-locale coercion
+    added = set(run.env) - set(env) - {"PATH", "PWD", "SHLVL", "_", "OLDPWD", "LC_CTYPE"}
     assert added == {"DBKEEPER_ORIGINAL_DB_HOST", "DBKEEPER_ORIGINAL_DB_PORT",
                      "DBKEEPER_ORIGINAL_DATABASE_URL_HOST"}
