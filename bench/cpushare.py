@@ -8,9 +8,10 @@
         share.stats()                    # {"nr_periods", "nr_throttled", "throttled_ms"}
 
 cgroup v1 (`/sys/fs/cgroup/cpu`, cpu.cfs_period_us / cpu.cfs_quota_us) or v2 (`cpu.max`), whichever
-is mounted and writable; `unavailable_reason()` says why neither is. On exit the processes go
-back to the cgroup they came from and the group is removed. Groups left by a killed run (named
-after a dead pid) are removed by the next one.
+is mounted and writable; `unavailable_reason()` says why neither is. The group is made below the
+bench's own cgroup (never beside groups someone else manages). On exit the processes go back to
+the cgroup they came from and the group is removed. Groups left by a killed run (named after a dead
+pid) are removed by the next one.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ class CpuShare:
         self.memory_mb = memory_mb
         self.period_us = period_us
         self.quota_us = quota_us(memory_mb, period_us)
-        _remove_stale(self.root)
-        self.path = self.root / f"{_PREFIX}{os.getpid()}-{name}"
+        parent = self.root / _own_group(os.getpid(), self.version)
+        _remove_stale(parent)
+        self.path = parent / f"{_PREFIX}{os.getpid()}-{name}"
         self._origin: dict[int, str] = {}
 
     def __enter__(self) -> CpuShare:
