@@ -35,6 +35,17 @@ from .sandbox import Sandbox
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 
 
+def go_content_type(body: bytes) -> Optional[str]:
+    """The Content-Type the RIE answers with: its Go HTTP server drops the runtime's and sniffs the body
+    (net/http.DetectContentType, reduced to what a function returns): none for an empty body,
+    application/octet-stream for binary data, else "text/plain; charset=utf-8" (JSON included)."""
+    if not body:
+        return None
+    if any(b <= 0x08 or b == 0x0B or 0x0E <= b <= 0x1A or 0x1C <= b <= 0x1F for b in body[:512]):
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"
+
+
 def _split_addr(value: str, default_host: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return (host or default_host), int(port)
@@ -70,7 +81,7 @@ class _InvokeHandler(BaseHTTPRequestHandler):
         except SandboxClosed:
             self._send(503, b"")
             return
-        self._send(r.status, r.body, r.content_type if r.body else None)
+        self._send(r.status, r.body, go_content_type(r.body))
 
 
 class _InvokeServer(ThreadingHTTPServer):
@@ -148,7 +159,8 @@ def _main_rie(argv: list[str]) -> int:
         memory_mb=int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 3008),
         region=env.get("AWS_REGION") or "us-east-1",
         runtime_cmd=cmd,
-        freeze=False,
+        freeze=False,  # the RIE neither freezes nor limits CPU or memory
+        cgroups=False,
         host=api_host,
         port=api_port,
         on_log=_printer(False),

@@ -112,7 +112,7 @@ def test_netns_refuses_clearly_when_not_root(tmp_path, monkeypatch):
 class FakeSandbox:
     def __getattr__(self, name):
         def call(*args):
-            from lambda_sandbox.sandbox import Resp
+            from lambda_sandbox.state import Resp
 
             return Resp(299, json.dumps([name, *[a if not isinstance(a, bytes) else a.decode() for a in args]]).encode())
 
