@@ -33,6 +33,7 @@ LABELS = {
     "dbk_tcp_tlsdb_net": "dbkeeper TCP, TLS upstream across the emulated network",
     "direct_tlsreq_net": "direct, verified TLS, across the emulated network",
     "dbk_tlsreq_net": "dbkeeper TCP, verified TLS upstream (required) across the emulated network",
+    "dbk_tlsreq_net_tlsargs": "the same, the client keeping the direct path's TLS settings",
 }
 
 
@@ -135,6 +136,9 @@ def targets(results: dict) -> list[dict]:
         if a and b:
             r = ratio(a["samples_wall_us"], b["samples_wall_us"])
             alone = a["connect_us"]["p50"] / b["connect_us"]["p50"]
+            kept = full.get("dbk_tlsreq_net_tlsargs")
+            kept_note = (f"; a client keeping its TLS settings: {a['wall_us']['p50'] / kept['wall_us']['p50']:.1f}x "
+                         f"({kept['cpu_us']['p50'] / 1000:.2f} ms client CPU)") if kept else ""
             rows.append(dict(
                 target=f"connect+SELECT 1+close across {tls['net_rtt_ms']:g} ms RTT, DB requires TLS: dbkeeper >= 5x "
                        "faster than the driver direct with verified TLS (PyMySQL 1.1.1)",
@@ -143,12 +147,17 @@ def targets(results: dict) -> list[dict]:
                 status=verdict(r["ratio"], 5.0, True, r["lo"], r["hi"]),
                 note=f"connect() alone {alone:.1f}x; client CPU {a['cpu_us']['p50'] / 1000:.2f} vs "
                      f"{b['cpu_us']['p50'] / 1000:.2f} ms, extension CPU per cycle "
-                     f"{tls['full_cpu']['extension_cpu_us_per_connect_cycle'] / 1000:.2f} ms"))
+                     f"{tls['full_cpu']['extension_cpu_us_per_connect_cycle'] / 1000:.2f} ms{kept_note}"))
         share = tls.get("cpu_share")
         if share:
             a, b = share["paths"].get("direct_tlsreq_net", {}), share["paths"].get("dbk_tlsreq_net", {})
             if a.get("wall_us") and b.get("wall_us"):
                 r = ratio(a["samples_wall_us"], b["samples_wall_us"])
+                kept = share["paths"].get("dbk_tlsreq_net_tlsargs", {})
+                kept_note = (f"; a client keeping its TLS settings: p50 {kept['wall_us']['p50'] / 1000:.1f} ms "
+                             f"({a['wall_us']['p50'] / kept['wall_us']['p50']:.2f}x), p99 "
+                             f"{kept['wall_us']['p99'] / 1000:.0f} ms, {kept['cpu_us_per_cycle'] / 1000:.2f} ms CPU"
+                             ) if kept.get("wall_us") else ""
                 rows.append(dict(
                     target=f"the same at a {share['memory_mb']} MB CPU share (client and extension in one CFS quota): "
                            "dbkeeper p50 no slower than direct",
@@ -159,7 +168,7 @@ def targets(results: dict) -> list[dict]:
                     note=f"p99 ratio {a['wall_us']['p99'] / b['wall_us']['p99']:.2f}; invocations/s "
                          f"{a['cycles_per_s']:.1f} vs {b['cycles_per_s']:.1f}; CPU per invocation "
                          f"{a['cpu_us_per_cycle'] / 1000:.2f} vs {b['cpu_us_per_cycle'] / 1000:.2f} ms "
-                         f"(dbkeeper: client + extension)"))
+                         f"(dbkeeper: client + extension){kept_note}"))
         elif tls.get("cpu_share_unavailable"):
             rows.append(dict(target="the same at a 128 MB CPU share: dbkeeper p50 no slower than direct",
                              value="not measured", ratio=math.nan, limit=1.0, spread=None,
@@ -287,19 +296,20 @@ def tlsreq_table(results: dict) -> str:
     share = tls.get("cpu_share") or {}
     head = (f"DB requires TLS (require_secure_transport; certificate from a throwaway CA), "
             f"{tls['net_rtt_ms']:g} ms RTT "
-            f"(bench/netdelay.py); PyMySQL 1.1.1. Direct: ssl_ca + ssl_verify_cert + ssl_verify_identity. dbkeeper: "
-            f"the driver's defaults to 127.0.0.1, upstream DBKEEPER_DB_TLS=required with the CA. Full CPU: "
-            f"{full['iterations']} iterations, interleaved; extension CPU per connect cycle "
-            f"{full['extension_cpu_us_per_connect_cycle']:.0f} µs.")
+            "(bench/netdelay.py); PyMySQL 1.1.1. Direct: ssl_ca + ssl_verify_cert + ssl_verify_identity. dbkeeper: "
+            "the driver's defaults to 127.0.0.1 (or, last row, the direct path's TLS settings kept: PyMySQL builds "
+            "its TLS context, then connects in plain text), upstream DBKEEPER_DB_TLS=required with the CA. "
+            f"Full CPU: {full['iterations']} iterations, interleaved.")
     if share:
         head += (f" CPU share: {share['memory_mb']} MB = CFS quota {share['quota_us']} µs per {share['period_us']} µs "
-                 f"({share['cgroup']} cgroup) for each function (direct: its client; dbkeeper: its client and the "
-                 f"extension), both invoking back to back for {share['window_s']:g} s at the same time, first "
+                 f"({share['cgroup']} cgroup) for each function (direct: its client; dbkeeper: its client and its "
+                 f"extension), all invoking back to back for {share['window_s']:g} s at the same time, first "
                  f"{share['warmup_cycles']} invocations of each left out.")
     elif tls.get("cpu_share_unavailable"):
         head += f" CPU share not measured: {tls['cpu_share_unavailable']}."
     rows = []
-    for path in ("direct_tlsreq_net", "dbk_tlsreq_net"):
+    ext_cpu = full.get("extension_cpu_us_per_connect_cycle_by_path", {})
+    for path in ("direct_tlsreq_net", "dbk_tlsreq_net", "dbk_tlsreq_net_tlsargs"):
         x = full["paths"].get(path)
         if not x:
             continue
@@ -308,6 +318,7 @@ def tlsreq_table(results: dict) -> str:
                f"{w['p50'] / 1000:.2f} ({w['p50_lo'] / 1000:.2f}–{w['p50_hi'] / 1000:.2f}) / {w['p90'] / 1000:.2f} / "
                f"{w['p99'] / 1000:.2f}",
                f"{x['connect_us']['p50'] / 1000:.2f}", f"{x['cpu_us']['p50'] / 1000:.2f}",
+               f"{ext_cpu[path] / 1000:.2f}" if path in ext_cpu else "—",
                "yes" if x["tls_fraction"] > 0.5 else "no (local hop)"]
         y = share.get("paths", {}).get(path, {})
         if y.get("wall_us"):
@@ -317,7 +328,8 @@ def tlsreq_table(results: dict) -> str:
             row += [y.get("error") or "—", "—", "—", "—"]
         rows.append(row)
     header = ["path", "full CPU: wall ms p50 (block range) / p90 / p99", "connect() alone ms p50", "client CPU ms p50",
-              "client TLS", f"{share.get('memory_mb', 128)} MB share: wall ms p50 / p99", "invocations/s",
+              "extension CPU ms per cycle", "client TLS", f"{share.get('memory_mb', 128)} MB share: wall ms p50 / p99",
+              "invocations/s",
               "CPU ms per invocation (the cgroup's processes)", "periods throttled"]
     return head + "\n\n" + _table(header, rows)
 

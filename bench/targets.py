@@ -23,6 +23,10 @@ bench/tlsca.py), like RDS with TLS enforced, behind its own delay line:
     direct_tlsreq_net      client (ssl_ca + verify cert and host name) -> network -> that MariaDB
     dbk_tlsreq_net         client (driver defaults) -> dbkeeper (DBKEEPER_DB_TLS=required, the CA)
                            -> network -> that MariaDB
+    dbk_tlsreq_net_tlsargs the same through a second dbkeeper, but the client keeps the direct path's
+                           TLS settings (a function whose DB_SSL_CA stays set when the layer is
+                           attached): PyMySQL builds its TLS context on every connect and, offered no
+                           TLS on 127.0.0.1, connects in plain text
 
 Reuses tests/mariadb.py (MariaDB, free_port) and tests/dbkeeper_process.py (start_dbkeeper).
 The layer is snapshotted (copied) first, so a ./build.sh running meanwhile can't change what is
@@ -88,6 +92,7 @@ class Environment:
     tls_dbk_connected: dict = field(default_factory=dict)
     tlsreq_db: MariaDB | None = None          # requires TLS (require_secure_transport)
     tlsreq_dbk: RunningDbkeeper | None = None  # DBKEEPER_DB_TLS=required to it, across its delay line
+    tlsreq_dbk_tlsargs: RunningDbkeeper | None = None  # the same, for clients that keep their TLS settings
     tlsreq_dbk_connected: dict = field(default_factory=dict)
     tlsreq_rtt_ms: float = 0.0
 
@@ -110,7 +115,8 @@ class Environment:
                     proc.kill()
                     proc.wait()
         for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("net_dbk", self.net_dbk),
-                          ("variant_dbk", self.variant_dbk), ("tlsreq_dbk", self.tlsreq_dbk)):
+                          ("variant_dbk", self.variant_dbk), ("tlsreq_dbk", self.tlsreq_dbk),
+                          ("tlsreq_dbk_tlsargs", self.tlsreq_dbk_tlsargs)):
             if dbk is not None:
                 try:
                     reports[name] = dbk.stop()
@@ -266,17 +272,21 @@ def _start_tls_required(env: Environment, layer: Path, rtt_ms: float) -> None:
     net, net_port = _bench_process("bench.netdelay", env.tlsreq_db.port, rtt_ms)
     env.socats.append(net)
     env.tlsreq_rtt_ms = rtt_ms
-    env.tlsreq_dbk, env.tlsreq_dbk_connected = _start_dbkeeper(
-        layer, env.tlsreq_db, {"DBKEEPER_DB_TLS": "required", "DBKEEPER_DB_TLS_CA": str(certs.ca),
-                               "DBKEEPER_DB_PORT": str(net_port)})
-    if not env.tlsreq_dbk_connected.get("tls"):
-        raise RuntimeError(f"dbkeeper did not negotiate TLS with the TLS-requiring server: {env.tlsreq_dbk_connected}")
+    settings = {"DBKEEPER_DB_TLS": "required", "DBKEEPER_DB_TLS_CA": str(certs.ca), "DBKEEPER_DB_PORT": str(net_port)}
+    env.tlsreq_dbk, env.tlsreq_dbk_connected = _start_dbkeeper(layer, env.tlsreq_db, settings)
+    env.tlsreq_dbk_tlsargs, connected = _start_dbkeeper(layer, env.tlsreq_db, settings)
+    for running in (env.tlsreq_dbk_connected, connected):
+        if not running.get("tls"):
+            raise RuntimeError(f"dbkeeper did not negotiate TLS with the TLS-requiring server: {running}")
+    client_tls = dict(ssl_ca=str(certs.ca), ssl_verify_cert=True, ssl_verify_identity=True)
     e = env.endpoints
-    e["direct_tlsreq_net"] = Endpoint("direct_tlsreq_net", dict(host="127.0.0.1", port=net_port, ssl_ca=str(certs.ca),
-                                                                ssl_verify_cert=True, ssl_verify_identity=True),
+    e["direct_tlsreq_net"] = Endpoint("direct_tlsreq_net", dict(host="127.0.0.1", port=net_port, **client_tls),
                                       tlsreq_db=True)
     e["dbk_tlsreq_net"] = Endpoint("dbk_tlsreq_net", dict(host="127.0.0.1", port=env.tlsreq_dbk.port),
                                    env.tlsreq_dbk.pid, "dbkeeper", tlsreq_db=True)
+    e["dbk_tlsreq_net_tlsargs"] = Endpoint("dbk_tlsreq_net_tlsargs",
+                                           dict(host="127.0.0.1", port=env.tlsreq_dbk_tlsargs.port, **client_tls),
+                                           env.tlsreq_dbk_tlsargs.pid, "dbkeeper", tlsreq_db=True)
 
 
 def server_versions(env: Environment) -> dict:

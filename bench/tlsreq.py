@@ -4,24 +4,28 @@ across the emulated network, as a Lambda function does with RDS in another avail
     direct     PyMySQL 1.1.1 with ssl_ca (the throwaway CA), ssl_verify_cert and ssl_verify_identity
     dbkeeper   the same driver with its defaults to dbkeeper's TCP port; dbkeeper holds a verified
                TLS connection (DBKEEPER_DB_TLS=required) across the same kind of delay line
+    dbkeeper, client TLS settings kept
+               the same through a second dbkeeper, the client still passing the direct path's TLS
+               settings (what a function whose DB_SSL_CA stays set pays: a TLS context per connect)
 
 Two settings:
 
 full CPU      one client worker, both paths interleaved per iteration (shuffled), after a warm-up.
               Also: the dbkeeper instance's CPU per connect cycle (it serves nothing else here).
-CPU share     two functions of `memory_mb` each, as Lambda sizes them (CFS quota = period x
+CPU share     three functions of `memory_mb` each, as Lambda sizes them (CFS quota = period x
               memory / 1,769 MB, bench/cpushare.py): "direct" is a cgroup holding its client worker;
-              "dbkeeper" is a cgroup holding its client worker AND the dbkeeper extension process,
-              which share the quota as a function and its extensions do on Lambda. Both functions
+              each "dbkeeper" one is a cgroup holding its client worker AND its dbkeeper extension
+              process, which share the quota as a function and its extensions do on Lambda. All
               run at the same time for the same wall-clock window, each invoking back to back (a busy
-              sandbox: the quota, not the arrival rate, sets the pace), so both see the same machine
-              and both stay in the throttled steady state; the first cycles of each, which start
+              sandbox: the quota, not the arrival rate, sets the pace), so all see the same machine
+              and all stay in the throttled steady state; the first cycles of each, which start
               with a full quota, are left out (warm-up). Per-invocation wall p50 and p99, throughput,
               throttled periods, and CPU per cycle of each cgroup's processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -30,7 +34,8 @@ from . import cpushare, procstat
 from .connect import Worker
 from .stats import summary
 
-PATHS = ("direct_tlsreq_net", "dbk_tlsreq_net")
+PATHS = ("direct_tlsreq_net", "dbk_tlsreq_net", "dbk_tlsreq_net_tlsargs")
+DBKEEPER_PATHS = PATHS[1:]  # each served by its own dbkeeper instance
 SHARE_BATCH = 5      # cycles per request to a worker inside a cgroup (no pipe round trip in between)
 SHARE_WARMUP = 10    # cycles of each function left out at the start of the window
 
@@ -43,12 +48,10 @@ def _full_cpu(env, iterations: int, warmup: int, progress) -> dict:
         rng = random.Random(12)
         samples: dict = {p: {"wall_us": [], "connect_us": [], "cpu_us": [], "tls": []} for p in PATHS}
         errors: dict = {}
-        dbk = env.endpoints["dbk_tlsreq_net"]
-        cycles = 0
-        cpu0 = 0
+        cpu0 = {p: 0 for p in DBKEEPER_PATHS}
         for i in range(warmup + iterations):
             if i == warmup:
-                cpu0 = dbk.cpu_ns()
+                cpu0 = {p: env.endpoints[p].cpu_ns() for p in DBKEEPER_PATHS}
             order = list(PATHS)
             rng.shuffle(order)
             for path in order:
@@ -59,13 +62,14 @@ def _full_cpu(env, iterations: int, warmup: int, progress) -> dict:
                 if i >= warmup:
                     for key in samples[path]:
                         samples[path][key].append(reply[key])
-                    cycles += path == "dbk_tlsreq_net"
         time.sleep(0.05)  # let the last background reset finish before reading the CPU (bounded, not a sync)
-        ext_cpu_us = (dbk.cpu_ns() - cpu0) / 1e3 / max(cycles, 1)
+        ext_cpu_us = {p: (env.endpoints[p].cpu_ns() - cpu0[p]) / 1e3 / max(len(samples[p]["wall_us"]), 1)
+                      for p in DBKEEPER_PATHS}
     finally:
         worker.close()
-    out: dict = {"iterations": iterations, "errors": errors, "extension_cpu_us_per_connect_cycle": ext_cpu_us,
-                 "paths": {}}
+    out: dict = {"iterations": iterations, "errors": errors,
+                 "extension_cpu_us_per_connect_cycle": ext_cpu_us["dbk_tlsreq_net"],
+                 "extension_cpu_us_per_connect_cycle_by_path": ext_cpu_us, "paths": {}}
     for path, s in samples.items():
         if s["wall_us"]:
             out["paths"][path] = {"wall_us": summary(s["wall_us"]), "connect_us": summary(s["connect_us"]),
@@ -75,18 +79,18 @@ def _full_cpu(env, iterations: int, warmup: int, progress) -> dict:
 
 
 def _cpu_share(env, memory_mb: int, window_s: float, progress) -> dict:
-    ext_pid = env.endpoints["dbk_tlsreq_net"].relay_pid
     workers = {path: Worker(None) for path in PATHS}
     results: dict = {}
     try:
-        with cpushare.CpuShare("direct", memory_mb) as direct_share, \
-                cpushare.CpuShare("dbkeeper", memory_mb) as dbk_share:
-            shares = {"direct_tlsreq_net": direct_share, "dbk_tlsreq_net": dbk_share}
-            direct_share.add(workers["direct_tlsreq_net"].proc.pid)
-            dbk_share.add(workers["dbk_tlsreq_net"].proc.pid)
-            dbk_share.add(ext_pid)
-            progress(f"  {memory_mb} MB share: quota {direct_share.quota_us} µs per {direct_share.period_us} µs "
-                     f"({direct_share.version} cgroup), both functions for {window_s:.0f} s ...")
+        with contextlib.ExitStack() as stack:
+            shares = {path: stack.enter_context(cpushare.CpuShare(f"f{i}", memory_mb)) for i, path in enumerate(PATHS)}
+            for path, share in shares.items():
+                share.add(workers[path].proc.pid)
+                if path in DBKEEPER_PATHS:
+                    share.add(env.endpoints[path].relay_pid)  # the function's extension shares its quota
+            any_share = shares[PATHS[0]]
+            progress(f"  {memory_mb} MB share: quota {any_share.quota_us} µs per {any_share.period_us} µs "
+                     f"({any_share.version} cgroup), {len(PATHS)} functions for {window_s:.0f} s ...")
             start = threading.Barrier(len(PATHS))
 
             def drive(path: str) -> None:
@@ -130,8 +134,8 @@ def _cpu_share(env, memory_mb: int, window_s: float, progress) -> dict:
                 t.start()
             for t in threads:
                 t.join()
-            quota = {"quota_us": direct_share.quota_us, "period_us": direct_share.period_us,
-                     "cgroup": direct_share.version}
+            quota = {"quota_us": any_share.quota_us, "period_us": any_share.period_us,
+                     "cgroup": any_share.version}
     finally:
         for w in workers.values():
             w.close()

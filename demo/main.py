@@ -413,6 +413,9 @@ class Phase:
     shutdown_ms: list[float] = field(default_factory=list)
     wrapper_pointed: int = 0  # sandboxes whose runtime log says the wrapper pointed DB_HOST at the extension
     error_logs: list[str] = field(default_factory=list)  # the sandbox's last log lines at the first error
+    cpu_ms: list[float] = field(default_factory=list)  # per sandbox: CPU of all its processes per warm invocation
+    cpu_quota_us: Optional[int] = None  # the sandboxes' CFS quota per 100 ms (None: CPU not limited)
+    cpu_unlimited_reason: Optional[str] = None
 
     @property
     def label(self) -> str:
@@ -424,7 +427,8 @@ class Phase:
         d["p50_ms"] = percentile(self.warm_ms, 50)
         d["p99_ms"] = percentile(self.warm_ms, 99)
         d["cold_p50_ms"] = percentile(self.cold_ms, 50)
-        del d["warm_ms"], d["cold_ms"], d["shutdown_ms"], d["error_logs"]
+        d["cpu_ms_per_warm_invocation"] = percentile(self.cpu_ms, 50)
+        del d["warm_ms"], d["cold_ms"], d["shutdown_ms"], d["error_logs"], d["cpu_ms"]
         return d
 
 
@@ -569,6 +573,11 @@ class Runner:
                     phase.errors.append(f"sandbox {i} did not start: {exc}")
                 return
             sandboxes[i] = sb
+            if i == 0:
+                resources = sb.resources
+                phase.cpu_quota_us = resources.cpu_quota_us
+                phase.cpu_unlimited_reason = resources.unavailable_reason
+            cpu_after_first: Optional[float] = None
             for k in range(m):
                 t0 = time.perf_counter()
                 try:
@@ -598,6 +607,12 @@ class Runner:
                         if not phase.error_logs:
                             phase.error_logs = [f"{src}: {line}" for src, line in sb.logs[-LOG_LINES:]]
                 report()
+                if k == 0:
+                    cpu_after_first = sb.cpu_time_s()  # INIT and the cold invoke are the cold start's
+            cpu_end = sb.cpu_time_s()
+            if cpu_after_first is not None and cpu_end is not None and m > 1:
+                with lock:
+                    phase.cpu_ms.append((cpu_end - cpu_after_first) * 1000 / (m - 1))
 
         threads = [threading.Thread(target=worker, args=(i,), name=f"demo-{i}") for i in range(n)]
         for t in threads:
@@ -678,6 +693,7 @@ ROWS: list[tuple[str, Callable[[Phase], str]]] = [
     ("invoke latency p50 (warm)", lambda p: fmt_ms(percentile(p.warm_ms, 50))),
     ("invoke latency p99 (warm)", lambda p: fmt_ms(percentile(p.warm_ms, 99))),
     ("first invoke incl. INIT, p50", lambda p: fmt_ms(percentile(p.cold_ms, 50))),
+    ("CPU per warm invocation (all processes)", lambda p: fmt_ms(percentile(p.cpu_ms, 50))),
     ("connections held after sandboxes gone", lambda p: str(p.held_after)),
 ]
 
@@ -780,19 +796,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
 
-def cpu_share_note(args: argparse.Namespace) -> Optional[str]:
-    """None when the sandboxes limit CPU by memory as Lambda does, else what the columns then mean."""
-    if args.rie:
-        return "the real RIE does not limit CPU by memory: every memory size ran with the machine's CPU"
-    from lambda_sandbox import Sandbox
-
-    reason = getattr(Sandbox, "cpu_share_unavailable_reason", None)
-    if reason is None:
-        return "this lambda_sandbox does not limit CPU by memory: every memory size ran with the machine's CPU"
-    why = reason()
-    if why is None:
+def cpu_share_note(phases: list[Phase]) -> Optional[str]:
+    """None when every column's sandboxes had their memory's CPU quota, as on Lambda; else what ran instead."""
+    unlimited = [p for p in phases if p.cpu_quota_us is None]
+    if not unlimited:
         return None
-    return f"CPU not limited by memory here ({why}): every memory size ran with the machine's CPU"
+    reason = unlimited[0].cpu_unlimited_reason or "this sandbox kind sets no CPU quota"
+    return f"CPU not limited by memory ({reason}): every memory size ran with the machine's CPU"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -846,7 +856,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     elapsed = time.monotonic() - t_start
-    cpu_note = cpu_share_note(args)
+    cpu_note = cpu_share_note(phases)
     print_report(args, setup, db, phases, how, layer_dir, elapsed, cpu_note)
     failed = [p for p in phases if p.errors]
     not_pointed = [p for p in phases if p.layer and p.wrapper_pointed < p.sandboxes]
@@ -878,7 +888,8 @@ def print_report(args: argparse.Namespace, setup: Setup, db: Database, phases: l
         print("TLS: without the layer the function verifies the database's certificate itself (DB_SSL_CA); with it "
               "dbkeeper does (DBKEEPER_DB_TLS=required, same CA) and the function's hop to 127.0.0.1 is plain")
     shares = ", ".join(f"{m:,} MB = {m / 1769:.2f} vCPU" for m in args.memory)
-    print(f"function memory: {shares} (Lambda's CPU share; the runtime and the extension share it)")
+    print(f"function memory: {shares} (Lambda's CPU share: a CFS quota the runtime and the extension share; "
+          "a full vCPU during INIT)")
     print(f"sandboxes {ending}")
     for note in (setup.note, cpu_note):
         if note:
