@@ -4,7 +4,8 @@ See lambda_sandbox/README.md. Behaviour follows ../shared/LAMBDA_FACTS.md.
 """
 
 from .logs import LogRecord
-from .netns import NetnsUnavailable, unavailable_reason as netns_unavailable_reason
+from .netns import NetnsUnavailable
+from .netns import unavailable_reason as netns_unavailable_reason
 from .results import (
     ExtensionShutdown,
     InvokeResult,

@@ -330,7 +330,8 @@ class Pool:
             self._warm_task.cancel()
         members = list(self._members)
         doomed = [c for c in members if c in busy or c.pool_state in (MemberState.RESETTING, MemberState.OPENING)]
-        to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
+        to_kill = [c.connection_id for c in doomed
+                   if c.greeting is not None and c.pool_state is not MemberState.OPENING]
         for connection in doomed:
             if connection.resetting is not None:
                 connection.resetting.cancel()

@@ -366,7 +366,7 @@ class UpstreamConnection(asyncio.Protocol):
         """One COM_PING round trip, bounded: is the server still there?"""
         try:
             return messages.is_ok(await asyncio.wait_for(self.command(COMMAND.COM_PING), timeout))
-        except (asyncio.TimeoutError, UpstreamError, ProtocolError):
+        except (TimeoutError, UpstreamError, ProtocolError):
             return False
 
     async def kill(self, connection_ids: list[int]) -> int:

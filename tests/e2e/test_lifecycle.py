@@ -108,7 +108,7 @@ def test_shutdown_while_frozen_then_thawed_still_cleans_up(lambda_function, fres
         assert sandbox.wait_frozen()
         pid = sandbox.pids()[EXTENSION]
         # SIGSTOP takes effect asynchronously: the state turns to T (stopped) shortly after it is sent
-        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T")
+        assert wait_until(lambda pid=pid: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T")
     report = sandbox.shutdown()
     assert report.extensions[EXTENSION].exit_code == 0
     assert wait_until(lambda: not app_connections(fresh_mariadb))

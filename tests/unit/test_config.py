@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbkeeper.config import fail_mode_of, SETTINGS, Config
+from dbkeeper.config import SETTINGS, Config, fail_mode_of
 from dbkeeper.errors import ConfigError
 
 MINIMAL = {"DB_HOST": "db.example", "DB_USER": "app"}
