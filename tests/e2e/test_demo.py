@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lambda_sandbox import netns_unavailable_reason
+from lambda_sandbox import cgroups, netns_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 ARCH = {"aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "x86_64")
@@ -117,6 +117,17 @@ def test_by_default_the_database_requires_tls_and_sits_behind_a_1_ms_network(sma
         assert phase(result, PER_INVOKE, False, memory)["p50_ms"] >= 7.0
 
 
+@pytest.mark.skipif(cgroups.unavailable_reason() is not None,
+                    reason=f"no cgroups for a CPU quota: {cgroups.unavailable_reason()}")
+def test_each_memory_size_runs_with_its_share_of_a_vcpu(small_run):
+    proc, result, _ = small_run
+    # then every sandbox of a column had its memory's CFS quota (runtime and extension together)
+    for p in result["phases"]:
+        assert p["cpu_quota_us"] == round(100_000 * p["memory_mb"] / 1769), p
+        assert p["cpu_ms_per_warm_invocation"] > 0
+    assert result["cpu_share_note"] is None and "CPU not limited" not in proc.stdout
+
+
 def test_with_the_layer_the_wrapper_pointed_every_sandbox_at_the_extension(small_run):
     _proc, result, _ = small_run
     for handler in (PER_INVOKE, GLOBAL):
@@ -135,9 +146,11 @@ def test_connections_opened_tell_the_story(small_run):
         assert phase(result, GLOBAL, False, memory)["connection_ids"] == 3
         # with the layer: the extension keeps one upstream connection per sandbox, whatever the function does
         for handler in (PER_INVOKE, GLOBAL):
-            p = phase(result, handler, True, memory)
-            assert p["connections_opened"] == 3, p
-            assert p["connection_ids"] == 3, p
+            assert phase(result, handler, True, memory)["connection_ids"] == 3
+        assert phase(result, PER_INVOKE, True, memory)["connections_opened"] == 3
+        # ...and at SHUTDOWN it may KILL what runs on the session a global connection still holds, over a
+        # side connection when none is idle (the janitor): at most one more per sandbox
+        assert 3 <= phase(result, GLOBAL, True, memory)["connections_opened"] <= 6
 
 
 def test_connections_held_after_the_sandboxes_are_gone(small_run):
@@ -172,10 +185,15 @@ def test_the_printed_table_shows_the_same_numbers(small_run):
             for cell, (memory, layer) in zip(cells, COLUMNS, strict=True):
                 p = phase(result, handler, layer, memory)
                 assert int(cell) == (len(p["errors"]) if key is None else p[key]), (label, handler, memory, layer)
-        for label, key in (("invoke latency p50 (warm)", "p50_ms"), ("invoke latency p99 (warm)", "p99_ms")):
+        for label, key in (("invoke latency p50 (warm)", "p50_ms"), ("invoke latency p99 (warm)", "p99_ms"),
+                           ("CPU per warm invocation (all processes)", "cpu_ms_per_warm_invocation")):
             for cell, (memory, layer) in zip(table_row(proc.stdout, section, label), COLUMNS, strict=True):
+                value = phase(result, handler, layer, memory)[key]
+                if value is None:  # no cgroup, so no CPU figure
+                    assert cell == "-" and key == "cpu_ms_per_warm_invocation"
+                    continue
                 assert cell.endswith(" ms")
-                assert float(cell[:-3]) == pytest.approx(phase(result, handler, layer, memory)[key], rel=0.01, abs=0.6)
+                assert float(cell[:-3]) == pytest.approx(value, rel=0.01, abs=0.6)
     assert result["table"] in proc.stdout
 
 
@@ -194,6 +212,7 @@ def test_full_size_run_finishes_within_two_minutes(built_layer, workdir):
         assert phase(result, GLOBAL, False, memory)["held_after"] == 4
         assert phase(result, PER_INVOKE, True, memory)["connections_opened"] == 4
         assert phase(result, PER_INVOKE, False, memory)["connections_opened"] == 200
+        assert phase(result, GLOBAL, True, memory)["connection_ids"] == 4
 
 
 def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, workdir):
@@ -204,7 +223,7 @@ def test_without_network_namespaces_it_shuts_down_and_says_so(built_layer, workd
     assert "note: network namespaces not used (--no-netns given)" in proc.stdout
     assert phase(result, GLOBAL, False)["held_after"] == 0  # the kernel sent FIN
     assert phase(result, GLOBAL, True)["held_after"] == 0
-    assert phase(result, GLOBAL, True)["connections_opened"] == 2
+    assert phase(result, GLOBAL, True)["connection_ids"] == 2
 
 
 def test_loopback_runs_the_database_on_this_host_without_tls(built_layer, workdir):
@@ -212,7 +231,7 @@ def test_loopback_runs_the_database_on_this_host_without_tls(built_layer, workdi
                                "--sandboxes", "1", "--invocations", "3", "--handler", GLOBAL)
     assert result["network"] == "loopback" and result["tls_required"] is False
     assert "no TLS (--loopback)" in proc.stdout
-    assert phase(result, GLOBAL, True)["connections_opened"] == 1
+    assert phase(result, GLOBAL, True)["connection_ids"] == 1
     assert phase(result, GLOBAL, True)["held_after"] == 0
 
 
@@ -294,7 +313,7 @@ def test_dbkeeper_rie_selects_the_rie_sandbox_class(built_layer, workdir, reques
                                "--invocations", "3", "--handler", GLOBAL, env=demo_env(DBKEEPER_RIE=str(stand_in)))
     assert result["sandbox_kind"] == "aws-lambda-rie"
     assert phase(result, GLOBAL, True)["wrapper_pointed"] == 2
-    assert phase(result, GLOBAL, True)["connections_opened"] == 2
+    assert phase(result, GLOBAL, True)["connection_ids"] == 2
     assert phase(result, GLOBAL, True)["held_after"] == 0
     assert phase(result, GLOBAL, False)["held_after"] == (2 if result["netns"] else 0)
 
@@ -309,7 +328,7 @@ def test_on_the_real_rie(built_layer, workdir):
     assert result["sandbox_kind"] == "aws-lambda-rie"
     for memory in MEMORY:
         for handler in (PER_INVOKE, GLOBAL):
-            assert phase(result, handler, True, memory)["connections_opened"] == 2
+            assert phase(result, handler, True, memory)["connection_ids"] == 2
             assert phase(result, handler, True, memory)["held_after"] == 0
         assert phase(result, GLOBAL, False, memory)["held_after"] == (2 if result["netns"] else 0)
 
