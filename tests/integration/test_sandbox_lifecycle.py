@@ -388,8 +388,8 @@ def test_freeze_stops_every_process_between_invokes_and_thaws_for_the_next(tmp_p
 
     with pytest.raises(TimeoutError):
         sb.wait_for_log(tick_after(frozen_at), timeout=0.3)
-    # the next invoke thaws them first
-    assert sb.invoke({}).ok
+    # the next invoke (long enough for a tick) thaws them first
+    assert sb.invoke({"sleep_s": 0.1}).ok
     sb.wait_for_log(tick_after(frozen_at), timeout=2, since=mark)
     assert sb.freeze_count >= 1
 
