@@ -1,8 +1,12 @@
 """The layer's lifecycle end to end: one upstream connection per sandbox, kept across invocations
-and freezes, closed with COM_QUIT on SHUTDOWN; bad settings and a missing database handled."""
+and freezes, closed with COM_QUIT on SHUTDOWN; bad settings and a missing database handled.
+
+Every test runs in the project's sandbox and, with DBKEEPER_RIE, in the real RIE (conftest.py); where the
+two differ the sandbox follows the RIE (docs/LAMBDA_SANDBOX.md says where Lambda differs from both)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -10,9 +14,12 @@ import pytest
 
 from lambda_sandbox import netns_unavailable_reason
 from tests.dbkeeper_process import EXTENSION
+from tests.e2e.conftest import skip_under_the_rie
 from tests.polling import wait_until
+from tests.sandbox_fixtures.helpers import frozen_by
 
 SLOW_FUNCTION = Path(__file__).resolve().parents[1] / "functions" / "slow"
+NOOP_FUNCTION = Path(__file__).resolve().parents[1] / "functions" / "noop"
 
 
 def app_connections(db) -> list[dict]:
@@ -27,8 +34,11 @@ def wait_event(sandbox, name, **fields):
 
 
 def test_after_init_exactly_one_upstream_connection_exists(lambda_function, fresh_mariadb):
-    sandbox = lambda_function(fresh_mariadb)
-    assert sandbox.init() is None
+    # a function that never touches the database: the only connection is the one opened during INIT
+    # (the RIE has no INIT without an invoke, so the first invoke runs it)
+    sandbox = lambda_function(fresh_mariadb, handler="app.handler", task_dir=NOOP_FUNCTION)
+    first = sandbox.invoke({})
+    assert first.ok and first.init_duration_ms is not None, first.text
     sandbox.wait_for_json(EXTENSION, lambda line: line["event"] == "upstream_connected")
     connections = app_connections(fresh_mariadb)
     assert len(connections) == 1
@@ -54,7 +64,9 @@ def test_shutdown_closes_every_upstream_connection_before_the_deadline(lambda_fu
     report = sandbox.shutdown()
     extension = report.extensions[EXTENSION]
     assert extension.exit_code == 0 and not extension.killed
-    assert extension.exit_after_delivery_ms < 1000  # of the 2000 ms the deadline allows
+    # gone within the first half of the 2000 ms budget, counted from the shutdown signal (the runtime's
+    # SIGTERM comes first; the SHUTDOWN delivery itself is not observable under the RIE)
+    assert extension.exited_ms < 1000
     assert wait_until(lambda: not app_connections(fresh_mariadb)), app_connections(fresh_mariadb)
     complete = wait_event(sandbox, "shutdown_complete")
     assert complete["upstreams_closed"] == 1
@@ -63,11 +75,13 @@ def test_shutdown_closes_every_upstream_connection_before_the_deadline(lambda_fu
 
 @pytest.mark.parametrize("name, value", [("DBKEEPER_POOL_SIZE", "lots"), ("DBKEEPER_DB_TLS", "sometimes"),
                                          ("DBKEEPER_LISTEN_PORT", "99999")])
-def test_a_bad_setting_fails_init_with_a_message_naming_it(lambda_function, fresh_mariadb, name, value):
-    sandbox = lambda_function(fresh_mariadb, **{name: value})
+def test_a_bad_setting_fails_init_when_failing_closed_with_a_message_naming_it(lambda_function, fresh_mariadb,
+                                                                                  name, value):
+    sandbox = lambda_function(fresh_mariadb, DBKEEPER_FAIL_MODE="closed", **{name: value})
     result = sandbox.invoke({})
-    assert not result.ok
-    assert result.error_type == "Extension.ConfigInvalid"
+    # the extension reports init/error and exits: the RIE answers 502 with an empty body (its log says
+    # Extension.InitError; the error type the extension reported is only in the extension's own log)
+    assert (result.status, result.body) == (502, b"")
     assert name in wait_event(sandbox, "init_failed")["error"]
     assert not app_connections(fresh_mariadb)
 
@@ -75,10 +89,9 @@ def test_a_bad_setting_fails_init_with_a_message_naming_it(lambda_function, fres
 def test_an_unreachable_database_does_not_stretch_init_and_the_sandbox_recovers(lambda_function, fresh_mariadb):
     fresh_mariadb.stop()
     sandbox = lambda_function(fresh_mariadb, DBKEEPER_BORROW_TIMEOUT_MS="500", DBKEEPER_CONNECT_TIMEOUT_MS="200")
-    started = time.monotonic()
-    assert sandbox.init() is None
-    assert time.monotonic() - started < 2.0  # the connect runs in the background, never inside INIT
     failed = sandbox.invoke({})
+    # the connect runs in the background, never inside INIT (INIT as the emulator measured it)
+    assert failed.init_duration_ms is not None and failed.init_duration_ms < 2000
     assert not failed.ok and "2003" in failed.text  # the function sees a normal "can't connect" error
     extension_pid = sandbox.pids()[EXTENSION]
 
@@ -97,18 +110,21 @@ def test_the_database_restarting_between_invocations_is_invisible_to_the_functio
     fresh_mariadb.restart()
     after = sandbox.invoke({})
     assert after.ok, after.text
-    assert wait_event(sandbox, "upstream_closed")["reason"] in ("stale", "closed")
+    # how the extension learnt it depends on timing: the background reset after the invoke failed
+    # (not frozen: the RIE), the socket was found closed or dead when the next client came (thawed)
+    assert wait_event(sandbox, "upstream_closed")["reason"] in ("stale", "closed", "reset_failed")
     wait_event(sandbox, "upstream_connected", opened_total=2)  # reopened once, transparently
 
 
-def test_shutdown_while_frozen_then_thawed_still_cleans_up(lambda_function, fresh_mariadb):
+def test_shutdown_while_frozen_then_thawed_still_cleans_up(lambda_function, fresh_mariadb, emulator):
+    skip_under_the_rie(emulator, "the RIE never freezes a sandbox (Lambda does)")
     sandbox = lambda_function(fresh_mariadb, freeze=True)
     for _ in range(3):
         assert sandbox.invoke({}).ok
         assert sandbox.wait_frozen()
         pid = sandbox.pids()[EXTENSION]
-        # SIGSTOP takes effect asynchronously: the state turns to T (stopped) shortly after it is sent
-        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T")
+        print(f"frozen by {sandbox.freeze_mechanism}")
+        assert frozen_by(pid) == sandbox.freeze_mechanism
     report = sandbox.shutdown()
     assert report.extensions[EXTENSION].exit_code == 0
     assert wait_until(lambda: not app_connections(fresh_mariadb))
@@ -125,17 +141,17 @@ def test_a_function_timeout_shuts_the_extension_down_and_the_next_invoke_starts_
     assert len(app_connections(fresh_mariadb)) == 1
 
 
-def test_an_extension_failing_init_leaves_the_function_working_on_its_own_settings(lambda_function, fresh_mariadb):
-    # the listener cannot bind (port taken): INIT fails, the wrapper must not point the function at nothing
-    import socket
-
+def test_a_listener_that_cannot_bind_fails_init_when_failing_closed(lambda_function, fresh_mariadb):
+    # the listener cannot bind (port taken): with DBKEEPER_FAIL_MODE=closed INIT fails, 502 with no body
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     try:
-        sandbox = lambda_function(fresh_mariadb, DBKEEPER_LISTEN_PORT=str(blocker.getsockname()[1]))
+        sandbox = lambda_function(fresh_mariadb, DBKEEPER_FAIL_MODE="closed",
+                                  DBKEEPER_LISTEN_PORT=str(blocker.getsockname()[1]))
         result = sandbox.invoke({})
-        assert not result.ok and result.error_type == "Extension.ListenFailed"
+        assert (result.status, result.body) == (502, b"")
+        wait_event(sandbox, "init_failed")
     finally:
         blocker.close()
 
@@ -149,10 +165,9 @@ def netns_reason():
 def test_reclaim_without_fin(lambda_function, mariadb_factory, netns_reason, layer, emulator):
     """Lambda destroys a frozen sandbox without closing its sockets. Without the layer the function's
     global connection is orphaned in the DB; with it, SHUTDOWN closed the upstream first."""
+    skip_under_the_rie(emulator, "the RIE has no reclaim; it is modelled by the project's sandbox only")
     if netns_reason:
         pytest.skip(f"reclaim without FIN needs a network namespace: {netns_reason}")
-    if emulator == "rie":
-        pytest.skip("the RIE has no reclaim; it is modelled by the project's sandbox only")
     db = mariadb_factory(bind_address="0.0.0.0")
     sandbox = lambda_function(db, handler="app.handler_global_connection", layer=layer, netns=True)
     assert sandbox.invoke({}).ok
