@@ -1,8 +1,22 @@
-"""The pooler (PgBouncer's pooler.c): which upstream connection a client session gets.
+"""The pooler (PgBouncer's pooler.c + objects.c): which upstream connection a client session gets.
+
+Every member has one named state, changed only by `_change_state` (PgBouncer's
+`change_server_state()`), which keeps the state's collection, the member count the pool bound
+applies to, and the waiters in step: a connection can't be counted without being reachable, and
+can't be reachable after it is closed, whatever exception or cancellation interrupts its owner.
+
+    OPENING ──> LENT ──> RESETTING ──> IDLE ──> LENT ...
+       │          │          │           │
+       └──────────┴──────────┴───────────┴──> CLOSED   (failed, discarded, orphaned, shut down)
 
 A session has exclusive use of one connection. Released connections are reset in the background
-(off the next invocation's path) and checked for death without a round trip before reuse. At
-most `pool_size` connections exist; a borrower beyond that waits up to the borrow timeout.
+(off the next invocation's path) and checked before reuse: for death without a round trip always,
+with a COM_PING after a long pause (a freeze, a SnapStart restore). At most `pool_size` members
+exist; a borrower beyond that waits up to the borrow timeout.
+
+Connecting for a client is one attempt, never a retry loop: when the database refuses, the client
+hears it as fast as it would directly ("never worse than no layer"). Only the INIT-time warm-up
+retries, in the background.
 
 No timer is ever armed across a possible freeze: Lambda may stop the process at any moment and
 thaw it hours later, when every old deadline has already passed.
@@ -14,19 +28,34 @@ import asyncio
 import random
 import time
 from collections import deque
+from enum import Enum
 
 from pymysql.constants import CLIENT
 
 from .config import Config
 from .errors import PoolTimeout, UpstreamError
 from .log import Logger
+from .protocol.handshake import Greeting
 from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
 
-# Server errors worth retrying: the server is starting, full, or briefly refusing us.
-_RETRYABLE_ERRNOS = frozenset((1040, 1203, 1205, 1226, 1290, 2002, 2003, 2006, 2013, 1927, 4031))
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
+# A wall or boot clock that ran this much further than the monotonic clock since a connection was
+# last used means the process was not running meanwhile in a way the monotonic clock hides (a
+# restore from a snapshot): check the connection as after a long pause.
+_CLOCK_JUMP = 5.0
+
+
+class MemberState(Enum):
+    OPENING = "opening"
+    IDLE = "idle"
+    RESETTING = "resetting"
+    LENT = "lent"
+    CLOSED = "closed"
+
+
+_LENDABLE = (MemberState.IDLE, MemberState.RESETTING)
 
 
 class Pool:
@@ -34,89 +63,177 @@ class Pool:
         self._loop = asyncio.get_running_loop()  # made inside the loop; asking again costs a getpid()
         self._config = config
         self._log = log
-        self._idle: deque[UpstreamConnection] = deque()
-        self._members: set[UpstreamConnection] = set()
-        self._opening = 0
+        self._lendable: deque[UpstreamConnection] = deque()  # IDLE and RESETTING, oldest first
+        self._members: set[UpstreamConnection] = set()       # every state but CLOSED
         self._changed: asyncio.Future | None = None
         self._closing = False
         self._warm_task: asyncio.Task | None = None
-        self._hurry: asyncio.Future | None = None  # set while an open waits out its backoff
+        self._warm_attempt: asyncio.Future | None = None  # done (True: connected) when the INIT-time attempt ends
+        self.janitor = None  # janitor.Janitor: kills the statements of connections nobody waits for
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
         self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
         self.proven_setup = ProvenSetup()  # setup statements the server accepted (relay.py holds them)
+        self.identity: Greeting | None = None  # the server's greeting, for greeting clients
         self.last_error: UpstreamError | None = None
+        self._slow_failure_at: float | None = None  # when an attempt last failed by timing out
+
+    # --- states -------------------------------------------------------------------------------
+    def _change_state(self, connection: UpstreamConnection, new: MemberState, reason: str = "") -> None:
+        old = connection.pool_state
+        if old is new or old is MemberState.CLOSED:
+            return
+        connection.pool_state = new
+        if old in _LENDABLE:
+            self._lendable.remove(connection)
+        if new in _LENDABLE:
+            self._lendable.append(connection)
+        if new is MemberState.CLOSED:
+            self._members.discard(connection)
+            if old is not MemberState.OPENING:
+                self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
+        else:
+            self._members.add(connection)
+        if self._log.enabled("debug"):
+            self._log.debug("upstream_state", connection_id=connection.connection_id, old=old.value if old else None,
+                            new=new.value, reason=reason or None)
+        self._notify()
+
+    def _close(self, connection: UpstreamConnection, reason: str, *, orphaned: bool = False) -> None:
+        """Take a member out of the pool for good. `orphaned`: a statement of a session that is
+        gone may still run on it; the server would run it to the end (and hold its locks), so
+        the janitor KILLs it."""
+        if connection.pool_state is MemberState.CLOSED:
+            return
+        self._change_state(connection, MemberState.CLOSED, reason)
+        if orphaned and self.janitor is not None and connection.greeting is not None:
+            self.janitor.kill_later(connection.connection_id, reason)
+            connection.abort()
+        else:
+            connection.quit()
+
+    def discard(self, connection: UpstreamConnection, reason: str) -> None:
+        """Close a LENT connection whose stream is in an unknown state (no KILL: nothing of a
+        session runs there)."""
+        connection.detach()
+        if connection.pool_state is MemberState.LENT:
+            self._close(connection, reason)
+
+    @property
+    def size(self) -> int:
+        return len(self._members)
+
+    def likely_connection_id(self) -> int:
+        """For a greeting, before the session has a connection: the one it will most likely get."""
+        return self._lendable[0].connection_id if self._lendable else 0
+
+    def lent(self) -> list[UpstreamConnection]:
+        return [c for c in self._members if c.pool_state is MemberState.LENT]
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An IDLE connection, LENT to the caller (the janitor runs its KILLs on one)."""
+        for connection in self._lendable:
+            if connection.pool_state is MemberState.IDLE and not connection.looks_dead():
+                self._change_state(connection, MemberState.LENT)
+                return connection
+        return None
 
     # --- borrowing ----------------------------------------------------------------------------
-    async def acquire(self, profile: int | None = None) -> UpstreamConnection:
-        """A connection for one client session, quickly: it may still be resetting after its last
-        session, which `make_ready` waits for while the client authenticates. `profile` None takes
-        any idle connection."""
+    async def borrow(self, profile: int) -> UpstreamConnection:
+        """A ready connection with `profile`, exclusively the caller's (LENT). Raises PoolTimeout
+        or UpstreamError, and then the caller holds nothing: whatever interrupts the borrow
+        (an error, the client's task cancelled) leaves every member counted where it is."""
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
-            while self._idle:
-                connection = self._idle.popleft()
-                if connection.closed:
-                    self._discard(connection, "closed")
+            if self._lendable:
+                connection = self._lendable[0]
+                resetting = connection.pool_state is MemberState.RESETTING
+                self._change_state(connection, MemberState.LENT)
+                try:
+                    if await self._ready(connection, profile, deadline, resetting):
+                        return connection
+                except BaseException:
+                    # the client went away meanwhile: a reset goes on in the pool's hands; a ping
+                    # cut off leaves a reply in the stream, so that connection goes
+                    if connection.pool_state is MemberState.LENT:
+                        if connection.resetting is not None:
+                            self._change_state(connection, MemberState.RESETTING)
+                        else:
+                            self._close(connection, "borrow_interrupted")
+                    raise
+                continue
+            warming = self._warm_attempt
+            if warming is not None and not warming.done():
+                # the INIT-time connect is under way: its connection, or its error, is this client's
+                # too (a second connect now would leave two where one is wanted)
+                await asyncio.wait((warming,), timeout=max(deadline - loop.time(), 0))
+                if self._lendable or warming.done() and warming.result():
                     continue
-                return connection
-            if len(self._members) < self._config.pool_size and not self._opening:
-                return await self._open(profile if profile is not None else self.profile, deadline, "borrow")
+            if len(self._members) < self._config.pool_size:
+                return await self._open_for_client(profile)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if self._opening and self.last_error is not None:
-                    raise self.last_error  # waiting on a connect that keeps failing: say why
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
-            if self._hurry is not None and not self._hurry.done():
-                self._hurry.set_result(None)  # a client is waiting: the open in backoff tries again now
             await self._wait_for_change(remaining)
 
-    async def make_ready(self, connection: UpstreamConnection, profile: int) -> UpstreamConnection:
-        """Wait for the connection's reset, then make sure it is alive and has the client's
-        profile; otherwise replace it. The result is exclusively the caller's."""
-        loop = self._loop
-        deadline = loop.time() + self._config.borrow_timeout
-        while True:
-            reason = None
-            if connection.resetting is not None:
-                done, _ = await asyncio.wait((connection.resetting,), timeout=max(deadline - loop.time(), 0))
-                if not done:
-                    reason = "reset_timeout"
-            if reason is None:
-                if connection.closed or connection not in self._members:
-                    reason = "closed"
-                elif connection.looks_dead():
-                    reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
-                elif connection.profile != profile:
-                    reason = "profile_changed"
-                else:
-                    return connection
-            self._discard(connection, reason)
-            connection = await self.acquire(profile)
+    async def _ready(self, connection: UpstreamConnection, profile: int, deadline: float, resetting: bool) -> bool:
+        """Is this LENT connection fit for a new session? If not, it is closed (False)."""
+        if resetting and connection.resetting is not None:
+            # A reset is one round trip: one that takes longer than a whole connect is stuck behind
+            # something (a statement the reset queued behind, a connection dead without a word)
+            bound = min(deadline - self._loop.time(), self._config.connect_timeout)
+            done, _ = await asyncio.wait((connection.resetting,), timeout=max(bound, 0))
+            if not done:
+                self._close(connection, "reset_timeout", orphaned=True)
+                return False
+        if connection.closed:
+            reason = "closed"
+        elif connection.looks_dead():
+            reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
+        elif connection.profile != profile:
+            reason = "profile_changed"
+        elif self._paused(connection) and not await connection.ping(self._config.connect_timeout):
+            reason = "ping_failed"  # silently gone: a restore from a snapshot, a failover
+        else:
+            return True
+        self._close(connection, reason)
+        return False
+
+    def _paused(self, connection: UpstreamConnection) -> bool:
+        """Idle longer than DBKEEPER_VERIFY_AFTER_IDLE_MS by any clock, or the clocks disagree."""
+        mono, wall = connection.last_used
+        mono_idle = time.monotonic() - mono
+        wall_idle = time.time() - wall
+        return max(mono_idle, wall_idle) > self._config.verify_after_idle or wall_idle - mono_idle > _CLOCK_JUMP \
+            or mono_idle < 0 or wall_idle < -_CLOCK_JUMP
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
+        """The session that borrowed `connection` is over. Not `reusable`: something may still
+        run on it, or its stream is lost: closed, its statement killed."""
         connection.detach()
-        if connection.resetting is not None and reusable and not self._closing:
-            # the session ended before make_ready finished: it sent nothing, the reset goes on
-            self._idle.append(connection)
-        elif self._closing or not reusable or connection.closed:
-            self._discard(connection, "not_reusable" if not reusable else "closed")
+        if connection.pool_state is not MemberState.LENT:
+            return
+        if self._closing or connection.closed:
+            self._close(connection, "closed")
+        elif not reusable:
+            self._close(connection, "not_reusable", orphaned=True)
         else:
+            self._change_state(connection, MemberState.RESETTING)
+            connection.reset_started = time.monotonic()
             connection.resetting = self._loop.create_task(self._reset(connection))
-            self._idle.append(connection)
-        self._notify()
 
     def give_back_clean(self, connection: UpstreamConnection) -> None:
-        """Return a connection no session has used (nothing to reset)."""
+        """Return a LENT connection no session has changed (nothing to reset)."""
         connection.detach()
-        self._idle.appendleft(connection)
-        self._notify()
+        if connection.pool_state is MemberState.LENT:
+            connection.mark_used()
+            self._change_state(connection, MemberState.IDLE)
 
     async def _reset(self, connection: UpstreamConnection) -> None:
         started = time.monotonic()
@@ -124,8 +241,11 @@ class Pool:
             await connection.reset()
         except UpstreamError as exc:
             self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
-            self._discard(connection, "reset_failed")
+            self._close(connection, "reset_failed", orphaned=True)
         else:
+            connection.mark_used()
+            if connection.pool_state is MemberState.RESETTING:
+                self._change_state(connection, MemberState.IDLE)
             if self._log.enabled("debug"):
                 self._log.debug("upstream_reset", connection_id=connection.connection_id,
                                 ms=round((time.monotonic() - started) * 1000, 3))
@@ -140,73 +260,78 @@ class Pool:
         self._warm_task = self._loop.create_task(self._warm(deadline))
 
     async def _warm(self, deadline: float) -> None:
-        try:
-            connection = await self._open(self.profile, deadline, "init")
-        except UpstreamError as exc:
-            self._log.warning("upstream_unavailable", error=str(exc), errno=exc.errno,
-                              detail="will connect again when a client needs it")
-            return
-        self.give_back_clean(connection)
-
-    async def _open(self, profile: int, deadline: float, reason: str) -> UpstreamConnection:
-        loop = self._loop
         attempt = 0
-        self._opening += 1
-        try:
-            while True:
-                attempt += 1
-                connection = UpstreamConnection(self._config, self._log, profile)
-                self._members.add(connection)
-                started = time.monotonic()
-                try:
-                    await connection.open()
-                except UpstreamError as exc:
-                    self._members.discard(connection)
-                    self.last_error = exc
-                    retryable = exc.errno is None or exc.errno in _RETRYABLE_ERRNOS
-                    backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
-                    last = not retryable or self._closing or loop.time() + backoff >= deadline
-                    self._log.warning("upstream_connect_failed", attempt=attempt, error=str(exc),
-                                      errno=exc.errno, retrying=not last)
-                    if last:
-                        raise
-                    await self._back_off(backoff)
-                    continue
-                if self._closing:
-                    connection.quit()
-                    self._members.discard(connection)
-                    raise UpstreamError("dbkeeper is shutting down")
-                self.opened += 1
-                self.last_error = None
-                self.profile = profile
-                greeting = connection.greeting
-                self._log.info("upstream_connected", reason=reason, attempt=attempt,
-                               ms=round((time.monotonic() - started) * 1000, 3),
-                               connection_id=greeting.connection_id, server_version=greeting.server_version,
-                               tls=connection.secure, opened_total=self.opened)
-                return connection
-        finally:
-            self._opening -= 1
-            self._notify()
+        while not self._closing and not self._members:
+            attempt += 1
+            attempt_done = self._warm_attempt = self._loop.create_future()
+            try:
+                connection = await self._open(self.profile, "init", attempt)
+            except UpstreamError as exc:
+                attempt_done.set_result(False)
+                backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
+                if self._closing or self._loop.time() + backoff >= deadline:
+                    self._log.warning("upstream_unavailable", error=str(exc), errno=exc.errno,
+                                      detail="will connect again when a client needs it")
+                    return
+                await asyncio.sleep(backoff)
+                continue
+            except BaseException:
+                attempt_done.set_result(False)
+                raise
+            self.give_back_clean(connection)
+            attempt_done.set_result(True)
+            return
 
-    async def _back_off(self, seconds: float) -> None:
-        """Jittered backoff between connect attempts, cut short by a client that needs a connection:
-        the database may be back, and the client must not wait out a backoff chosen before."""
-        self._hurry = self._loop.create_future()
+    async def ensure_identity(self) -> Greeting:
+        """The server's greeting, connecting once if no connection ever succeeded (the first
+        client after a SnapStart restore, or after an INIT that could not reach the database)."""
+        if self.identity is None:
+            connection = await self.borrow(self.profile)
+            self.give_back_clean(connection)
+        assert self.identity is not None
+        return self.identity
+
+    async def _open_for_client(self, profile: int) -> UpstreamConnection:
+        slow_at = self._slow_failure_at
+        if slow_at is not None and self.last_error is not None \
+                and time.monotonic() - slow_at < self._config.connect_timeout:
+            # the last attempt hung until its timeout a moment ago: don't make this client wait too
+            raise self.last_error
+        return await self._open(profile, "borrow", 1)
+
+    async def _open(self, profile: int, reason: str, attempt: int) -> UpstreamConnection:
+        """One connect attempt. The new member is LENT to the caller, or CLOSED on any exception."""
+        connection = UpstreamConnection(self._config, self._log, profile)
+        self._change_state(connection, MemberState.OPENING)
+        started = time.monotonic()
         try:
-            await asyncio.wait((self._hurry,), timeout=seconds)
-        finally:
-            self._hurry = None
+            await connection.open()
+            if self._closing:
+                raise UpstreamError("dbkeeper is shutting down")
+        except BaseException as exc:
+            self._change_state(connection, MemberState.CLOSED, "connect_failed")
+            connection.abort()
+            if isinstance(exc, UpstreamError):
+                self.last_error = exc
+                took = time.monotonic() - started
+                self._slow_failure_at = time.monotonic() if took >= self._config.connect_timeout * 0.9 else None
+                self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
+                                  errno=exc.errno, ms=round(took * 1000, 3))
+            raise
+        self._change_state(connection, MemberState.LENT)
+        connection.mark_used()
+        self.opened += 1
+        self.last_error = None
+        self._slow_failure_at = None
+        self.profile = profile
+        greeting = self.identity = connection.greeting
+        self._log.info("upstream_connected", reason=reason, attempt=attempt,
+                       ms=round((time.monotonic() - started) * 1000, 3),
+                       connection_id=greeting.connection_id, server_version=greeting.server_version,
+                       tls=connection.secure, opened_total=self.opened)
+        return connection
 
     # --- bookkeeping --------------------------------------------------------------------------
-    def _discard(self, connection: UpstreamConnection, reason: str) -> None:
-        if connection in self._idle:
-            self._idle.remove(connection)
-        if connection in self._members:
-            self._members.discard(connection)
-            self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
-        connection.quit()
-
     def _notify(self) -> None:
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
@@ -217,17 +342,31 @@ class Pool:
             self._changed = self._loop.create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
 
-    async def close(self) -> int:
-        """Close every connection with COM_QUIT. Returns how many were open."""
+    async def close(self, busy: set[UpstreamConnection], deadline: float) -> dict:
+        """Shut down: KILL what runs on `busy` connections (and on any still resetting), bounded
+        by `deadline` (loop time), then COM_QUIT every connection. Returns counts for the log."""
         self._closing = True
         if self._warm_task is not None:
             self._warm_task.cancel()
         members = list(self._members)
+        # A reset is one round trip: one still running after a connect's bound is queued behind
+        # something a session left running. A younger one just ends before the COM_QUIT is read.
+        stuck = time.monotonic() - self._config.connect_timeout
+        doomed = [c for c in members if c in busy or c.pool_state is MemberState.OPENING
+                  or c.pool_state is MemberState.RESETTING and c.reset_started < stuck]
+        to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
         for connection in members:
             if connection.resetting is not None:
-                connection.resetting.cancel()
-            connection.quit()
-        self._members.clear()
-        self._idle.clear()
-        self._notify()
-        return len(members)
+                connection.resetting.cancel()  # its COM_QUIT (or KILL) below ends it on the server
+        killed = 0
+        if to_kill and self.janitor is not None:
+            killed = await self.janitor.kill_now(to_kill, deadline)
+        for connection in members:
+            self._change_state(connection, MemberState.CLOSED, "shutdown")
+            if connection in doomed:
+                connection.abort()  # a COM_QUIT would be read only after the statement ends
+            else:
+                connection.quit()
+        if self.janitor is not None:
+            self.janitor.close()
+        return {"upstreams_closed": len(members), "statements_killed": killed}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbkeeper.config import SETTINGS, Config
+from dbkeeper.config import fail_mode_of, SETTINGS, Config
 from dbkeeper.errors import ConfigError
 
 MINIMAL = {"DB_HOST": "db.example", "DB_USER": "app"}
@@ -45,6 +45,8 @@ def test_every_setting_is_parsed():
         "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
         "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500", "DBKEEPER_CLIENT_FLAGS": "found_rows, MULTI_RESULTS",
         "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1", "DBKEEPER_HOLD_SETUP": "off",
+        "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
     }
     config = Config.from_environ(env)
     assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
@@ -55,6 +57,8 @@ def test_every_setting_is_parsed():
     assert config.client_handshake_timeout == 1.5
     assert config.client_flags == ("FOUND_ROWS", "MULTI_RESULTS")
     assert config.hold_setup is False
+    assert config.fail_mode == "closed" and config.max_pending_clients == 7 and config.verify_after_idle == 2.5
+    assert config.snap_start is True
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
@@ -65,6 +69,7 @@ def test_every_setting_is_parsed():
     ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
     ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
     ("DBKEEPER_ENABLED", "perhaps"), ("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS,COMPRESS"),
+    ("DBKEEPER_FAIL_MODE", "ajar"), ("DBKEEPER_MAX_PENDING_CLIENTS", "0"), ("DBKEEPER_VERIFY_AFTER_IDLE_MS", "-1"),
 ])
 def test_a_bad_value_fails_with_a_message_naming_the_setting(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -118,3 +123,15 @@ def test_the_readme_documents_every_setting_with_its_default():
         if setting.fallback:
             assert f"`{setting.fallback}`" in row, setting.name
         assert setting.meaning
+
+
+def test_snap_start_is_off_unless_lambda_says_the_environment_is_restored_from_a_snapshot():
+    assert Config.from_environ(MINIMAL).snap_start is False
+    assert Config.from_environ({**MINIMAL, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}).snap_start is False
+
+
+@pytest.mark.parametrize("value, mode", [(None, "open"), ("closed", "closed"), (" CLOSED ", "closed"),
+                                         ("open", "open"), ("ajar", "open")])
+def test_the_fail_mode_is_read_alone_when_the_rest_of_the_config_is_broken(value, mode):
+    env = {"DBKEEPER_POOL_SIZE": "lots"} | ({"DBKEEPER_FAIL_MODE": value} if value is not None else {})
+    assert fail_mode_of(env) == mode
