@@ -11,7 +11,19 @@ import uuid
 from typing import TYPE_CHECKING, Any, Optional
 
 from .base import ACCOUNT_ID
-from .state import ACCEPTED, DROP, MAX_PAYLOAD, Ext, Failure, Generation, Invocation, Resp, compact, error_body, forbidden
+from .state import (
+    ACCEPTED,
+    DROP,
+    MAX_PAYLOAD,
+    Ext,
+    Failure,
+    Generation,
+    Invocation,
+    Resp,
+    compact,
+    error_body,
+    forbidden,
+)
 
 
 class ApiHandlers:

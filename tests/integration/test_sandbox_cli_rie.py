@@ -188,27 +188,40 @@ def _ok(r):
     assert r.ok and r.status == 200, r.body
 
 
+def _answer(status, error_type):
+    def check(r):
+        assert (r.status, r.error_type) == (status, error_type), r
+    return check
+
+
+def _the_function_answer_with_502(r):
+    assert (r.status, r.error_type, r.json()["echo"]) == (502, None, {"k": 1})
+
+
+def _timed_out(r):
+    assert (r.status, r.body) == (200, b"Task timed out after 1.00 seconds")
+
+
 FAILURES = {
     "extension init/error": ({"testext": {"init_error": "Extension.ConfigInvalid"}, "other": {}}, "app.handler",
                              [({}, _empty_502), ({}, _empty_502)]),
     "extension exits before registering": ({"testext": {"crash_before_register": 4}}, "app.handler",
                                            [({}, _empty_502), ({}, _empty_502)]),
     "extension not executable": ({}, "app.handler", [({}, _empty_502)]),
-    "runtime init error": ({"testext": {}}, "missing_module.handler", [
-        ({}, lambda r: (r.status, r.error_type) == (502, "Runtime.ImportModuleError") or pytest.fail(repr(r)))]),
-    "extension crash before the function answered": ({"testext": {"crash_on_invoke": 5}}, "app.handler", [
-        ({"sleep_s": 2}, _crash_json("Extension.Crash", "exit status 5"))]),
-    "extension crash after the function answered": ({"testext": {"crash_after_invoke_ms": 300}}, "app.handler", [
-        ({"k": 1}, lambda r: (r.status, r.error_type, r.json()["echo"]) == (502, None, {"k": 1}) or pytest.fail(repr(r)))]),
-    "extension exit/error": ({"testext": {"exit_error": "Extension.Fatal"}}, "app.handler", [
-        ({"sleep_s": 0.5}, _crash_json("Extension.ExitError", "exit code 0"))]),
-    "runtime exits": ({"testext": {}}, "app.handler", [
-        ({"exit": 3}, _crash_json("Runtime.ExitError", "Runtime exited with error: exit status 3")), ({}, _ok)]),
-    "function error": ({"testext": {}}, "app.handler", [
-        ({"raise": "boom"}, lambda r: (r.status, r.error_type) == (200, "ValueError") or pytest.fail(repr(r)))]),
-    "timeout": ({"testext": {}}, "app.handler", [
-        ({"sleep_s": 5}, lambda r: (r.status, r.body) == (200, b"Task timed out after 1.00 seconds") or pytest.fail(repr(r))),
-        ({}, _ok)]),
+    "runtime init error": ({"testext": {}}, "missing_module.handler",
+                           [({}, _answer(502, "Runtime.ImportModuleError"))]),
+    "extension crash before the function answered": (
+        {"testext": {"crash_on_invoke": 5}}, "app.handler",
+        [({"sleep_s": 2}, _crash_json("Extension.Crash", "exit status 5"))]),
+    "extension crash after the function answered": ({"testext": {"crash_after_invoke_ms": 300}}, "app.handler",
+                                                     [({"k": 1}, _the_function_answer_with_502)]),
+    "extension exit/error": ({"testext": {"exit_error": "Extension.Fatal"}}, "app.handler",
+                             [({"sleep_s": 0.5}, _crash_json("Extension.ExitError", "exit code 0"))]),
+    "runtime exits": ({"testext": {}}, "app.handler",
+                      [({"exit": 3}, _crash_json("Runtime.ExitError", "Runtime exited with error: exit status 3")),
+                       ({}, _ok)]),
+    "function error": ({"testext": {}}, "app.handler", [({"raise": "boom"}, _answer(200, "ValueError"))]),
+    "timeout": ({"testext": {}}, "app.handler", [({"sleep_s": 5}, _timed_out), ({}, _ok)]),
 }
 
 

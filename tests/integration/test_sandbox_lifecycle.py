@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambd
 
 from lambda_sandbox import SandboxBusy, SandboxClosed  # noqa: E402
 from lambda_sandbox.environment import host_paths_under_tmp  # noqa: E402
+from tests.polling import wait_until  # noqa: E402
 from tests.sandbox_fixtures.helpers import (  # noqa: E402,F401
     TASK,
     ext_events,
@@ -25,7 +26,6 @@ from tests.sandbox_fixtures.helpers import (  # noqa: E402,F401
     sandboxes,
     wait_ext_event,
 )
-from tests.polling import wait_until  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- environment

@@ -11,14 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambda_sandbox, tests.*)
 
-from lambda_sandbox import NetnsUnavailable, Sandbox, cgroups, exitwatch  # noqa: E402
+from lambda_sandbox import NetnsUnavailable, Sandbox, cgroups, exitwatch, procs  # noqa: E402
 from lambda_sandbox import netns as netns_mod  # noqa: E402
-from lambda_sandbox import procs  # noqa: E402
-from lambda_sandbox.cli import go_content_type  # noqa: E402
-from lambda_sandbox.state import Invocation, exit_message  # noqa: E402
 from lambda_sandbox.api import route  # noqa: E402
+from lambda_sandbox.cli import go_content_type  # noqa: E402
 from lambda_sandbox.logs import LogStore  # noqa: E402
 from lambda_sandbox.rie import MOUNT_SCRIPT, RieSandbox, parse_rie_response  # noqa: E402
+from lambda_sandbox.state import Invocation, exit_message  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- logs
