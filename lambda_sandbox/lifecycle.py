@@ -308,7 +308,9 @@ class Lifecycle:
 
     def _failure_result(self, fail: Failure, rid: str, t0: float, init_ms: Optional[float],
                         t_inv: Optional[float] = None) -> InvokeResult:
-        if not fail.timed_out:
+        if fail.timed_out:
+            self._rapid(f"Invoke failed error=errResetReceived InvokeID={rid}", "ERROR")
+        else:
             self._rapid(f"Invoke DONE failed: {fail.fatal}", "ERROR")
         dur = (time.monotonic() - (t_inv or t0)) * 1000
         if fail.timed_out:

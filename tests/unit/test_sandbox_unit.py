@@ -261,3 +261,16 @@ def test_a_process_dying_during_an_invocation_is_answered_as_the_rie_does():
 ])
 def test_the_cli_answers_with_the_content_type_go_sniffs(body, ctype):
     assert go_content_type(body) == ctype
+
+
+def test_without_root_the_sandbox_falls_back_to_sigstop_unless_cgroups_are_required(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in cgroups.unavailable_reason()
+    with pytest.raises(cgroups.CgroupUnavailable, match="root"):
+        make_sb(tmp_path / "required", cgroups=True).start()
+    sb = make_sb(tmp_path / "optional", cgroups=None).start()
+    try:
+        assert sb.freeze_mechanism == "sigstop"
+        assert sb.resources.cpu_quota_us is None and "root" in sb.resources.unavailable_reason
+    finally:
+        sb.close()
