@@ -215,10 +215,9 @@ def test_a_sandbox_reclaimed_without_shutdown_leaves_its_idle_upstream_only_for_
     """Lambda may destroy a frozen sandbox with no SHUTDOWN at all (a crash, CPU starvation): no
     FIN, no COM_QUIT. dbkeeper's idle connection carries a short session wait_timeout, so the
     server drops it after DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S instead of its own 8 hours."""
+    skip_under_the_rie(emulator, "the RIE has no reclaim; it is modelled by the project's sandbox only")
     if netns_reason:
         pytest.skip(f"reclaim without FIN needs a network namespace: {netns_reason}")
-    if emulator == "rie":
-        pytest.skip("the RIE has no reclaim; it is modelled by the project's sandbox only")
     db = mariadb_factory(bind_address="0.0.0.0")
     sandbox = lambda_function(db, netns=True, DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S="2")
     for _ in range(3):
