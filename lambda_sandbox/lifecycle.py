@@ -71,10 +71,14 @@ class Lifecycle:
                 rt.state = "exited"
                 error_type, message = "Runtime.ExitError", exit_message(m.returncode, runtime=True)
                 init_failure = rt.init_error or Failure.empty(error_type)
+                self._rapid(f"Process runtime-{gen.number} exited: {exit_message(m.returncode, runtime=None)}",
+                            "WARNING")
             else:
                 ext = next((e for e in gen.exts.values() if e.proc is m), None)
                 if ext is None:
                     return
+                self._rapid(f"Process extension-{ext.name}-{gen.number} exited: "
+                            f"{exit_message(m.returncode, runtime=None)}", "WARNING")
                 before, ext.state = ext.state, "exited"
                 error_type = {"init_error": "Extension.InitError",
                               "exit_error": "Extension.ExitError"}.get(before, "Extension.Crash")
@@ -223,6 +227,7 @@ class Lifecycle:
             idle_failure = g.idle_failure if (g is not None and self._state == "idle") else None
         if idle_failure is not None:
             # a process died while the sandbox was idle: this invoke fails, the next one re-runs INIT
+            self._rapid(f"INVOKE START(requestId: {rid})")
             fail = Failure.exited(idle_failure[0], rid, idle_failure[1])
             self._reset(fail.reason)
             return self._failure_result(fail, rid, t0, None)
@@ -230,6 +235,7 @@ class Lifecycle:
             fail = self._run_init(then_idle=False)
             init_ms = (time.monotonic() - t0) * 1000
             if fail is not None:
+                self._rapid(f"INVOKE START(requestId: {rid})")  # as the RIE logs it: the INIT was the invoke's
                 self._reset(fail.reason)
                 return self._failure_result(fail, rid, t0, init_ms)
         t_inv = time.monotonic()
@@ -302,7 +308,9 @@ class Lifecycle:
 
     def _failure_result(self, fail: Failure, rid: str, t0: float, init_ms: Optional[float],
                         t_inv: Optional[float] = None) -> InvokeResult:
-        if not fail.timed_out:
+        if fail.timed_out:
+            self._rapid(f"Invoke failed error=errResetReceived InvokeID={rid}", "ERROR")
+        else:
             self._rapid(f"Invoke DONE failed: {fail.fatal}", "ERROR")
         dur = (time.monotonic() - (t_inv or t0)) * 1000
         if fail.timed_out:

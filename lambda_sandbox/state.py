@@ -76,13 +76,16 @@ class Failure:
         return cls(502, body, error_type, fatal=error_type)
 
 
-def exit_message(returncode: Optional[int], runtime: bool) -> str:
-    """The RIE's words for a process exit (Go's exec.ExitError text; "exit code 0" for an extension that
-    exited cleanly)."""
+def exit_message(returncode: Optional[int], runtime: Optional[bool]) -> str:
+    """The RIE's words for a process exit: Go's exec.ExitError text ("exit status 3", "signal: killed");
+    in an invoke's error message "Runtime exited with error: …" for the runtime and "exit code 0" for an
+    extension that exited cleanly; runtime=None: the plain text its log uses."""
     if returncode is not None and returncode < 0:
         status = f"signal: {(signal.strsignal(-returncode) or str(-returncode)).lower()}"
     else:
         status = f"exit status {returncode}"
+    if runtime is None:
+        return status
     if runtime:
         return f"Runtime exited with error: {status}"
     return "exit code 0" if returncode == 0 else status
