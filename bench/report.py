@@ -307,6 +307,11 @@ def tlsreq_table(results: dict) -> str:
                  f"{share['warmup_cycles']} invocations of each left out.")
     elif tls.get("cpu_share_unavailable"):
         head += f" CPU share not measured: {tls['cpu_share_unavailable']}."
+    relay = tls.get("relay_cpu")
+    if relay:
+        head += (" Extension CPU per relayed SELECT 1 on an open session, back to back / after 30 ms idle: "
+                 + "; ".join(f"{LABELS.get(p, p)} {r['back_to_back_us']:.0f} / {r['after_idle_us']:.0f} µs"
+                             for p, r in relay.items()) + ".")
     rows = []
     ext_cpu = full.get("extension_cpu_us_per_connect_cycle_by_path", {})
     for path in ("direct_tlsreq_net", "dbk_tlsreq_net", "dbk_tlsreq_net_tlsargs"):

@@ -8,6 +8,10 @@ across the emulated network, as a Lambda function does with RDS in another avail
                the same through a second dbkeeper, the client still passing the direct path's TLS
                settings (what a function whose DB_SSL_CA stays set pays: a TLS context per connect)
 
+Also: the extension's CPU per relayed `SELECT 1` on one open session, back to back and after
+30 ms of idle (a thawed sandbox's next query), over its TLS upstream and, for reference, over the
+plain loopback upstream of dbk_tcp.
+
 Two settings:
 
 full CPU      one client worker, both paths interleaved per iteration (shuffled), after a warm-up.
@@ -142,11 +146,42 @@ def _cpu_share(env, memory_mb: int, window_s: float, progress) -> dict:
     return {"memory_mb": memory_mb, "window_s": window_s, "warmup_cycles": SHARE_WARMUP, **quota, "paths": results}
 
 
+RELAY_IDLE_S = 0.03
+
+
+def _relay_cpu(env, back_to_back: int, after_idle: int) -> dict:
+    import pymysql
+
+    out = {}
+    for path in ("dbk_tcp", "dbk_tlsreq_net"):
+        endpoint = env.endpoints[path]
+        conn = pymysql.connect(**env.connect_kwargs(endpoint))
+        try:
+            cursor = conn.cursor()
+            for _ in range(20):
+                cursor.execute("SELECT 1")
+            c0 = endpoint.cpu_ns()
+            for _ in range(back_to_back):
+                cursor.execute("SELECT 1")
+            c1 = endpoint.cpu_ns()
+            idle_ns = 0
+            for _ in range(after_idle):
+                time.sleep(RELAY_IDLE_S)  # the idle being measured, not a synchronisation
+                c2 = endpoint.cpu_ns()
+                cursor.execute("SELECT 1")
+                idle_ns += endpoint.cpu_ns() - c2
+        finally:
+            conn.close()
+        out[path] = {"back_to_back_us": (c1 - c0) / 1e3 / back_to_back, "after_idle_us": idle_ns / 1e3 / after_idle}
+    return out
+
+
 def run(env, iterations: int, share_window_s: float, memory_mb: int = 128, warmup: int = 5, progress=print) -> dict:
     started = time.monotonic()
     progress(f"tlsreq: TLS-required DB across {env.tlsreq_rtt_ms:g} ms RTT: 2 paths x {iterations}, interleaved ...")
     out = {"net_rtt_ms": env.tlsreq_rtt_ms, "server_requires_tls": True,
            "dbkeeper_upstream": env.tlsreq_dbk_connected, "full_cpu": _full_cpu(env, iterations, warmup, progress)}
+    out["relay_cpu"] = _relay_cpu(env, back_to_back=max(100, iterations), after_idle=max(20, iterations // 8))
     reason = cpushare.unavailable_reason()
     if reason is None:
         out["cpu_share"] = _cpu_share(env, memory_mb, share_window_s, progress)
