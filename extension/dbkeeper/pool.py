@@ -124,9 +124,17 @@ class Pool:
     def size(self) -> int:
         return len(self._members)
 
+    def _next_lendable(self) -> UpstreamConnection:
+        """The most recently used IDLE connection (the others age out under DBKEEPER_IDLE_TIMEOUT_S),
+        else the one whose reset began first."""
+        for connection in reversed(self._lendable):
+            if connection.pool_state is MemberState.IDLE:
+                return connection
+        return self._lendable[0]
+
     def likely_connection_id(self) -> int:
         """For a greeting, before the session has a connection: the one it will most likely get."""
-        return self._lendable[0].connection_id if self._lendable else 0
+        return self._next_lendable().connection_id if self._lendable else 0
 
     def lent(self) -> list[UpstreamConnection]:
         return [c for c in self._members if c.pool_state is MemberState.LENT]
@@ -150,7 +158,7 @@ class Pool:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
             if self._lendable:
-                connection = self._lendable[0]
+                connection = self._next_lendable()
                 resetting = connection.pool_state is MemberState.RESETTING
                 self._change_state(connection, MemberState.LENT)
                 try:
