@@ -13,11 +13,13 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.dbkeeper_process import EXTENSION, start_dbkeeper
+from tests.dbkeeper_process import EXTENSION, extension_python, start_dbkeeper
+from tests.fake_lambda_api import FakeLambda
 from tests.polling import wait_until
 
 # A file a crashed predecessor could have left (pid 1 is alive: only removal at start gets rid of it).
@@ -126,3 +128,40 @@ def test_an_extension_that_serves_nothing_leaves_no_file(built_layer, started, m
         assert dbk.sandbox.shutdown().extensions[EXTENSION].exit_code == 0
     finally:
         blocker.close()
+
+
+def test_the_file_is_complete_and_the_listener_accepting_when_the_extension_registers(built_layer, mariadb,
+                                                                                      free_port, tmp_path):
+    # Lambda starts the runtime (the wrapper) only after every extension registered: what the
+    # wrapper will read must be in place at the moment of the register call, not after
+    api = FakeLambda()
+    path = Path(f"/tmp/.dbkeeper-{api.address.replace(':', '_')}.state")
+    port = free_port()
+    seen = {}
+
+    def register():
+        seen["state"] = path.read_text() if path.exists() else None
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            seen["accepting"] = True
+        return 200, {"Lambda-Extension-Identifier": "id-1"}, b'{"functionName":"f"}', "application/json"
+
+    shutdown = json.dumps({"eventType": "SHUTDOWN", "shutdownReason": "spindown",
+                           "deadlineMs": int(time.time() * 1000) + 2000}).encode()
+    api.answer_later("POST", "/register", register)
+    api.answer("GET", "/event/next", 200, shutdown)
+    env = {**mariadb.db_env(), "AWS_LAMBDA_RUNTIME_API": api.address, "PATH": os.environ["PATH"],
+           "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LISTEN_PORT": str(port),
+           "DBKEEPER_SOCKET": str(tmp_path / "d.sock")}
+    try:
+        process = subprocess.run([str(built_layer.tree_x86_64 / "extensions" / "dbkeeper")], env=env,
+                                 capture_output=True, text=True, timeout=20)
+        left_after_exit = path.exists()
+    finally:
+        api.close()
+        path.unlink(missing_ok=True)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert seen["accepting"] is True
+    assert seen["state"] is not None
+    assert seen["state"].startswith(f"port={port}\nsocket={tmp_path / 'd.sock'}\npid=")
+    assert [json.loads(line)["event"] for line in process.stdout.splitlines()][-1] == "shutdown_complete"
+    assert not left_after_exit
