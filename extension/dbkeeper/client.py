@@ -246,7 +246,8 @@ class ClientConnection(asyncio.Protocol):
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
         self._pending.pop(self, None)
-        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None)
+        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None,
+                            prefix=self._upstream.restore_wait_timeout())
         self._upstream.attach(self._relay)
         self._write(ok, sequence_id)
         if pending:

@@ -63,6 +63,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBKEEPER_VERIFY_AFTER_IDLE_MS", "60000",
             "An upstream connection idle longer than this (by the monotonic, wall or boot clock: a freeze, a "
             "SnapStart restore) gets a COM_PING before it is lent, and is replaced if it does not answer."),
+    Setting("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", "600",
+            "Session wait_timeout of upstream connections while they sit idle in the pool (0: the server's own). "
+            "Bounds how long a sandbox reclaimed without SHUTDOWN leaves a connection on the server; a session "
+            "lent one sees the server's own wait_timeout again."),
+    Setting("DBKEEPER_IDLE_TIMEOUT_S", "300",
+            "Idle upstream connections beyond the first are closed once idle this long (decided when a session "
+            "ends, never by a timer; 0: never)."),
     Setting("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", "10000",
             "A local client that has not finished its handshake (or a command dbkeeper answers) by then is dropped."),
     Setting("DBKEEPER_INIT_CONNECT_BUDGET_MS", "8000",
@@ -99,6 +106,8 @@ class Config(NamedTuple):
     borrow_timeout: float
     connect_timeout: float
     max_pending_clients: int
+    upstream_wait_timeout: int
+    idle_timeout: float
     verify_after_idle: float
     client_handshake_timeout: float
     init_connect_budget: float
@@ -152,6 +161,8 @@ class Config(NamedTuple):
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
+            upstream_wait_timeout=parsed("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", _integer(0, 31_536_000)),
+            idle_timeout=parsed("DBKEEPER_IDLE_TIMEOUT_S", _integer(0, 31_536_000)),
             max_pending_clients=parsed("DBKEEPER_MAX_PENDING_CLIENTS", _integer(1, 100_000)),
             verify_after_idle=parsed("DBKEEPER_VERIFY_AFTER_IDLE_MS", _milliseconds(0, 86_400_000)),
             client_handshake_timeout=parsed("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", _milliseconds(10, 600_000)),

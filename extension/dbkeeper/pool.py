@@ -246,12 +246,29 @@ class Pool:
             connection.mark_used()
             if connection.pool_state is MemberState.RESETTING:
                 self._change_state(connection, MemberState.IDLE)
+                self._close_long_idle()
             if self._log.enabled("debug"):
                 self._log.debug("upstream_reset", connection_id=connection.connection_id,
                                 ms=round((time.monotonic() - started) * 1000, 3))
         finally:
             connection.resetting = None
             self._notify()
+
+    def _close_long_idle(self) -> None:
+        """Connections a burst opened and nobody has needed since: closed once idle longer than
+        DBKEEPER_IDLE_TIMEOUT_S, the most recently used one kept. Decided here, when a session
+        ends, never by a timer (a timer would fire in a burst after every thaw)."""
+        limit = self._config.idle_timeout
+        if not limit:
+            return
+        now = time.monotonic()
+        idle = [c for c in self._lendable if c.pool_state is MemberState.IDLE]
+        if len(idle) < 2:
+            return
+        newest = max(idle, key=lambda c: c.last_used[0])
+        for connection in idle:
+            if connection is not newest and now - connection.last_used[0] > limit:
+                self._close(connection, "idle_timeout")
 
     # --- opening ------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -277,6 +294,17 @@ class Pool:
                 continue
             except BaseException:
                 attempt_done.set_result(False)
+                raise
+            try:
+                await connection.shorten_wait()
+            except UpstreamError as exc:
+                attempt_done.set_result(False)
+                self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
+                self.discard(connection, "reset_failed")
+                return
+            except BaseException:
+                attempt_done.set_result(False)
+                self.discard(connection, "shutdown")
                 raise
             self.give_back_clean(connection)
             attempt_done.set_result(True)

@@ -42,7 +42,8 @@ def _discard(data: bytes) -> None:
 
 
 class Relay:
-    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None):
+    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None,
+                 prefix: bytes | None = None):
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -61,7 +62,9 @@ class Relay:
         self.commands = 0
         # Session setup: statements answered here, not yet sent (None once a command went upstream)
         self._proven = proven
-        self._held: list[bytes] | None = [] if proven is not None else None
+        # `prefix`: a command of dbkeeper's own that must run before the session's first one (its
+        # reply dropped like a held statement's): restoring the server's wait_timeout
+        self._held: list[bytes] | None = [prefix] if prefix else [] if proven is not None else None
         self._sent_held: list[bytes] = []
         self._status = upstream.status if proven is not None else 0  # for the OKs given here
         self._candidate: bytes | None = None  # a setup statement sent unproven: its reply may prove it
@@ -106,7 +109,7 @@ class Relay:
         size = len(data)
         if size > HEADER_SIZE and data[3] == 0 and (data[0] | data[1] << 8 | data[2] << 16) == size - HEADER_SIZE:
             command = data[HEADER_SIZE:]
-            statement = self._proven.get(command)
+            statement = self._proven.get(command) if self._proven is not None else None
             if statement is not None:
                 reply, self._status = session_setup.answer(statement, self._status)
                 self._held.append(data)
@@ -116,7 +119,7 @@ class Relay:
             if data[HEADER_SIZE] in INTERCEPTED:
                 self._held = None  # a reset, a change of user or the end: what is held need not run
                 return False
-            if session_setup.classify(command) is not None:
+            if self._proven is not None and session_setup.classify(command) is not None:
                 self._candidate = command
         held, self._held = self._held, None
         if held:
@@ -157,7 +160,8 @@ class Relay:
         """A held statement failed after all (the server changed under us). The client was told
         OK: its session can't go on, and the upstream's state is unknown."""
         failed = self._sent_held[len(self._sent_held) - self._swallow]
-        self._proven.forget(failed[HEADER_SIZE:])
+        if self._proven is not None:
+            self._proven.forget(failed[HEADER_SIZE:])
         self._swallow = 0
         self._swallowed = b""
         self.tracker.broken = "a held session-setup statement failed"

@@ -196,3 +196,24 @@ def test_reclaim_without_fin(lambda_function, mariadb_factory, netns_reason, lay
         # nothing told the DB: the session stays until wait_timeout (hours by default)
         time.sleep(0.5)  # a bounded look for a close that must not come; not synchronisation
         assert len(app_connections(db)) == 1
+
+
+def test_a_sandbox_reclaimed_without_shutdown_leaves_its_idle_upstream_only_for_the_idle_wait_timeout(
+        lambda_function, mariadb_factory, netns_reason, emulator):
+    """Lambda may destroy a frozen sandbox with no SHUTDOWN at all (a crash, CPU starvation): no
+    FIN, no COM_QUIT. dbkeeper's idle connection carries a short session wait_timeout, so the
+    server drops it after DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S instead of its own 8 hours."""
+    if netns_reason:
+        pytest.skip(f"reclaim without FIN needs a network namespace: {netns_reason}")
+    if emulator == "rie":
+        pytest.skip("the RIE has no reclaim; it is modelled by the project's sandbox only")
+    db = mariadb_factory(bind_address="0.0.0.0")
+    sandbox = lambda_function(db, netns=True, DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S="2")
+    for _ in range(3):
+        assert sandbox.invoke({}).ok
+    assert len(app_connections(db)) == 1
+    reclaimed_at = time.monotonic()
+    sandbox.reclaim(graceful=False)
+    assert wait_until(lambda: not app_connections(db), timeout=2 + 5), app_connections(db)
+    print(f"upstream gone {time.monotonic() - reclaimed_at:.1f} s after a reclaim without SHUTDOWN "
+          f"(DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S=2)")

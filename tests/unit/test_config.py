@@ -46,7 +46,8 @@ def test_every_setting_is_parsed():
         "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500", "DBKEEPER_CLIENT_FLAGS": "found_rows, MULTI_RESULTS",
         "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1", "DBKEEPER_HOLD_SETUP": "off",
         "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S": "30",
+        "DBKEEPER_IDLE_TIMEOUT_S": "0",
     }
     config = Config.from_environ(env)
     assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
@@ -59,6 +60,7 @@ def test_every_setting_is_parsed():
     assert config.hold_setup is False
     assert config.fail_mode == "closed" and config.max_pending_clients == 7 and config.verify_after_idle == 2.5
     assert config.snap_start is True
+    assert config.upstream_wait_timeout == 30 and config.idle_timeout == 0
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
