@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,12 @@ from lambda_sandbox import Sandbox
 
 NOOP_TASK = Path(__file__).resolve().parent / "functions" / "noop"
 EXTENSION = "dbkeeper"
+
+
+def state_file_of(runtime_api: str) -> Path:
+    """Where the extension tells the wrapper what it serves: the documented rule, spelled out
+    independently of extension/dbkeeper/state_file.py so that a change to either shows."""
+    return Path("/tmp/.dbkeeper-" + re.sub(r"[^A-Za-z0-9.]", "_", runtime_api) + ".state")
 
 
 def extension_python() -> str:

@@ -7,9 +7,8 @@ import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
-from tests.dbkeeper_process import extension_python
+from tests.dbkeeper_process import extension_python, state_file_of
 from tests.fake_lambda_api import FakeLambda
 from tests.mariadb import free_port
 
@@ -37,7 +36,7 @@ def extension_against(layer_tree, upstream, socket_path, next_status, next_body=
                 break
         else:
             raise AssertionError(f"the extension exited before connecting: {lines}")
-        state = Path(f"/tmp/.dbkeeper-{api.address.replace(':', '_')}.state")
+        state = state_file_of(api.address)
         assert state.exists()  # serving: the wrapper would point the function here
         yield process, lines, release, state
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.dbkeeper_process import EXTENSION, extension_python, start_dbkeeper
+from tests.dbkeeper_process import state_file_of as state_file_of_api
 from tests.fake_lambda_api import FakeLambda
 from tests.polling import wait_until
 
@@ -27,9 +28,10 @@ LEFT_BEHIND = "port=1\nsocket=/tmp/left-behind.sock\npid=1\n"
 
 
 def state_file_of(sandbox) -> Path:
-    # the documented rule, spelled out independently of state_file.py: /tmp/.dbkeeper-<API, ':' -> '_'>.state
     assert re.fullmatch(r"127\.0\.0\.1:\d+", sandbox.api_address)
-    return Path(f"/tmp/.dbkeeper-{sandbox.api_address.replace(':', '_')}.state")
+    path = state_file_of_api(sandbox.api_address)
+    assert path == Path(f"/tmp/.dbkeeper-{sandbox.api_address.replace(':', '_')}.state")
+    return path
 
 
 def plant_left_behind(sandbox) -> None:
@@ -135,7 +137,7 @@ def test_the_file_is_complete_and_the_listener_accepting_when_the_extension_regi
     # Lambda starts the runtime (the wrapper) only after every extension registered: what the
     # wrapper will read must be in place at the moment of the register call, not after
     api = FakeLambda()
-    path = Path(f"/tmp/.dbkeeper-{api.address.replace(':', '_')}.state")
+    path = state_file_of_api(api.address)
     port = free_port()
     seen = {}
 
