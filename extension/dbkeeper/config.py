@@ -256,6 +256,9 @@ def _socket_path(text: str) -> str | None:
         return None
     if not text.startswith("/"):
         raise ValueError("expected an absolute path")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        # the path goes into the wrapper's line-based state file (state_file.py)
+        raise ValueError("expected no control characters (line breaks, tabs)")
     if len(text.encode()) > 107:
         raise ValueError("longer than a Unix socket path may be (107 bytes)")
     return text
