@@ -178,8 +178,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._scramble = auth.new_scramble()
         offered = _OFFERED & (identity.capabilities | CLIENT.LONG_PASSWORD)
+        greeted_id = self._pool.likely_connection_id()
         self._write(handshake.build_greeting(handshake.Greeting(
-            server_version=identity.server_version, connection_id=self._pool.likely_connection_id(),
+            server_version=identity.server_version, connection_id=greeted_id,
             scramble=self._scramble, capabilities=offered, collation_id=UTF8MB4_GENERAL_CI,
             status=SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
 
@@ -196,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
         settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
                                    bool(capabilities & CLIENT.MULTI_STATEMENTS))
         try:
-            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS)
+            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS, prefer=greeted_id)
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=sequence + 1)
             return

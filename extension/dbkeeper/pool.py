@@ -124,9 +124,21 @@ class Pool:
     def size(self) -> int:
         return len(self._members)
 
+    def _next_lendable(self, prefer: int = 0) -> UpstreamConnection:
+        """The preferred one if it is lendable, else the most recently used IDLE connection (the
+        others age out under DBKEEPER_IDLE_TIMEOUT_S), else the one whose reset began first."""
+        if prefer:
+            for connection in self._lendable:
+                if connection.connection_id == prefer:
+                    return connection
+        for connection in reversed(self._lendable):
+            if connection.pool_state is MemberState.IDLE:
+                return connection
+        return self._lendable[0]
+
     def likely_connection_id(self) -> int:
         """For a greeting, before the session has a connection: the one it will most likely get."""
-        return self._lendable[0].connection_id if self._lendable else 0
+        return self._next_lendable().connection_id if self._lendable else 0
 
     def lent(self) -> list[UpstreamConnection]:
         return [c for c in self._members if c.pool_state is MemberState.LENT]
@@ -140,17 +152,19 @@ class Pool:
         return None
 
     # --- borrowing ----------------------------------------------------------------------------
-    async def borrow(self, profile: int) -> UpstreamConnection:
+    async def borrow(self, profile: int, prefer: int = 0) -> UpstreamConnection:
         """A ready connection with `profile`, exclusively the caller's (LENT). Raises PoolTimeout
         or UpstreamError, and then the caller holds nothing: whatever interrupts the borrow
-        (an error, the client's task cancelled) leaves every member counted where it is."""
+        (an error, the client's task cancelled) leaves every member counted where it is.
+        `prefer`: the connection id the client was greeted with, taken when it is still free (a
+        driver's thread_id() then names the session's own connection, e.g. for KILL QUERY)."""
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
             if self._lendable:
-                connection = self._lendable[0]
+                connection = self._next_lendable(prefer)
                 resetting = connection.pool_state is MemberState.RESETTING
                 self._change_state(connection, MemberState.LENT)
                 try:
@@ -313,6 +327,10 @@ class Pool:
     async def ensure_identity(self) -> Greeting:
         """The server's greeting, connecting once if no connection ever succeeded (the first
         client after a SnapStart restore, or after an INIT that could not reach the database)."""
+        warming = self._warm_attempt
+        if warming is not None and not warming.done():
+            # its connection is the one this client will most likely get: greet with its id
+            await asyncio.wait((warming,), timeout=self._config.connect_timeout)
         if self.identity is None:
             connection = await self.borrow(self.profile)
             self.give_back_clean(connection)

@@ -366,7 +366,9 @@ class UpstreamConnection(asyncio.Protocol):
         seconds = self._config.upstream_wait_timeout
         if not seconds:
             return False
-        self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = %d" % seconds, 0)
+        # never longer than the server's own: a short server wait_timeout is the operator's choice
+        self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)"
+                          % seconds, 0)
         return True
 
     async def _read_short_wait(self) -> None:
