@@ -24,11 +24,13 @@ from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
 from .relay import Relay
 from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
-# What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
-# INFILE (a proxy reading local files on a server's request is a hole), or features that
-# would change the framing the relay follows (DEPRECATE_EOF, session tracking).
+# What the local hop offers: everything a client may need, but no TLS, compression, or features
+# that would change the framing the relay follows (DEPRECATE_EOF, session tracking). LOCAL_FILES
+# is offered and, being in the session profile, reaches the upstream only for a client that set it
+# itself: that client's driver reads the file and sends it through; dbkeeper never opens one.
 _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
-            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41 | CLIENT.INTERACTIVE
+            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
+            | CLIENT.INTERACTIVE
             | CLIENT.IGNORE_SIGPIPE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)

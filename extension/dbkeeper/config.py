@@ -16,7 +16,9 @@ TLS_MODES = ("disabled", "preferred", "required")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 FAIL_MODES = ("open", "closed")
 # Client capability flags that shape a session (pymysql.constants.CLIENT names); see upstream.PROFILE_BITS.
-SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS", "PS_MULTI_RESULTS")
+# LOCAL_FILES among them: whether the server may ask this session for a client file is the client's call.
+SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "LOCAL_FILES", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS",
+                 "PS_MULTI_RESULTS")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -48,7 +50,8 @@ SETTINGS: tuple[Setting, ...] = (
             "true: clients on the 0600 Unix socket are not asked for a password."),
     Setting("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS",
             "Session-shaping capability flags the function's driver sends (e.g. FOUND_ROWS,MULTI_RESULTS "
-            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient). The INIT-time connection uses "
+            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient; add LOCAL_FILES for a driver with "
+            "local_infile on). The INIT-time connection uses "
             "them; a client with others costs one reconnect."),
     Setting("DBKEEPER_HOLD_SETUP", "true",
             "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
@@ -253,6 +256,9 @@ def _socket_path(text: str) -> str | None:
         return None
     if not text.startswith("/"):
         raise ValueError("expected an absolute path")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        # the path goes into the wrapper's line-based state file (state_file.py)
+        raise ValueError("expected no control characters (line breaks, tabs)")
     if len(text.encode()) > 107:
         raise ValueError("longer than a Unix socket path may be (107 bytes)")
     return text

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lambda_sandbox import Sandbox
-from tests.dbkeeper_process import extension_python
+from tests.dbkeeper_process import extension_python, state_file_of
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_FUNCTION = REPO / "sample_function"
@@ -99,3 +99,7 @@ def lambda_function(emulator, built_layer, free_port, tmp_path):
             sandbox.close()
         except Exception:  # already shut down or reclaimed
             pass
+        # a sandbox reclaimed without SHUTDOWN leaves its extension's state file, as on Lambda
+        # (where /tmp goes with the sandbox); here /tmp is the host's (the RIE has a private one)
+        if getattr(sandbox, "api_address", ""):
+            state_file_of(sandbox.api_address).unlink(missing_ok=True)

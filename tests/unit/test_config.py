@@ -67,7 +67,8 @@ def test_every_setting_is_parsed():
 @pytest.mark.parametrize("name, value", [
     ("DBKEEPER_DB_PORT", "0"), ("DBKEEPER_DB_PORT", "65536"), ("DBKEEPER_DB_PORT", "x"),
     ("DBKEEPER_DB_TLS", "verify-ish"), ("DBKEEPER_LISTEN_PORT", "-1"), ("DBKEEPER_SOCKET", "relative.sock"),
-    ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
+    ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_SOCKET", "/tmp/a\nport=1.sock"), ("DBKEEPER_SOCKET", "/tmp/a\tb"),
+    ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
     ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
     ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
     ("DBKEEPER_ENABLED", "perhaps"), ("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS,COMPRESS"),
