@@ -36,6 +36,7 @@ HANDLERS = {"per_invoke": "app.handler_connect_per_invoke", "global": "app.handl
 def lifecycle(layer_dir: Path | None, empty_opt: Path, handler: str, db, invocations: int, graceful: bool,
               wait_timeout_s: int, scratch: Path, index: int) -> tuple[int, list[str]]:
     from lambda_sandbox import Sandbox
+    from tests.dbkeeper_process import state_file_of
 
     sock_dir = scratch / f"s{index}"
     sock_dir.mkdir()
@@ -55,7 +56,11 @@ def lifecycle(layer_dir: Path | None, empty_opt: Path, handler: str, db, invocat
             if not result.ok:
                 errors.append(result.text[:200])
     finally:
+        api = sandbox.api_address
         sandbox.reclaim(graceful=graceful)
+        # a sandbox destroyed without SHUTDOWN leaves the extension's state file in the host's /tmp
+        # (on Lambda the sandbox's /tmp goes with it)
+        state_file_of(api).unlink(missing_ok=True)
     return invocations, errors
 
 

@@ -1,16 +1,20 @@
-"""dbkeeper's local AWS Lambda execution environment (Runtime API + Extensions API, freeze, reclaim).
+"""dbkeeper's local AWS Lambda execution environment (Runtime API + Extensions API, freeze, CPU share,
+memory limit, reclaim).
 
-See lambda_sandbox/README.md. Behaviour follows ../shared/LAMBDA_FACTS.md.
+See lambda_sandbox/README.md; the behaviour it models: docs/LAMBDA_SANDBOX.md.
 """
 
 from .logs import LogRecord
-from .netns import NetnsUnavailable, unavailable_reason as netns_unavailable_reason
+from .netns import NetnsUnavailable
+from .netns import unavailable_reason as netns_unavailable_reason
 from .results import (
     ExtensionShutdown,
     InvokeResult,
+    Resources,
     SandboxBusy,
     SandboxClosed,
     SandboxError,
+    SandboxUnsupported,
     ShutdownReport,
 )
 from .sandbox import Sandbox
@@ -22,7 +26,9 @@ __all__ = [
     "ShutdownReport",
     "ExtensionShutdown",
     "LogRecord",
+    "Resources",
     "SandboxError",
+    "SandboxUnsupported",
     "SandboxClosed",
     "SandboxBusy",
     "NetnsUnavailable",

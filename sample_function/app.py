@@ -1,7 +1,9 @@
 """A visit counter: an ordinary AWS Lambda function using PyMySQL, written the way users write them.
 
 Nothing here knows about dbkeeper. It reads the usual settings from the environment:
-DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME. With the dbkeeper layer and
+DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME, and DB_SSL_CA (optional: a CA
+bundle, e.g. the RDS one shipped with the function; when set, the connection uses TLS and checks
+the server's certificate and host name against it). With the dbkeeper layer and
 AWS_LAMBDA_EXEC_WRAPPER=/opt/dbkeeper-wrapper, DB_HOST/DB_PORT point at the extension instead.
 
 Two handlers, the two patterns found in the wild:
@@ -34,6 +36,15 @@ _conn = None  # handler_global_connection's connection, reused across invocation
 _cold = True
 
 
+def _tls():
+    ca = os.environ.get("DB_SSL_CA")
+    if not ca:
+        return {}
+    # PyMySQL negotiates TLS when the server offers it (a database requiring TLS always does) and
+    # stays plain when it does not: the dbkeeper extension on 127.0.0.1 never offers TLS.
+    return {"ssl_ca": ca, "ssl_verify_cert": True, "ssl_verify_identity": True}
+
+
 def _connect():
     return pymysql.connect(
         host=os.environ["DB_HOST"],
@@ -46,6 +57,7 @@ def _connect():
         write_timeout=30,
         autocommit=False,
         charset="utf8mb4",
+        **_tls(),
     )
 
 

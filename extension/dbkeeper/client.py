@@ -24,11 +24,13 @@ from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
 from .relay import Relay
 from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
-# What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
-# INFILE (a proxy reading local files on a server's request is a hole), or features that
-# would change the framing the relay follows (DEPRECATE_EOF, session tracking).
+# What the local hop offers: everything a client may need, but no TLS, compression, or features
+# that would change the framing the relay follows (DEPRECATE_EOF, session tracking). LOCAL_FILES
+# is offered and, being in the session profile, reaches the upstream only for a client that set it
+# itself: that client's driver reads the file and sends it through; dbkeeper never opens one.
 _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
-            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41 | CLIENT.INTERACTIVE
+            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
+            | CLIENT.INTERACTIVE
             | CLIENT.IGNORE_SIGPIPE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
@@ -178,8 +180,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._scramble = auth.new_scramble()
         offered = _OFFERED & (identity.capabilities | CLIENT.LONG_PASSWORD)
+        greeted_id = self._pool.likely_connection_id()
         self._write(handshake.build_greeting(handshake.Greeting(
-            server_version=identity.server_version, connection_id=self._pool.likely_connection_id(),
+            server_version=identity.server_version, connection_id=greeted_id,
             scramble=self._scramble, capabilities=offered, collation_id=UTF8MB4_GENERAL_CI,
             status=SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
 
@@ -193,10 +196,10 @@ class ClientConnection(asyncio.Protocol):
             self._deny(response.user, bool(proof), sequence + 1)
             return
         capabilities = response.capabilities & offered
-        settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
-                                   bool(capabilities & CLIENT.MULTI_STATEMENTS))
+        database = response.database if capabilities & CLIENT.CONNECT_WITH_DB else None
+        settings = SessionSettings(response.collation_id, database, bool(capabilities & CLIENT.MULTI_STATEMENTS))
         try:
-            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS)
+            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS, prefer=greeted_id)
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=sequence + 1)
             return
@@ -238,7 +241,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _deny(self, user: str, used_password: bool, sequence_id: int) -> None:
         self._reject(messages.ER_ACCESS_DENIED_ERROR, "28000",
-                     f"Access denied for user '{user}'@'localhost' (using password: {'YES' if used_password else 'NO'})",
+                     f"Access denied for user '{user}'@'localhost' "
+                     f"(using password: {'YES' if used_password else 'NO'})",
                      "client_auth_failed", sequence_id=sequence_id, user=user)
 
     def _start_relay(self, ok: bytes, sequence_id: int, pending: bytes) -> None:
@@ -317,9 +321,11 @@ class ClientConnection(asyncio.Protocol):
             proof = payload[position + 1:position + 1 + length]
             position += 1 + length
             database, position = read_nul_bytes(payload, position) if position < len(payload) else (b"", position)
-            collation_id = int.from_bytes(payload[position:position + 2], "little") if position + 2 <= len(payload) else None
+            collation_id = (int.from_bytes(payload[position:position + 2], "little")
+                            if position + 2 <= len(payload) else None)
             position += 2
-            plugin = read_nul_bytes(payload, position)[0].decode("ascii", "replace") if position < len(payload) else None
+            plugin = (read_nul_bytes(payload, position)[0].decode("ascii", "replace")
+                      if position < len(payload) else None)
         except IndexError as exc:
             raise ProtocolError("truncated COM_CHANGE_USER") from exc
         proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)

@@ -16,7 +16,9 @@ TLS_MODES = ("disabled", "preferred", "required")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 FAIL_MODES = ("open", "closed")
 # Client capability flags that shape a session (pymysql.constants.CLIENT names); see upstream.PROFILE_BITS.
-SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS", "PS_MULTI_RESULTS")
+# LOCAL_FILES among them: whether the server may ask this session for a client file is the client's call.
+SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "LOCAL_FILES", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS",
+                 "PS_MULTI_RESULTS")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -48,11 +50,13 @@ SETTINGS: tuple[Setting, ...] = (
             "true: clients on the 0600 Unix socket are not asked for a password."),
     Setting("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS",
             "Session-shaping capability flags the function's driver sends (e.g. FOUND_ROWS,MULTI_RESULTS "
-            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient). The INIT-time connection uses "
+            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient; add LOCAL_FILES for a driver with "
+            "local_infile on). The INIT-time connection uses "
             "them; a client with others costs one reconnect."),
     Setting("DBKEEPER_HOLD_SETUP", "true",
             "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
-            "answered at once and sent with its first real command (no round trip each); false: forwarded as they come."),
+            "answered at once and sent with its first real command (no round trip each); false: forwarded as "
+            "they come."),
     Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
@@ -119,7 +123,7 @@ class Config(NamedTuple):
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={'<hidden>' if 'password' in name else repr(value)}"
-                          for name, value in zip(self._fields, self))
+                          for name, value in zip(self._fields, self, strict=True))
         return f"Config({shown})"
 
     @property
@@ -128,7 +132,7 @@ class Config(NamedTuple):
         return self.client_password if self.client_password is not None else self.db_password
 
     @classmethod
-    def from_environ(cls, env: Mapping[str, str]) -> "Config":
+    def from_environ(cls, env: Mapping[str, str]) -> Config:
         problems: list[str] = []
         raw = {s.name: _lookup(env, s) for s in SETTINGS}
 
@@ -253,6 +257,9 @@ def _socket_path(text: str) -> str | None:
         return None
     if not text.startswith("/"):
         raise ValueError("expected an absolute path")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        # the path goes into the wrapper's line-based state file (state_file.py)
+        raise ValueError("expected no control characters (line breaks, tabs)")
     if len(text.encode()) > 107:
         raise ValueError("longer than a Unix socket path may be (107 bytes)")
     return text

@@ -124,9 +124,13 @@ class Pool:
     def size(self) -> int:
         return len(self._members)
 
-    def _next_lendable(self) -> UpstreamConnection:
-        """The most recently used IDLE connection (the others age out under DBKEEPER_IDLE_TIMEOUT_S),
-        else the one whose reset began first."""
+    def _next_lendable(self, prefer: int = 0) -> UpstreamConnection:
+        """The preferred one if it is lendable, else the most recently used IDLE connection (the
+        others age out under DBKEEPER_IDLE_TIMEOUT_S), else the one whose reset began first."""
+        if prefer:
+            for connection in self._lendable:
+                if connection.connection_id == prefer:
+                    return connection
         for connection in reversed(self._lendable):
             if connection.pool_state is MemberState.IDLE:
                 return connection
@@ -148,17 +152,19 @@ class Pool:
         return None
 
     # --- borrowing ----------------------------------------------------------------------------
-    async def borrow(self, profile: int) -> UpstreamConnection:
+    async def borrow(self, profile: int, prefer: int = 0) -> UpstreamConnection:
         """A ready connection with `profile`, exclusively the caller's (LENT). Raises PoolTimeout
         or UpstreamError, and then the caller holds nothing: whatever interrupts the borrow
-        (an error, the client's task cancelled) leaves every member counted where it is."""
+        (an error, the client's task cancelled) leaves every member counted where it is.
+        `prefer`: the connection id the client was greeted with, taken when it is still free (a
+        driver's thread_id() then names the session's own connection, e.g. for KILL QUERY)."""
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
             if self._lendable:
-                connection = self._next_lendable()
+                connection = self._next_lendable(prefer)
                 resetting = connection.pool_state is MemberState.RESETTING
                 self._change_state(connection, MemberState.LENT)
                 try:
@@ -321,6 +327,10 @@ class Pool:
     async def ensure_identity(self) -> Greeting:
         """The server's greeting, connecting once if no connection ever succeeded (the first
         client after a SnapStart restore, or after an INIT that could not reach the database)."""
+        warming = self._warm_attempt
+        if warming is not None and not warming.done():
+            # its connection is the one this client will most likely get: greet with its id
+            await asyncio.wait((warming,), timeout=self._config.connect_timeout)
         if self.identity is None:
             connection = await self.borrow(self.profile)
             self.give_back_clean(connection)
@@ -390,11 +400,14 @@ class Pool:
         stuck = time.monotonic() - self._config.connect_timeout
         doomed = [c for c in members if c in busy or c.pool_state is MemberState.OPENING
                   or c.pool_state is MemberState.RESETTING and c.reset_started < stuck]
-        to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
+        to_kill = [c.connection_id for c in doomed
+                   if c.greeting is not None and c.pool_state is not MemberState.OPENING]
         for connection in members:
             if connection.resetting is not None:
                 connection.resetting.cancel()  # its COM_QUIT (or KILL) below ends it on the server
         killed = 0
+        if self.janitor is not None:
+            to_kill += self.janitor.take_pending()
         if to_kill and self.janitor is not None:
             killed = await self.janitor.kill_now(to_kill, deadline)
         for connection in members:

@@ -19,7 +19,7 @@ import socket
 from pymysql.constants import COMMAND
 
 from .protocol import session_setup
-from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
+from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
 from .protocol.responses import ResponseTracker, closes_reply
@@ -80,10 +80,11 @@ class Relay:
         return self._forward(data)
 
     def _forward(self, data: bytes) -> bytes | None:
-        if self._simple:  # the shape of nearly every query: one whole command after a whole reply
+        # the shape of nearly every query: one whole command (sequence id 0) after a whole reply
+        if self._simple:
             size = len(data)
             if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
-                    and data[4] not in _NOT_FAST:
+                    and data[3] == 0 and data[4] not in _NOT_FAST:
                 last = self._last
                 if not self._expected if last is None else len(self._expected) == 1 and closes_reply(last):
                     self._upstream_write(data)
@@ -172,11 +173,17 @@ class Relay:
         if not self._replies_ended():
             self._feed_tracker()
         for code in commands:
+            if code == FILE_DATA or code == FILE_END:
+                # the tracker, given every reply byte relayed so far, checks that a LOCAL INFILE
+                # request is what this packet answers
+                self._feed_tracker()
+                self.tracker.file_packet(code == FILE_END)
+                continue
+            self.commands += 1
             if code not in NO_REPLY:
                 self._expected.append(code)
             if code == COMMAND.COM_SET_OPTION:
                 self.upstream.forget_options()
-        self.commands += len(commands)
 
     def _replies_ended(self) -> bool:
         """True (and the saved replies dropped) when every reply relayed so far has ended, as far

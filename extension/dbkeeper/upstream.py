@@ -155,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         loop = self._loop
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.abort()
             raise UpstreamError(f"connect to {config.db_host}:{config.db_port} timed out "
                                 f"after {config.connect_timeout * 1000:.0f} ms") from exc
@@ -189,7 +189,8 @@ class UpstreamConnection(asyncio.Protocol):
             plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
         response = handshake.HandshakeResponse(
             capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
-            user=config.db_user, auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
+            user=config.db_user,
+            auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
             database=config.db_name, auth_plugin=plugin,
             attributes={"_client_name": "dbkeeper", "_client_version": __version__, "program_name": "dbkeeper"},
         )
@@ -404,7 +405,7 @@ class UpstreamConnection(asyncio.Protocol):
         """One COM_PING round trip, bounded: is the server still there?"""
         try:
             return messages.is_ok(await asyncio.wait_for(self.command(COMMAND.COM_PING), timeout))
-        except (asyncio.TimeoutError, UpstreamError, ProtocolError):
+        except (TimeoutError, UpstreamError, ProtocolError):
             return False
 
     async def kill(self, connection_ids: list[int]) -> int:
