@@ -124,7 +124,8 @@ def _run_worker(args: list[str], outcome: Outcome) -> tuple[int, dict, tuple[str
     finding = None
     written = re.search(r"Test unit written to (\S+)", text)
     if written:
-        message = re.search(r"^(?:fuzz\.targets\.)?Finding: (.*)$", text, re.M) or re.search(r"^(\w+Error.*)$", text, re.M)
+        message = (re.search(r"^(?:fuzz\.targets\.)?Finding: (.*)$", text, re.M)
+                   or re.search(r"^(\w+Error.*)$", text, re.M))
         finding = (os.path.relpath(written.group(1), fuzz.REPO), message.group(1) if message else text[-2000:])
     return code, stats, finding
 

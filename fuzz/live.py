@@ -36,7 +36,6 @@ import re
 import select
 import socket
 import struct
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -211,7 +210,8 @@ def _m_bytes(rng, script):
     elif kind == 2 and len(data) >= 4:  # a wrong sequence id
         data[3] = rng.randrange(256)
     elif kind == 3 and len(data) >= 3:  # a length that lies
-        data[0:3] = rng.choice((0, 1, len(data) - 3, len(data) + 5, 0xFFFFFF, rng.randrange(1 << 24))).to_bytes(3, "little")
+        length = rng.choice((0, 1, len(data) - 3, len(data) + 5, 0xFFFFFF, rng.randrange(1 << 24)))
+        data[0:3] = length.to_bytes(3, "little")
     elif kind == 4:  # empty packets in front
         data[0:0] = b"\x00\x00\x00\x00" * rng.randint(1, 4)
     elif kind == 5 and data:  # truncated
@@ -298,7 +298,7 @@ def sanitize(script: dict) -> None:
 # --------------------------------------------------------------------------- running a script
 
 class Actor:
-    def __init__(self, spec: dict, target: "Target"):
+    def __init__(self, spec: dict, target: Target):
         self.spec = spec
         self.target = target
         self.sock: socket.socket | None = None
@@ -403,7 +403,7 @@ class Actor:
         sock.close()
 
 
-def run_script(script: dict, target: "Target") -> None:
+def run_script(script: dict, target: Target) -> None:
     actors = [Actor(spec, target) for spec in script["actors"]]
     try:
         for step in script["steps"]:
@@ -430,7 +430,7 @@ def run_script(script: dict, target: "Target") -> None:
             actor.end("close")
 
 
-def burst(step: dict, target: "Target") -> None:
+def burst(step: dict, target: Target) -> None:
     sockets = []
     for _ in range(min(step.get("n", 2), 8)):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -487,9 +487,10 @@ def check_sessions(target: Target, count: int) -> list[int]:
                 clients.append(client)
                 client.login(target.user, target.password, target.database)
             except ServerError as exc:
-                raise LiveFinding(f"well-behaved client {index + 1} of {count} refused: {exc.errno} {exc.message}")
+                raise LiveFinding(f"well-behaved client {index + 1} of {count} refused: {exc.errno} {exc.message}") \
+                    from exc
             except (ConnectionClosed, OSError) as exc:
-                raise LiveFinding(f"well-behaved client {index + 1} of {count} could not log in: {exc!r}")
+                raise LiveFinding(f"well-behaved client {index + 1} of {count} could not log in: {exc!r}") from exc
         for client in clients:
             nonce = f"check-{uuid.uuid4().hex[:12]}"
             try:
@@ -505,11 +506,12 @@ def check_sessions(target: Target, count: int) -> list[int]:
                     raise LiveFinding("a well-behaved client sees the victim's temporary table")
                 except ServerError as exc:
                     if exc.errno != 1146:
-                        raise LiveFinding(f"probing for the victim's temporary table: {exc.errno} {exc.message}")
+                        raise LiveFinding(f"probing for the victim's temporary table: {exc.errno} {exc.message}") \
+                            from exc
             except (ServerError, ConnectionClosed, OSError, AssertionError) as exc:
                 if isinstance(exc, LiveFinding):
                     raise
-                raise LiveFinding(f"a well-behaved client's query failed: {exc!r}")
+                raise LiveFinding(f"a well-behaved client's query failed: {exc!r}") from exc
         if len(set(ids)) != count:
             raise LiveFinding(f"{count} clients at once share upstream connections: ids {ids}")
         return ids
@@ -603,7 +605,7 @@ class LiveFuzzer:
                 value = cursor.fetchone()[0]
             connection.close()
         except pymysql.MySQLError as exc:
-            raise LiveFinding(f"PyMySQL's SELECT 1 through the extension failed: {exc!r}")
+            raise LiveFinding(f"PyMySQL's SELECT 1 through the extension failed: {exc!r}") from exc
         if value != 1:
             raise LiveFinding(f"PyMySQL's SELECT 1 returned {value!r}")
         check_sessions(self.target, POOL_SIZE)

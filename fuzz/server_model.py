@@ -200,7 +200,8 @@ class ModelServer:
         if draw.int_in(0, 3) == 0:
             return [err()]
         columns, params = draw.int_in(0, 2), draw.int_in(0, 2)
-        head = b"\x00" + (1).to_bytes(4, "little") + columns.to_bytes(2, "little") + params.to_bytes(2, "little") + b"\x00\x00\x00"
+        head = (b"\x00" + (1).to_bytes(4, "little") + columns.to_bytes(2, "little") + params.to_bytes(2, "little")
+                + b"\x00\x00\x00")
         packets = [head]
         if params:
             packets += [column(b"?") for _ in range(params)] + [eof()]

@@ -429,7 +429,7 @@ def target_relay(draw: Draw) -> None:
         server.mark()
         client, upstream = _Client(), _Upstream(server)
         sent_upstream = bytearray()
-        upstream.transport.sink = lambda data: (sent_upstream.extend(data), server.receive(data))
+        upstream.transport.sink = lambda data, sent=sent_upstream: (sent.extend(data), server.receive(data))
         relay = Relay(client, upstream, proven if draw.int_in(0, 3) else None)
         packets_sent = client_packets(draw)
         pieces = list(packets_sent) if draw.boolean() else chunks(draw, b"".join(packets_sent), 40)
@@ -466,8 +466,8 @@ def target_relay(draw: Draw) -> None:
             # the client got its own replies, nothing else: the OKs of setup statements answered
             # locally, then the server's stream less the replies to those statements
             skip = sum(server.reply_sizes[:_count_packets(client.received_local)])
-            check(client.received_relayed == delivered[skip:] if len(delivered) >= skip else not client.received_relayed,
-                  "the client received bytes that are not its replies")
+            own = client.received_relayed == delivered[skip:] if len(delivered) >= skip else not client.received_relayed
+            check(own, "the client received bytes that are not its replies")
         if not reusable:
             relay.why_not_idle  # noqa: B018 (logged by client.py: must not fail either)
             return  # the pool closes the connection: nothing of it can reach anyone
