@@ -98,7 +98,7 @@ SQL = [
     b"START TRANSACTION", b"ROLLBACK", b"SELECT * FROM fuzz_tmp", b"SELECT 1; SELECT 2",
     b"SHOW VARIABLES LIKE 'char%'", b"SELECT REPEAT('x', 100000)", b"SELECT * FROM no_such_table",
     b"SET NAMES latin1 COLLATE latin1_swedish_ci", b"SET SESSION sql_mode = 'ANSI'", b"USE appdb",
-    b"SELECT GET_LOCK('fuzz', 0)",
+    b"SELECT GET_LOCK('fuzz', 0)", b"LOAD DATA LOCAL INFILE '/tmp/fuzz.csv' INTO TABLE fuzz_rows",
 ]
 
 
@@ -244,8 +244,10 @@ def _fix_first_length(data: bytearray, rng: random.Random) -> None:
 def _m_login(rng, script):
     actor = rng.choice(script["actors"])
     login = actor.setdefault("login", {})
-    kind = rng.randrange(6)
-    if kind == 0:
+    kind = rng.randrange(7)
+    if kind == 6:  # a client that allows LOAD DATA LOCAL INFILE (CLIENT_LOCAL_FILES)
+        login["capabilities_xor"] = 1 << 7
+    elif kind == 0:
         login["flip"] = [[rng.randrange(128), rng.randrange(256)] for _ in range(rng.randint(1, 3))]
     elif kind == 1:
         login["sequence"] = rng.randrange(256)

@@ -75,14 +75,20 @@ class ModelServer:
         self._draw = draw
         self._inbox = bytearray()
         self._partial: list[bytes] = []
+        self._inbox_sequence = 0
         self.pending = bytearray()   # reply bytes produced, not yet taken
         self.reply_sizes: list[int] = []  # each reply's size in bytes, in order, since the last `mark`
         self.commands: list[int] = []     # command codes received (-1: empty packet)
         self.closed = False
+        self._file_sequence: int | None = None  # LOCAL INFILE: the next sequence id of the reply
+
+    @property
+    def reading_file(self) -> bool:
+        return self._file_sequence is not None
 
     @property
     def owes(self) -> bool:
-        return bool(self.pending) or bool(self._inbox) or bool(self._partial)
+        return bool(self.pending) or bool(self._inbox) or bool(self._partial) or self.reading_file
 
     def mark(self) -> None:
         """A new session starts on this connection: count its replies afresh."""
@@ -97,13 +103,19 @@ class ModelServer:
             length = self._inbox[0] | self._inbox[1] << 8 | self._inbox[2] << 16
             if len(self._inbox) < 4 + length:
                 return
+            if not self._partial:
+                self._inbox_sequence = self._inbox[3]
             self._partial.append(bytes(self._inbox[4:4 + length]))
             del self._inbox[:4 + length]
             if length == MAX_FRAME:
                 continue
             payload = b"".join(self._partial)
+            sequence = self._inbox_sequence
             self._partial = []
-            self._answer(payload)
+            if self.reading_file:
+                self._file_packet(payload, sequence)
+            else:
+                self._answer(payload)
             if self.closed:
                 return
 
@@ -113,6 +125,17 @@ class ModelServer:
         return piece
 
     # --- replies ------------------------------------------------------------------------------
+    def _file_packet(self, payload: bytes, sequence: int) -> None:
+        """LOAD DATA LOCAL INFILE: the server reads the file's packets to the empty one that ends
+        it, then ends the result with OK or ERR."""
+        if payload:
+            return
+        final, _ = frames(ok(affected=len(payload)) if self._draw.int_in(0, 3) else err(1261, b"Row 1 doesn't "
+                          b"contain data for all columns"), sequence + 1)
+        self._file_sequence = None
+        self.pending += final
+        self.reply_sizes[-1] += len(final)
+
     def _answer(self, payload: bytes) -> None:
         code = payload[0] if payload else -1
         self.commands.append(code)
@@ -153,11 +176,15 @@ class ModelServer:
         reply = b"".join(reply)
         self.pending += reply
         self.reply_sizes.append(len(reply))
+        if packets and packets[-1][:1] == b"\xfb":  # a LOCAL INFILE request: the file comes next
+            self._file_sequence = sequence
 
     def _query(self, payload: bytes) -> list[bytes]:
         draw = self._draw
         from dbkeeper.protocol import session_setup  # the model answers setup statements like the server
 
+        if b"LOCAL" in payload.upper() and draw.int_in(0, 3):  # the server asks for the file
+            return [b"\xfb/tmp/fuzz.csv"]
         if session_setup.classify(payload) is not None:
             # one statement (no result set, no further results): OK, or ERR if the server refuses it
             return [ok(warnings=draw.int_in(0, 1))] if draw.int_in(0, 7) else [err(1115, b"Unknown character set")]

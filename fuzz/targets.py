@@ -26,7 +26,7 @@ from pymysql.constants import CLIENT, COMMAND
 
 from dbkeeper.errors import DbkeeperError, ProtocolError
 from dbkeeper.protocol import auth, handshake, messages, packets, session_setup
-from dbkeeper.protocol.commands import EMPTY_PACKET, INTERCEPTED, CommandScanner
+from dbkeeper.protocol.commands import EMPTY_PACKET, FILE_DATA, FILE_END, INTERCEPTED, CommandScanner
 from dbkeeper.protocol.responses import ResponseTracker, closes_reply
 from dbkeeper.relay import Relay
 
@@ -205,9 +205,13 @@ def client_packets(draw: Draw, most_packets: int = 8) -> list[bytes]:
     if draw.int_in(0, 2) == 0:
         out += [frames(b"\x03" + draw.pick(_SETUP), 0)[0] for _ in range(draw.int_in(1, 3))]
     for _ in range(draw.int_in(0, most_packets)):
-        shape = draw.int_in(0, 9)
-        if shape == 0:
-            out.append(b"\x00\x00\x00" + bytes((draw.byte(),)))  # an empty packet
+        shape = draw.int_in(0, 11)
+        if shape == 10:  # a packet of a LOCAL INFILE file
+            out.append(frames(draw.raw(16) or b"x", draw.int_in(2, 4))[0])
+        elif shape == 11:  # the empty packet that ends a LOCAL INFILE file
+            out.append(b"\x00\x00\x00" + bytes((draw.int_in(2, 5),)))
+        elif shape == 0:
+            out.append(b"\x00\x00\x00\x00")  # an empty packet (a command: COM_SLEEP to the server)
         elif shape == 1:
             out.append(draw.raw(12))  # garbage, lying headers
         elif shape == 2:  # a header announcing more than follows, or a 16 MiB continuation frame
@@ -226,22 +230,32 @@ def client_stream(draw: Draw, most_packets: int = 8) -> bytes:
 _SETUP = (b"SET NAMES utf8mb4", b"SET autocommit=0", b"SET AUTOCOMMIT = 1", b"SET NAMES latin1",
           b"SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
 _COMMAND_CODES = tuple(c for c in range(0x20) if c != COMMAND.COM_PROCESS_KILL) + (COMMAND.COM_QUERY,) * 12
-_SQL = (b"SELECT 1", b"SET NAMES utf8mb4", b"SET autocommit=0", b"SET AUTOCOMMIT = 1", b"DO SLEEP(1)",
+_SQL = (b"LOAD DATA LOCAL INFILE '/tmp/fuzz.csv' INTO TABLE t",
+        b"SELECT 1", b"SET NAMES utf8mb4", b"SET autocommit=0", b"SET AUTOCOMMIT = 1", b"DO SLEEP(1)",
         b"SET NAMES latin1 COLLATE latin1_swedish_ci", b"BEGIN", b"SELECT 'secret'")
 
 
 def scan_reference(stream: bytes) -> tuple[list[int], int | None, bool]:
-    """(command codes, offset where an intercepted command starts, at a boundary at the end)."""
+    """(command codes, offset where an intercepted command starts, at a boundary at the end), read
+    as commands.py documents it: a packet starting with sequence id 0 is a command (an empty one is
+    COM_SLEEP to the server); any other sequence id continues an exchange (file data)."""
     codes, position, continuation = [], 0, False
     while position < len(stream):
-        if position + 4 >= len(stream):  # header or command byte incomplete
+        if position + 4 > len(stream):  # header incomplete
             return codes, None, False
         length = int.from_bytes(stream[position:position + 3], "little")
         if not continuation:
-            code = stream[position + 4] if length else EMPTY_PACKET  # the server reads it as COM_SLEEP
-            if code in INTERCEPTED:
-                return codes, position, True
-            codes.append(code)
+            if stream[position + 3]:
+                codes.append(FILE_DATA if length else FILE_END)
+            elif not length:
+                codes.append(EMPTY_PACKET)
+            elif position + 4 == len(stream):  # command byte not here yet
+                return codes, None, False
+            else:
+                code = stream[position + 4]
+                if code in INTERCEPTED:
+                    return codes, position, True
+                codes.append(code)
         continuation = length == MAX_FRAME
         position += 4 + length
         if position > len(stream):
