@@ -15,6 +15,7 @@ import time
 from pymysql.constants import CLIENT, COMMAND
 
 from .config import Config
+from .credentials import LocalAuth
 from .errors import DbkeeperError, PoolTimeout, ProtocolError, UpstreamError
 from .log import Logger
 from .pool import Pool
@@ -41,10 +42,10 @@ class PacketsOutOfOrder(ProtocolError):
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set, *, password_hash: bytes,
+    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set, *, local_auth: LocalAuth,
                  over_unix: bool):
         self._config = config
-        self._password_hash = password_hash
+        self._local_auth = local_auth
         self._over_unix = over_unix
         self._pool = pool
         self._log = log
@@ -169,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError("TLS requested, but the local hop does not offer it")
         sequence = packet.sequence_id
         proof, sequence = await self._switch_to_native(response.auth_plugin, response.auth_response, sequence)
-        if not self._verify(response.user, proof):
+        if not await self._verify(response.user, proof):
             self._deny(response.user, bool(proof), sequence + 1)
             return
         capabilities = response.capabilities & offered
@@ -202,10 +203,8 @@ class ClientConnection(asyncio.Protocol):
         packet = await self._read_packet(expected_sequence=(sequence + 2) & 0xFF)
         return packet.payload, packet.sequence_id
 
-    def _verify(self, user: str, proof: bytes) -> bool:
-        if user != self._config.db_user:
-            return False
-        return self._trusted or auth.verify_native(self._password_hash, self._scramble, proof)
+    async def _verify(self, user: str, proof: bytes) -> bool:
+        return await self._local_auth.verify(user, self._scramble, proof, trusted=self._trusted)
 
     def _reject_for_upstream(self, error: PoolTimeout | UpstreamError, sequence_id: int) -> None:
         if isinstance(error, PoolTimeout):
@@ -301,7 +300,7 @@ class ClientConnection(asyncio.Protocol):
         except IndexError as exc:
             raise ProtocolError("truncated COM_CHANGE_USER") from exc
         proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)
-        if not self._verify(user.decode("utf-8", "replace"), proof):
+        if not await self._verify(user.decode("utf-8", "replace"), proof):
             self._deny(user.decode("utf-8", "replace"), bool(proof), sequence + 1)
             return False, sequence
         self._settings = SessionSettings(collation_id or self._settings.collation_id,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from . import credentials
+from .aws.metrics import Counters, EmfWriter
 from .client import ClientConnection
 from .config import Config
 from .listeners import BoundListeners
 from .log import Logger
 from .pool import Pool
-from .protocol.auth import native_password_hash
 
 
 class Server:
@@ -19,22 +20,37 @@ class Server:
         self._config = config
         self._log = log
         self._listeners = listeners
-        self.pool = Pool(config, log)
+        aws = config.aws
+        self.credentials, self.local_auth = credentials.make(config, log)
+        self.identity = credentials.SandboxIdentity(aws.function_name, aws.function_version)
+        self.counters = Counters()
+        budget = None
+        if aws.budget_table:
+            from .aws.budget import Budget
+            from .aws.sdk import shared
+
+            budget = self.counters.leases = Budget(config, log, shared(config, log), self.identity)
+        self.pool = Pool(config, log, self.credentials, budget, self.counters, self.identity)
+        self.metrics = None
+        if aws.metrics:
+            self.metrics = EmfWriter(self.counters, aws.metrics_namespace, aws.metrics_dimensions,
+                                     aws.metrics_every, aws.metrics_interval)
+            self.pool.counters_session_ended = self.metrics.session_ended
         self._clients: set[ClientConnection] = set()
         self._servers: list[asyncio.AbstractServer] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        password_hash = native_password_hash(self._config.local_password)  # once, not per handshake
-
         def factory(over_unix: bool):
             return lambda: ClientConnection(self._config, self.pool, self._log, self._clients,
-                                            password_hash=password_hash, over_unix=over_unix)
+                                            local_auth=self.local_auth, over_unix=over_unix)
         if self._listeners.tcp is not None:
             self._servers.append(await loop.create_server(factory(False), sock=self._listeners.tcp))
         if self._listeners.unix is not None:
             self._servers.append(await loop.create_unix_server(factory(True), sock=self._listeners.unix))
-        self.pool.warm()
+        if not (self._config.aws.snap_start and self._config.aws.needs_sdk):
+            # SnapStart: no AWS credentials while the snapshot is taken; the first client connects
+            self.pool.warm()
         self._log.info("serving", tcp=f"127.0.0.1:{self._config.listen_port}" if self._listeners.tcp else None,
                        socket=self._listeners.unix_path)
 
@@ -48,5 +64,10 @@ class Server:
         for client in list(self._clients):
             client.close()
         upstreams = await self.pool.close()
-        return {"clients_closed": clients, "upstreams_closed": upstreams,
-                "ms": round((time.monotonic() - started) * 1000, 3)}
+        report = {"clients_closed": clients, "upstreams_closed": upstreams,
+                  "ms": round((time.monotonic() - started) * 1000, 3)}
+        if self.pool._budget is not None:
+            report["leases_released"] = self.pool.leases_released
+        if self.metrics is not None:
+            self.metrics.flush()
+        return report

@@ -16,6 +16,7 @@ from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from . import __version__
 from .config import SESSION_FLAGS, Config
+from .credentials import Target
 from .errors import ProtocolError, UpstreamError
 from .log import Logger
 from .protocol import auth, handshake, messages
@@ -61,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.secure = False
         self.collation_id = UTF8MB4_GENERAL_CI
         self.database: str | None = config.db_name
+        self._target = Target(config.db_host, config.db_port, config.db_user, config.db_password, config.db_name)
+        self._attributes = {"program_name": "dbkeeper"}
         self.multi_statements: bool | None = True
         self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
         self.resetting: asyncio.Task | None = None
@@ -141,31 +144,39 @@ class UpstreamConnection(asyncio.Protocol):
         self._relay = None
 
     # --- opening ------------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, target: Target | None = None, attributes: dict[str, str] | None = None) -> None:
+        """`target`: where and as whom (credentials.py; default: the settings); `attributes`: the
+        connection attributes the server shows in performance_schema (credentials.SandboxIdentity)."""
         config = self._config
         loop = self._loop
+        if target is not None:
+            self._target = target
+            self.database = target.database
+        if attributes is not None:
+            self._attributes = attributes
+        target = self._target
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
         except asyncio.TimeoutError as exc:
             self.abort()
-            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} timed out "
+            raise UpstreamError(f"connect to {target.host}:{target.port} timed out "
                                 f"after {config.connect_timeout * 1000:.0f} ms") from exc
         except (UpstreamError, ProtocolError) as exc:
             self.abort()
             raise UpstreamError(str(exc), getattr(exc, "errno", None), getattr(exc, "sqlstate", None)) from exc
         except OSError as exc:
             self.abort()
-            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} failed: {exc.strerror or exc}") from exc
+            raise UpstreamError(f"connect to {target.host}:{target.port} failed: {exc.strerror or exc}") from exc
 
     async def _open(self, loop) -> None:
-        config = self._config
-        await loop.create_connection(lambda: self, config.db_host, config.db_port)
+        config, target = self._config, self._target
+        await loop.create_connection(lambda: self, target.host, target.port)
         packet = await self.read_packet()
         if messages.is_err(packet.payload):
             raise _server_error("upstream refused the connection", packet.payload)
         greeting = self.greeting = handshake.parse_greeting(packet.payload)
         capabilities = (_BASE_CAPABILITIES | self.profile) & (greeting.capabilities | CLIENT.LONG_PASSWORD)
-        if config.db_name:
+        if target.database:
             capabilities |= CLIENT.CONNECT_WITH_DB
         sequence = 1
         if config.db_tls != "disabled" and greeting.capabilities & CLIENT.SSL:
@@ -180,9 +191,9 @@ class UpstreamConnection(asyncio.Protocol):
             plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
         response = handshake.HandshakeResponse(
             capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
-            user=config.db_user, auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
-            database=config.db_name, auth_plugin=plugin,
-            attributes={"_client_name": "dbkeeper", "_client_version": __version__, "program_name": "dbkeeper"},
+            user=target.user, auth_response=auth.upstream_proof(plugin, target.password, greeting.scramble, self.secure),
+            database=target.database, auth_plugin=plugin,
+            attributes={"_client_name": "dbkeeper", "_client_version": __version__, **self._attributes},
         )
         self.write_packet(handshake.build_handshake_response(response), sequence)
         await self._finish_authentication(plugin, greeting.scramble)
@@ -194,13 +205,13 @@ class UpstreamConnection(asyncio.Protocol):
         context = ssl.create_default_context(cafile=self._config.db_tls_ca)
         try:
             self.transport = await loop.start_tls(self.transport, self, context,
-                                                  server_hostname=self._config.db_host)
+                                                  server_hostname=self._target.host)
         except ssl.SSLError as exc:
             raise UpstreamError(f"TLS with the upstream failed: {exc}") from exc
         self.secure = True
 
     async def _finish_authentication(self, plugin: str, scramble: bytes) -> None:
-        password = self._config.db_password
+        password = self._target.password
         while True:
             packet = await self.read_packet()
             payload = packet.payload
@@ -307,7 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
         same driver asks for the same): all pipelined, one round trip, off the client's path."""
         kept_collation = self.collation_id
         self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
-        default = self._config.db_name
+        default = self._target.database
         if default:
             self.write_packet(bytes((COMMAND.COM_INIT_DB,)) + default.encode(), 0)
         else:

@@ -1,0 +1,238 @@
+"""Upstream credentials from AWS Secrets Manager and RDS IAM authentication tokens, and the local
+password from Secrets Manager.
+
+Secret (DBKEEPER_DB_SECRET, RDS shape {"username","password","host","port","dbname","engine"}):
+fetched at the first connect (AWSCURRENT) and cached. When the server answers 1045 with it, the
+secret is fetched again (at most once per REFETCH_AFTER) and its other versions are tried in turn:
+AWSCURRENT, AWSPREVIOUS, AWSPENDING. That covers every moment of a rotation: the database changed
+and the secret not yet (AWSPENDING), the secret changed and this sandbox's copy is old
+(AWSCURRENT), the secret changed before the database (AWSPREVIOUS).
+
+IAM (DBKEEPER_DB_IAM_AUTH): a token per connect from botocore's RDS generate_db_auth_token (a
+SigV4 presigned URL signed locally with the function's role credentials; no API call, valid 15
+min). The password field of the target is the token; upstream.py sends it with
+mysql_clear_password, over verified TLS only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from ..config import Config
+from ..credentials import Credentials, LocalAuth, Target
+from ..protocol.auth import native_password_hash, verify_native
+from .sdk import Aws, AwsError, shared
+
+STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
+REFETCH_AFTER = 5.0  # a password the server keeps refusing costs one Secrets Manager call per 5 s at most
+
+
+def _run(function, *args):
+    """Blocking SDK work on a worker thread: the event loop keeps relaying meanwhile."""
+    return asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+class SecretVersions:
+    """The versions of one secret as JSON objects, by stage; fetched on demand, cached."""
+
+    def __init__(self, aws: Aws, secret_id: str, log):
+        self._aws = aws
+        self.secret_id = secret_id
+        self._log = log
+        self.values: dict[str, dict] = {}
+        self.fetched_at = 0.0  # monotonic; 0: never
+        self._fetching: asyncio.Future | None = None
+
+    def _fetch_stages(self, stages: tuple[str, ...]) -> dict[str, dict]:
+        values = {}
+        for stage in stages:
+            try:
+                reply = self._aws.call("secretsmanager", "get_secret_value", SecretId=self.secret_id, VersionStage=stage)
+            except AwsError as exc:
+                if stage != "AWSCURRENT" and exc.code == "ResourceNotFoundException":
+                    continue  # no such version (no rotation yet, or none in progress)
+                raise
+            text = reply.get("SecretString")
+            if text is None:
+                raise AwsError(f"secret {self.secret_id} ({stage}) has no SecretString")
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = {"password": text}  # a plain-text secret is a password
+            if not isinstance(value, dict):
+                raise AwsError(f"secret {self.secret_id} ({stage}) is not a JSON object")
+            values[stage] = value
+        return values
+
+    async def fetch(self, stages: tuple[str, ...]) -> None:
+        """One fetch at a time: concurrent connects share it."""
+        if self._fetching is not None:
+            await asyncio.shield(self._fetching)
+            return
+        self._fetching = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        try:
+            values = await _run(self._fetch_stages, stages)
+        except BaseException as exc:
+            self._fetching.set_exception(exc if isinstance(exc, Exception) else AwsError("cancelled"))
+            self._fetching.exception()  # retrieved: a waiter-less failure is not "never retrieved"
+            raise
+        else:
+            self._fetching.set_result(None)
+        finally:
+            self._fetching = None
+        self.values = values
+        self.fetched_at = time.monotonic()
+        self._log.info("secret_fetched", secret=self.secret_id, stages=sorted(values),
+                       ms=round((time.monotonic() - started) * 1000, 3), sdk=self._aws.source)
+
+
+class SecretCredentials(Credentials):
+    def __init__(self, config: Config, log, aws: Aws):
+        self._config = config
+        self._log = log
+        self.versions = SecretVersions(aws, config.aws.db_secret, log)
+        self._failed: set[tuple[str, str]] = set()  # (user, password) the server refused since the last fetch
+        self._stale = True
+
+    def _target(self, stage: str, value: dict) -> Target:
+        config = self._config
+        port = value.get("port") or config.db_port
+        return Target(host=str(value.get("host") or config.db_host), port=int(port),
+                      user=str(value.get("username") or config.db_user),
+                      password=str(value.get("password") if value.get("password") is not None else config.db_password),
+                      database=str(value.get("dbname") or config.db_name or "") or None, source=f"secret:{stage}")
+
+    def candidates(self) -> list[Target]:
+        seen, targets = set(), []
+        for stage in STAGES:
+            value = self.versions.values.get(stage)
+            if value is None:
+                continue
+            target = self._target(stage, value)
+            if (target.user, target.password) not in seen:
+                seen.add((target.user, target.password))
+                targets.append(target)
+        return targets
+
+    async def get(self) -> Target:
+        if self._stale:
+            first = not self.versions.values
+            # at first only the current version (one call on the cold path); after a 1045 all of them
+            await self.versions.fetch(("AWSCURRENT",) if first else STAGES)
+            self._stale = False
+            self._failed.clear()
+        targets = self.candidates()
+        return next((t for t in targets if (t.user, t.password) not in self._failed), targets[0])
+
+    def invalidate(self, failed: Target) -> bool:
+        self._failed.add((failed.user, failed.password))
+        if time.monotonic() - self.versions.fetched_at >= REFETCH_AFTER:
+            self._stale = True
+            self._log.info("secret_refetch", secret=self.versions.secret_id, reason="access_denied",
+                           rejected=failed.source)
+            return True
+        return any((t.user, t.password) not in self._failed for t in self.candidates())
+
+
+class IamCredentials(Credentials):
+    """Host, port, user and database from `base` (the settings or the secret); the password is a
+    fresh RDS IAM authentication token for every connect."""
+
+    def __init__(self, config: Config, log, aws: Aws, base: Credentials):
+        self._config = config
+        self._aws = aws
+        self._base = base
+        self._log = log
+
+    def _token(self, target: Target) -> str:
+        client = self._aws.client("rds")
+        try:
+            return client.generate_db_auth_token(DBHostname=target.host, Port=target.port, DBUsername=target.user,
+                                                 Region=self._config.aws.region)
+        except Exception as exc:  # no credentials, no region
+            raise AwsError(f"generating an RDS IAM token failed: {exc}") from exc
+
+    async def get(self) -> Target:
+        target = await self._base.get()
+        token = await _run(self._token, target)
+        return target._replace(password=token, source="iam")
+
+    def invalidate(self, failed: Target) -> bool:
+        return False  # every connect has a new token already: a refusal is the IAM policy's
+
+
+class AwsLocalAuth(LocalAuth):
+    """The local login when a secret is involved. Users: DBKEEPER_DB_USER, else the DB secret's
+    username. Passwords: DBKEEPER_CLIENT_PASSWORD, else a key of DBKEEPER_CLIENT_PASSWORD_SECRET,
+    else the DB secret's password. Of a secret both the current and the previous version are
+    accepted, so a function that reads the secret itself logs in whether its copy or dbkeeper's
+    is the newer one; a proof matching neither makes dbkeeper fetch the secret again (at most
+    once per REFETCH_AFTER)."""
+
+    def __init__(self, config: Config, user_secret: SecretCredentials | None,
+                 password_versions: SecretVersions | None, key: str):
+        self._config = config
+        self._user_secret = user_secret
+        self._versions = password_versions
+        self._key = key
+        self._pairs: list[tuple[str, bytes]] = []
+        self._built_from: tuple[float, float] | None = None
+
+    async def _known(self) -> list[tuple[str, bytes]]:
+        users_from = self._user_secret.versions if self._user_secret is not None and not self._config.db_user else None
+        if users_from is not None and not users_from.values:
+            await self._user_secret.get()
+        if self._versions is not None and not self._versions.values:
+            await self._versions.fetch(("AWSCURRENT", "AWSPREVIOUS"))
+        stamp = (users_from.fetched_at if users_from else 0.0, self._versions.fetched_at if self._versions else 0.0)
+        if stamp != self._built_from:
+            if users_from is not None:
+                users = {str(v.get("username") or "") for v in users_from.values.values()} - {""}
+            else:
+                users = {self._config.db_user}
+            if self._versions is not None:
+                passwords = {str(v[self._key]) for stage, v in self._versions.values.items()
+                             if stage != "AWSPENDING" and v.get(self._key) is not None}
+            else:
+                passwords = {self._config.client_password or ""}
+            self._pairs = [(u, native_password_hash(p)) for u in users for p in passwords]
+            self._built_from = stamp
+        return self._pairs
+
+    async def verify(self, user: str, scramble: bytes, proof: bytes, trusted: bool = False) -> bool:
+        if self._matches(await self._known(), user, scramble, proof, trusted):
+            return True
+        if self._versions is None or time.monotonic() - self._versions.fetched_at < REFETCH_AFTER:
+            return False
+        await self._versions.fetch(("AWSCURRENT", "AWSPREVIOUS"))
+        return self._matches(await self._known(), user, scramble, proof, trusted)
+
+    @staticmethod
+    def _matches(pairs, user: str, scramble: bytes, proof: bytes, trusted: bool) -> bool:
+        return any(user == known and (trusted or verify_native(password_hash, scramble, proof))
+                   for known, password_hash in pairs)
+
+
+def make_aws_credentials(config: Config, log) -> tuple[Credentials, LocalAuth]:
+    settings = config.aws
+    aws = shared(config, log)
+    secret = SecretCredentials(config, log, aws) if settings.db_secret else None
+    credentials: Credentials = secret or Credentials(config)
+    if settings.iam_auth:
+        credentials = IamCredentials(config, log, aws, credentials)
+
+    versions, key = None, "password"
+    if config.client_password is None:
+        if settings.client_password_secret:
+            secret_id, _, key = settings.client_password_secret.partition("#")
+            key = key or "password"
+            versions = secret.versions if secret is not None and secret_id == settings.db_secret \
+                else SecretVersions(aws, secret_id, log)
+        elif secret is not None:
+            versions = secret.versions
+    if secret is None and versions is None:
+        return credentials, LocalAuth(config.db_user, [config.local_password])
+    return credentials, AwsLocalAuth(config, secret, versions, key)
