@@ -3,8 +3,8 @@ password from Secrets Manager.
 
 Secret (DBKEEPER_DB_SECRET, RDS shape {"username","password","host","port","dbname","engine"}):
 fetched at the first connect (AWSCURRENT) and cached. When the server answers 1045 with it, the
-secret is fetched again (at most once per REFETCH_AFTER) and its other versions are tried in turn:
-AWSCURRENT, AWSPREVIOUS, AWSPENDING. That covers every moment of a rotation: the database changed
+secret is fetched again (once per fetched set of versions, at most once a second) and its
+versions are tried in turn: AWSCURRENT, AWSPREVIOUS, AWSPENDING. That covers every moment of a rotation: the database changed
 and the secret not yet (AWSPENDING), the secret changed and this sandbox's copy is old
 (AWSCURRENT), the secret changed before the database (AWSPREVIOUS).
 
@@ -26,7 +26,7 @@ from ..protocol.auth import native_password_hash, verify_native
 from .sdk import Aws, AwsError, shared
 
 STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
-REFETCH_AFTER = 5.0  # a password the server keeps refusing costs one Secrets Manager call per 5 s at most
+MIN_REFETCH_INTERVAL = 1.0  # a password the server keeps refusing costs one Secrets Manager call per second at most
 
 
 def _run(function, *args):
@@ -35,15 +35,19 @@ def _run(function, *args):
 
 
 class SecretVersions:
-    """The versions of one secret as JSON objects, by stage; fetched on demand, cached."""
+    """The versions of one secret as JSON objects, by stage; fetched on demand and cached.
+    `started` is when the fetch behind `values` began: a caller that must see what the secret
+    held at some moment asks for a fetch started after it (`refresh`)."""
 
     def __init__(self, aws: Aws, secret_id: str, log):
         self._aws = aws
         self.secret_id = secret_id
         self._log = log
         self.values: dict[str, dict] = {}
-        self.fetched_at = 0.0  # monotonic; 0: never
+        self.generation = 0
+        self.started = float("-inf")  # monotonic start of the fetch behind `values`
         self._fetching: asyncio.Future | None = None
+        self._fetching_started = 0.0
 
     def _fetch_stages(self, stages: tuple[str, ...]) -> dict[str, dict]:
         values = {}
@@ -66,25 +70,38 @@ class SecretVersions:
             values[stage] = value
         return values
 
-    async def fetch(self, stages: tuple[str, ...]) -> None:
-        """One fetch at a time: concurrent connects share it."""
-        if self._fetching is not None:
-            await asyncio.shield(self._fetching)
-            return
-        self._fetching = asyncio.get_running_loop().create_future()
-        started = time.monotonic()
+    async def refresh(self, newer_than: float, stages: tuple[str, ...] = STAGES) -> None:
+        """Make `values` come from a fetch that started at or after `newer_than` (monotonic).
+        One fetch at a time, shared by every caller; at most one per MIN_REFETCH_INTERVAL."""
+        while self.started < newer_than:
+            if self._fetching is not None:
+                started = self._fetching_started
+                await asyncio.shield(self._fetching)
+                if started >= newer_than:
+                    return
+                continue
+            wait = self.started + MIN_REFETCH_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await self._fetch(stages)
+
+    async def _fetch(self, stages: tuple[str, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        future = self._fetching = loop.create_future()
+        started = self._fetching_started = time.monotonic()
         try:
             values = await _run(self._fetch_stages, stages)
         except BaseException as exc:
-            self._fetching.set_exception(exc if isinstance(exc, Exception) else AwsError("cancelled"))
-            self._fetching.exception()  # retrieved: a waiter-less failure is not "never retrieved"
+            future.set_exception(exc if isinstance(exc, Exception) else AwsError("cancelled"))
+            future.exception()  # marked retrieved: a fetch nobody else waited for is not an error
             raise
-        else:
-            self._fetching.set_result(None)
         finally:
             self._fetching = None
         self.values = values
-        self.fetched_at = time.monotonic()
+        self.started = started
+        self.generation += 1
+        future.set_result(None)
         self._log.info("secret_fetched", secret=self.secret_id, stages=sorted(values),
                        ms=round((time.monotonic() - started) * 1000, 3), sdk=self._aws.source)
 
@@ -94,8 +111,9 @@ class SecretCredentials(Credentials):
         self._config = config
         self._log = log
         self.versions = SecretVersions(aws, config.aws.db_secret, log)
-        self._failed: set[tuple[str, str]] = set()  # (user, password) the server refused since the last fetch
-        self._stale = True
+        self._failed: set[tuple[str, str]] = set()  # (user, password) refused by the server, this generation
+        self._refetch_from: float | None = None      # a 1045 asked for a fetch started after this
+        self._refetched_generation = 0               # the generation whose refusal caused a refetch
 
     def _target(self, stage: str, value: dict) -> Target:
         config = self._config
@@ -118,23 +136,31 @@ class SecretCredentials(Credentials):
         return targets
 
     async def get(self) -> Target:
-        if self._stale:
-            first = not self.versions.values
-            # at first only the current version (one call on the cold path); after a 1045 all of them
-            await self.versions.fetch(("AWSCURRENT",) if first else STAGES)
-            self._stale = False
-            self._failed.clear()
+        versions = self.versions
+        if not versions.values:
+            await versions.refresh(time.monotonic(), ("AWSCURRENT",))  # the cold path: one call
+        elif self._refetch_from is not None:
+            generation = versions.generation
+            await versions.refresh(self._refetch_from)
+            self._refetch_from = None
+            if versions.generation != generation:
+                self._failed.clear()
         targets = self.candidates()
         return next((t for t in targets if (t.user, t.password) not in self._failed), targets[0])
 
     def invalidate(self, failed: Target) -> bool:
+        """The server refused `failed` (1045): try the secret's other versions, and fetch it again
+        once (per fetched generation) — it was probably rotated."""
         self._failed.add((failed.user, failed.password))
-        if time.monotonic() - self.versions.fetched_at >= REFETCH_AFTER:
-            self._stale = True
-            self._log.info("secret_refetch", secret=self.versions.secret_id, reason="access_denied",
-                           rejected=failed.source)
+        if any((t.user, t.password) not in self._failed for t in self.candidates()):
             return True
-        return any((t.user, t.password) not in self._failed for t in self.candidates())
+        if self._refetched_generation == self.versions.generation:
+            return False  # this generation's refusal already caused a fetch: the password is wrong
+        self._refetched_generation = self.versions.generation
+        self._refetch_from = time.monotonic()
+        self._log.info("secret_refetch", secret=self.versions.secret_id, reason="access_denied",
+                       rejected=failed.source)
+        return True
 
 
 class IamCredentials(Credentials):
@@ -170,7 +196,7 @@ class AwsLocalAuth(LocalAuth):
     else the DB secret's password. Of a secret both the current and the previous version are
     accepted, so a function that reads the secret itself logs in whether its copy or dbkeeper's
     is the newer one; a proof matching neither makes dbkeeper fetch the secret again (at most
-    once per REFETCH_AFTER)."""
+    once a second; only when the secret may have changed since)."""
 
     def __init__(self, config: Config, user_secret: SecretCredentials | None,
                  password_versions: SecretVersions | None, key: str):
@@ -186,8 +212,8 @@ class AwsLocalAuth(LocalAuth):
         if users_from is not None and not users_from.values:
             await self._user_secret.get()
         if self._versions is not None and not self._versions.values:
-            await self._versions.fetch(("AWSCURRENT", "AWSPREVIOUS"))
-        stamp = (users_from.fetched_at if users_from else 0.0, self._versions.fetched_at if self._versions else 0.0)
+            await self._versions.refresh(time.monotonic())
+        stamp = (users_from.generation if users_from else 0, self._versions.generation if self._versions else 0)
         if stamp != self._built_from:
             if users_from is not None:
                 users = {str(v.get("username") or "") for v in users_from.values.values()} - {""}
@@ -203,11 +229,13 @@ class AwsLocalAuth(LocalAuth):
         return self._pairs
 
     async def verify(self, user: str, scramble: bytes, proof: bytes, trusted: bool = False) -> bool:
+        asked = time.monotonic()
         if self._matches(await self._known(), user, scramble, proof, trusted):
             return True
-        if self._versions is None or time.monotonic() - self._versions.fetched_at < REFETCH_AFTER:
-            return False
-        await self._versions.fetch(("AWSCURRENT", "AWSPREVIOUS"))
+        if self._versions is None or self._versions.started >= asked:
+            return False  # what we know was read after the client connected: the password is wrong
+        # The client read the secret before it connected: a fetch started now sees what it saw.
+        await self._versions.refresh(asked)
         return self._matches(await self._known(), user, scramble, proof, trusted)
 
     @staticmethod

@@ -135,9 +135,12 @@ class EmfWriter:
         self._last_at = time.monotonic()
         counters.borrow_waits = []
         counters._seen_waits = 0
+        timestamp = now_ms if now_ms is not None else int(time.time() * 1000)
         document = {
+            # also one of dbkeeper's JSON log lines (EMF lets the root carry other members)
+            "ts": timestamp / 1000, "level": "info", "event": "metrics", "ext": "dbkeeper",
             "_aws": {
-                "Timestamp": now_ms if now_ms is not None else int(time.time() * 1000),
+                "Timestamp": timestamp,
                 "CloudWatchMetrics": [{
                     "Namespace": self._namespace,
                     "Dimensions": [list(self._dimensions)],
