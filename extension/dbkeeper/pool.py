@@ -91,6 +91,8 @@ class Pool:
                 return await self._open(profile if profile is not None else self.profile, deadline, "borrow")
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if self._budget is not None and self._budget.waiting:
+                    raise self._budget.full()  # the open under way waits for a lease: say so
                 if self._opening and self.last_error is not None:
                     raise self.last_error  # waiting on a connect that keeps failing: say why
                 raise PoolTimeout(f"no upstream connection became free within "

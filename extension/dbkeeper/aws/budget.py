@@ -81,6 +81,8 @@ class Budget:
         self.held = 0
         self.max = self._fixed
         self._leases: set[Lease] = set()
+        self.waiting = 0  # acquires under way
+        self._last_seen = (0, self._fixed or 1)  # (leases held, limit) at the last read
 
     # --- DynamoDB, on a worker thread ----------------------------------------------------------
     async def _call(self, operation: str, **params):
@@ -135,6 +137,7 @@ class Budget:
         lease = Lease(slot, token, now, orphans)
         self._leases.add(lease)
         self.held = len(self._leases)
+        self._log.info("budget_lease_taken", slot=slot, sandbox=self._identity.sandbox_id, held=self.held)
         return lease
 
     def _limit(self, meta: int | None) -> int:
@@ -148,9 +151,22 @@ class Budget:
         return self.max
 
     # --- the pool's side ----------------------------------------------------------------------
+    def full(self, waited_ms: float | None = None) -> BudgetFull:
+        held, limit = self._last_seen
+        return BudgetFull(f"the fleet connection budget is full: {held} of {limit} leases held in DynamoDB table "
+                          f"{self._table} (budget {self._name})"
+                          + (f"; waited {waited_ms:.0f} ms" if waited_ms is not None else ""))
+
     async def acquire(self, deadline: float) -> Lease:
         """A lease for one new upstream connection; waits (polling, jittered) until `deadline`
         (event-loop time) and then raises BudgetFull."""
+        self.waiting += 1
+        try:
+            return await self._acquire(deadline)
+        finally:
+            self.waiting -= 1
+
+    async def _acquire(self, deadline: float) -> Lease:
         loop = asyncio.get_running_loop()
         wait = _WAIT_FIRST
         started = loop.time()
@@ -174,12 +190,10 @@ class Budget:
                         self._log.info("budget_lease_taken_over", slot=slot, from_sandbox=item.get("sandbox", {}).get("S"),
                                        expired_ms=now_ms - int(item["expires"]["N"]))
                         return lease
+            self._last_seen = (sum(1 for slot in slots if slot < limit), limit)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                held = sum(1 for slot, item in slots.items() if slot < limit and int(item["expires"]["N"]) >= now_ms)
-                raise BudgetFull(f"the fleet connection budget is full: {held} of {limit} leases held in "
-                                 f"DynamoDB table {self._table} (budget {self._name}); waited "
-                                 f"{(loop.time() - started) * 1000:.0f} ms")
+                raise self.full((loop.time() - started) * 1000)
             await asyncio.sleep(min(random.uniform(wait / 2, wait), remaining))
             wait = min(wait * 2, _WAIT_CAP)
 
