@@ -32,6 +32,12 @@ class FleetApi:
                 pass
 
             def _send(self, status, body: bytes, headers=None):
+                try:
+                    self._write(status, body, headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a sandbox killed at cleanup
+
+            def _write(self, status, body: bytes, headers):
                 self.send_response(status)
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
