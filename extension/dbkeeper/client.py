@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pymysql.constants import CLIENT, COMMAND
+from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from .config import Config
 from .credentials import LocalAuth
@@ -23,7 +23,7 @@ from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
 from .relay import Relay
-from .upstream import PROFILE_BITS, SessionSettings, UpstreamConnection
+from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
 # What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
 # INFILE (a proxy reading local files on a server's request is a hole), or features that
@@ -43,13 +43,14 @@ class PacketsOutOfOrder(ProtocolError):
 
 class ClientConnection(asyncio.Protocol):
     def __init__(self, config: Config, pool: Pool, log: Logger, registry: set, *, local_auth: LocalAuth,
-                 over_unix: bool):
+                 over_unix: bool, pending: dict):
         self._config = config
         self._local_auth = local_auth
         self._over_unix = over_unix
         self._pool = pool
         self._log = log
         self._registry = registry
+        self._pending = pending  # clients in their handshake, oldest first (shared by the server)
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
@@ -72,6 +73,15 @@ class ClientConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport = transport
         self._registry.add(self)
+        self._pending[self] = None
+        if len(self._pending) > self._config.max_pending_clients:
+            # A flood of clients that never finish their handshake must not lock out real ones:
+            # the oldest unfinished handshake goes (a real client finishes in well under 1 ms).
+            oldest = next(iter(self._pending))
+            oldest._reject(messages.ER_CON_COUNT_ERROR, "08004",
+                           f"Too many connections ({len(self._pending) - 1} clients still in their handshake)",
+                           "client_handshake_evicted", sequence_id=0)
+            self._pending.pop(oldest, None)
         self._started = time.monotonic()
         self._trusted = self._config.trust_unix_socket and self._over_unix
         self._arm_deadline()
@@ -97,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self._closed = True
         self._registry.discard(self)
+        self._pending.pop(self, None)
         self._disarm_deadline()
         self._wake()
         if self._task is not None and not self._task.done():
@@ -110,6 +121,16 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self):
         if self._relay is not None:
             self._relay.client_congested(False)
+
+    def upstream_busy(self) -> UpstreamConnection | None:
+        """At shutdown: this session's upstream, if a statement or reply may still be under way on it."""
+        upstream = self._upstream
+        if upstream is None:
+            return None
+        relay = self._relay
+        if relay is None:
+            return upstream if self._upstream_in_use else None
+        return None if relay.settle() else upstream
 
     # --- called by the Relay ------------------------------------------------------------------
     def set_reading(self, reading: bool) -> None:
@@ -148,21 +169,20 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     async def _handshake(self) -> None:
+        # Greet and authenticate before borrowing: a client that never finishes its handshake
+        # costs a socket (bounded by DBKEEPER_MAX_PENDING_CLIENTS and the handshake timeout), never
+        # an upstream connection.
         try:
-            upstream = await self._pool.acquire()
+            identity = await self._pool.ensure_identity()
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=0)  # instead of a greeting, as a full server does
             return
-        if self._closed:
-            self._pool.give_back_clean(upstream)
-            return
-        self._upstream = upstream
         self._scramble = auth.new_scramble()
-        offered = _OFFERED & (upstream.greeting.capabilities | CLIENT.LONG_PASSWORD)
+        offered = _OFFERED & (identity.capabilities | CLIENT.LONG_PASSWORD)
         self._write(handshake.build_greeting(handshake.Greeting(
-            server_version=upstream.greeting.server_version, connection_id=upstream.connection_id,
-            scramble=self._scramble, capabilities=offered, collation_id=upstream.collation_id,
-            status=upstream.status, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
+            server_version=identity.server_version, connection_id=self._pool.likely_connection_id(),
+            scramble=self._scramble, capabilities=offered, collation_id=UTF8MB4_GENERAL_CI,
+            status=SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
 
         packet = await self._read_packet(expected_sequence=1)
         response = handshake.parse_handshake_response(packet.payload)
@@ -177,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
         settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
                                    bool(capabilities & CLIENT.MULTI_STATEMENTS))
         try:
-            upstream = self._upstream = await self._pool.make_ready(upstream, capabilities & PROFILE_BITS)
+            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS)
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=sequence + 1)
             return
@@ -224,6 +244,7 @@ class ClientConnection(asyncio.Protocol):
         """Send the client its OK with the relay already in place: the client's next command
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
+        self._pending.pop(self, None)
         self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None)
         self._upstream.attach(self._relay)
         self._write(ok, sequence_id)

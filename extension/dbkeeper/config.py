@@ -14,6 +14,7 @@ from .errors import ConfigError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_MODES = ("disabled", "preferred", "required")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+FAIL_MODES = ("open", "closed")
 # Client capability flags that shape a session (pymysql.constants.CLIENT names); see upstream.PROFILE_BITS.
 SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS", "PS_MULTI_RESULTS")
 _TRUE = ("1", "true", "yes", "on")
@@ -56,6 +57,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
     Setting("DBKEEPER_CONNECT_TIMEOUT_MS", "2000", "Bound on one upstream connect + handshake."),
+    Setting("DBKEEPER_MAX_PENDING_CLIENTS", "128",
+            "Most local clients in their handshake at once; past it the oldest unfinished handshake is dropped "
+            "(1040), so clients that never finish cannot lock real ones out."),
+    Setting("DBKEEPER_VERIFY_AFTER_IDLE_MS", "60000",
+            "An upstream connection idle longer than this (by the monotonic, wall or boot clock: a freeze, a "
+            "SnapStart restore) gets a COM_PING before it is lent, and is replaced if it does not answer."),
     Setting("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", "10000",
             "A local client that has not finished its handshake (or a command dbkeeper answers) by then is dropped."),
     Setting("DBKEEPER_INIT_CONNECT_BUDGET_MS", "8000",
@@ -95,7 +102,13 @@ SETTINGS: tuple[Setting, ...] = (
             "A metrics line is written after this many client sessions (and at SHUTDOWN)."),
     Setting("DBKEEPER_METRICS_INTERVAL_S", "60",
             "... or at the first session end this many seconds after the last line (no timer runs across a freeze)."),
+    Setting("DBKEEPER_FAIL_MODE", "open",
+            "open: a problem at INIT (an invalid setting, a listener that cannot bind) leaves the function as "
+            "it is without the layer (the extension registers, logs init_failed and serves nothing; the wrapper "
+            "leaves DB_HOST/DB_PORT alone); closed: INIT fails with the message."),
 )
+# Set by Lambda itself: snap-start in environments restored from a SnapStart snapshot.
+INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"
 
 
 class Config(NamedTuple):
@@ -117,12 +130,16 @@ class Config(NamedTuple):
     pool_size: int
     borrow_timeout: float
     connect_timeout: float
+    max_pending_clients: int
+    verify_after_idle: float
     client_handshake_timeout: float
     init_connect_budget: float
     log_level: str
     event_loop: str
     enabled: bool
     aws: "AwsConfig"
+    fail_mode: str
+    snap_start: bool  # no upstream connection (nor credential lookup) during INIT
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={'<hidden>' if 'password' in name else repr(value)}"
@@ -168,12 +185,16 @@ class Config(NamedTuple):
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
+            max_pending_clients=parsed("DBKEEPER_MAX_PENDING_CLIENTS", _integer(1, 100_000)),
+            verify_after_idle=parsed("DBKEEPER_VERIFY_AFTER_IDLE_MS", _milliseconds(0, 86_400_000)),
             client_handshake_timeout=parsed("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", _milliseconds(10, 600_000)),
             init_connect_budget=parsed("DBKEEPER_INIT_CONNECT_BUDGET_MS", _milliseconds(0, 9_000)),
             log_level=parsed("DBKEEPER_LOG_LEVEL", _choice(LOG_LEVELS)),
             event_loop=parsed("DBKEEPER_EVENT_LOOP", _choice(EVENT_LOOPS)),
             enabled=enabled,
             aws=AwsConfig.parse(env, raw, parsed, problems),
+            fail_mode=parsed("DBKEEPER_FAIL_MODE", _choice(FAIL_MODES)),
+            snap_start=(env.get(INITIALIZATION_TYPE) or "").strip().lower() == "snap-start",
         )
         if values["listen_port"] == 0 and values["socket_path"] is None:
             problems.append("DBKEEPER_LISTEN_PORT=0 and DBKEEPER_SOCKET='' leave no listener")
@@ -204,7 +225,6 @@ class AwsConfig(NamedTuple):
     region: str | None
     function_name: str
     function_version: str
-    snap_start: bool  # AWS_LAMBDA_INITIALIZATION_TYPE=snap-start: no AWS call may happen during INIT
 
     @property
     def needs_sdk(self) -> bool:
@@ -240,8 +260,13 @@ class AwsConfig(NamedTuple):
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             function_name=function_name,
             function_version=env.get("AWS_LAMBDA_FUNCTION_VERSION", ""),
-            snap_start=env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "") == "snap-start",
         )
+def fail_mode_of(env: Mapping[str, str]) -> str:
+    """DBKEEPER_FAIL_MODE alone, for when the whole Config cannot be built: an unreadable value
+    means the default (open), the safe side for a function that worked before."""
+    setting = next(s for s in SETTINGS if s.name == "DBKEEPER_FAIL_MODE")
+    value = (_lookup(env, setting) or "").lower()
+    return value if value in FAIL_MODES else "open"
 
 
 def _lookup(env: Mapping[str, str], setting: Setting) -> str | None:

@@ -18,6 +18,9 @@ from .log import Logger
 from .server import Server
 
 _SIGTERM_GRACE_MS = 2000
+# Stop killing statements this long before the deadline: the COM_QUITs, the log line and the exit
+# still have to happen before Lambda's SIGKILL.
+_SHUTDOWN_MARGIN_S = 0.3
 
 
 def run(config: Config, log: Logger, listeners: BoundListeners, events: EventPump) -> int:
@@ -39,7 +42,8 @@ async def _serve(config: Config, log: Logger, listeners: BoundListeners, events:
                 continue  # not subscribed; nothing to do per invocation even if one comes
             if isinstance(event, ShutdownEvent):
                 received = time.time()
-                report = await server.shutdown()
+                deadline = loop.time() + (event.deadline_ms / 1000 - received) - _SHUTDOWN_MARGIN_S
+                report = await server.shutdown(deadline)
                 await asyncio.sleep(0)  # let the transports we closed run their close callbacks
                 log.info("shutdown_complete", reason=event.reason, upstreams_opened=server.pool.opened,
                          ms_left_before_deadline=round(event.deadline_ms - time.time() * 1000, 1),
@@ -47,7 +51,7 @@ async def _serve(config: Config, log: Logger, listeners: BoundListeners, events:
                 return 0
     except BaseException:
         # Lambda's API failed us (or a bug): still say goodbye to the database before the exit.
-        await server.shutdown()
+        await server.shutdown(loop.time() + 1.0)
         raise
 
 

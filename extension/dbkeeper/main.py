@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from .config import Config
+from .config import Config, fail_mode_of
 from .errors import ConfigError, DbkeeperError, ExtensionsApiError, ListenError
 from .events import ShutdownEvent
 from .extensions_api import ExtensionsApi
@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
         try:
             config = Config.from_environ(os.environ)
         except ConfigError as exc:
-            return _fail_init(api, name, log, "Extension.ConfigInvalid", exc)
+            if fail_mode_of(os.environ) == "closed":
+                return _fail_init(api, name, log, "Extension.ConfigInvalid", exc)
+            return _stay_idle(api, name, log, failed=("Extension.ConfigInvalid", exc))
         log.set_level(config.log_level)
         if not config.enabled:
             return _stay_idle(api, name, log)
@@ -42,7 +44,9 @@ def main(argv: list[str]) -> int:
 
             listeners = bind_listeners(config)
         except ListenError as exc:
-            return _fail_init(api, name, log, "Extension.ListenFailed", exc)
+            if config.fail_mode == "closed":
+                return _fail_init(api, name, log, "Extension.ListenFailed", exc)
+            return _stay_idle(api, name, log, failed=("Extension.ListenFailed", exc))
         registration = api.register(name, ["SHUTDOWN"])
     except ExtensionsApiError as exc:
         log.error("extensions_api_failed", error=str(exc), status=exc.status, error_type=exc.error_type)
@@ -71,7 +75,7 @@ def main(argv: list[str]) -> int:
 
 def _fail_init(api: ExtensionsApi, name: str, log: Logger, error_type: str, error: Exception) -> int:
     """Lambda only takes init/error from a registered extension: register, report, exit."""
-    log.error("init_failed", error_type=error_type, error=str(error))
+    log.error("init_failed", error_type=error_type, error=str(error), fail_mode="closed")
     try:
         api.register(name, ["SHUTDOWN"])
         api.init_error(error_type, str(error))
@@ -87,10 +91,16 @@ def _report_exit(api: ExtensionsApi, log: Logger, error: Exception) -> None:
         log.error("extensions_api_failed", error=str(exc))
 
 
-def _stay_idle(api: ExtensionsApi, name: str, log: Logger) -> int:
-    """DBKEEPER_ENABLED=false: a registered no-op, so the layer can stay attached."""
+def _stay_idle(api: ExtensionsApi, name: str, log: Logger, failed: tuple[str, Exception] | None = None) -> int:
+    """A registered no-op that never touches the database: DBKEEPER_ENABLED=false, or a problem at
+    INIT in fail-open mode. Nothing listens, so the wrapper leaves the function's settings alone
+    and the function connects directly, as it did without the layer."""
+    if failed is not None:
+        error_type, error = failed
+        log.error("init_failed", error_type=error_type, error=str(error), fail_mode="open",
+                  detail="dbkeeper serves nothing; the function connects to the database directly")
     api.register(name, ["SHUTDOWN"])
-    log.info("registered", extension=name, enabled=False)
+    log.info("registered", extension=name, enabled=False, serving=False)
     while True:
         event = api.next_event()
         if isinstance(event, ShutdownEvent):

@@ -1,8 +1,22 @@
-"""The pooler (PgBouncer's pooler.c): which upstream connection a client session gets.
+"""The pooler (PgBouncer's pooler.c + objects.c): which upstream connection a client session gets.
+
+Every member has one named state, changed only by `_change_state` (PgBouncer's
+`change_server_state()`), which keeps the state's collection, the member count the pool bound
+applies to, and the waiters in step: a connection can't be counted without being reachable, and
+can't be reachable after it is closed, whatever exception or cancellation interrupts its owner.
+
+    OPENING ──> LENT ──> RESETTING ──> IDLE ──> LENT ...
+       │          │          │           │
+       └──────────┴──────────┴───────────┴──> CLOSED   (failed, discarded, orphaned, shut down)
 
 A session has exclusive use of one connection. Released connections are reset in the background
-(off the next invocation's path) and checked for death without a round trip before reuse. At
-most `pool_size` connections exist; a borrower beyond that waits up to the borrow timeout.
+(off the next invocation's path) and checked before reuse: for death without a round trip always,
+with a COM_PING after a long pause (a freeze, a SnapStart restore). At most `pool_size` members
+exist; a borrower beyond that waits up to the borrow timeout.
+
+Connecting for a client is one attempt, never a retry loop: when the database refuses, the client
+hears it as fast as it would directly ("never worse than no layer"). Only the INIT-time warm-up
+retries, in the background.
 
 No timer is ever armed across a possible freeze: Lambda may stop the process at any moment and
 thaw it hours later, when every old deadline has already passed.
@@ -14,6 +28,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from enum import Enum
 
 from pymysql.constants import CLIENT
 
@@ -22,14 +37,28 @@ from .config import Config
 from .credentials import Credentials, SandboxIdentity
 from .errors import DbkeeperError, PoolTimeout, UpstreamError
 from .log import Logger
+from .protocol.handshake import Greeting
 from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
 
-# Server errors worth retrying: the server is starting, full, or briefly refusing us.
-_RETRYABLE_ERRNOS = frozenset((1040, 1203, 1205, 1226, 1290, 2002, 2003, 2006, 2013, 1927, 4031))
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
+# A wall or boot clock that ran this much further than the monotonic clock since a connection was
+# last used means the process was not running meanwhile in a way the monotonic clock hides (a
+# restore from a snapshot): check the connection as after a long pause.
+_CLOCK_JUMP = 5.0
 ER_ACCESS_DENIED = 1045
+
+
+class MemberState(Enum):
+    OPENING = "opening"
+    IDLE = "idle"
+    RESETTING = "resetting"
+    LENT = "lent"
+    CLOSED = "closed"
+
+
+_LENDABLE = (MemberState.IDLE, MemberState.RESETTING)
 
 
 class Pool:
@@ -42,94 +71,167 @@ class Pool:
         self._credentials = credentials or Credentials(config)
         self._budget = budget  # aws.budget.Budget or None: a lease around every upstream connection
         self._leases: dict[UpstreamConnection, object] = {}
+        self._releases: set[asyncio.Task] = set()
         self.counters = counters or Counters()
+        self.counters_session_ended = None  # called after every client session (metrics: no timer)
         self._identity = identity or SandboxIdentity(config.aws.function_name, config.aws.function_version)
-        self._idle: deque[UpstreamConnection] = deque()
-        self._members: set[UpstreamConnection] = set()
-        self._opening = 0
+        self._lendable: deque[UpstreamConnection] = deque()  # IDLE and RESETTING, oldest first
+        self._members: set[UpstreamConnection] = set()       # every state but CLOSED
         self._changed: asyncio.Future | None = None
         self._closing = False
         self._warm_task: asyncio.Task | None = None
-        self._hurry: asyncio.Future | None = None  # set while an open waits out its backoff
+        self.janitor = None  # janitor.Janitor: kills the statements of connections nobody waits for
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
         self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
         self.proven_setup = ProvenSetup()  # setup statements the server accepted (relay.py holds them)
+        self.identity: Greeting | None = None  # the server's greeting, for greeting clients
         self.last_error: UpstreamError | None = None
-        self.counters_session_ended = None  # called after every client session (metrics: no timer)
-        self._releases: set[asyncio.Task] = set()
-        self.leases_released = 0
+        self._slow_failure_at: float | None = None  # when an attempt last failed by timing out
+
+    # --- states -------------------------------------------------------------------------------
+    def _change_state(self, connection: UpstreamConnection, new: MemberState, reason: str = "") -> None:
+        old = connection.pool_state
+        if old is new or old is MemberState.CLOSED:
+            return
+        connection.pool_state = new
+        if old in _LENDABLE:
+            self._lendable.remove(connection)
+        if new in _LENDABLE:
+            self._lendable.append(connection)
+        if new is MemberState.CLOSED:
+            self._members.discard(connection)
+            if old is not MemberState.OPENING:
+                self.counters.closed(reason)
+                self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
+            lease = self._leases.pop(connection, None)
+            if lease is not None:  # a task: it runs after the caller's COM_QUIT (or abort) is written
+                self._give_back(lease)
+        else:
+            self._members.add(connection)
+        if self._log.enabled("debug"):
+            self._log.debug("upstream_state", connection_id=connection.connection_id, old=old.value if old else None,
+                            new=new.value, reason=reason or None)
+        self._notify()
+
+    def _close(self, connection: UpstreamConnection, reason: str, *, orphaned: bool = False) -> None:
+        """Take a member out of the pool for good. `orphaned`: a statement of a session that is
+        gone may still run on it; the server would run it to the end (and hold its locks), so
+        the janitor KILLs it."""
+        self._change_state(connection, MemberState.CLOSED, reason)
+        if orphaned and self.janitor is not None and connection.greeting is not None:
+            self.janitor.kill_later(connection.connection_id, reason)
+            connection.abort()
+        else:
+            connection.quit()
+
+    def discard(self, connection: UpstreamConnection, reason: str) -> None:
+        """Close a LENT connection whose stream is in an unknown state (no KILL: nothing of a
+        session runs there)."""
+        connection.detach()
+        if connection.pool_state is MemberState.LENT:
+            self._close(connection, reason)
+
+    @property
+    def size(self) -> int:
+        return len(self._members)
+
+    def likely_connection_id(self) -> int:
+        """For a greeting, before the session has a connection: the one it will most likely get."""
+        return self._lendable[0].connection_id if self._lendable else 0
+
+    def lent(self) -> list[UpstreamConnection]:
+        return [c for c in self._members if c.pool_state is MemberState.LENT]
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An IDLE connection, LENT to the caller (the janitor runs its KILLs on one)."""
+        for connection in self._lendable:
+            if connection.pool_state is MemberState.IDLE and not connection.looks_dead():
+                self._change_state(connection, MemberState.LENT)
+                return connection
+        return None
 
     # --- borrowing ----------------------------------------------------------------------------
-    async def acquire(self, profile: int | None = None) -> UpstreamConnection:
-        """A connection for one client session, quickly: it may still be resetting after its last
-        session, which `make_ready` waits for while the client authenticates. `profile` None takes
-        any idle connection."""
+    async def borrow(self, profile: int) -> UpstreamConnection:
+        """A ready connection with `profile`, exclusively the caller's (LENT). Raises PoolTimeout
+        or UpstreamError, and then the caller holds nothing: whatever interrupts the borrow
+        (an error, the client's task cancelled) leaves every member counted where it is."""
         started = self._loop.time()
         try:
-            connection = await self._acquire(profile)
+            connection = await self._borrow(profile)
         except PoolTimeout:
             self.counters.rejected_too_many += 1  # the client gets 1040
             raise
         self.counters.waited((self._loop.time() - started) * 1000)
         return connection
 
-    async def _acquire(self, profile: int | None) -> UpstreamConnection:
+    async def _borrow(self, profile: int) -> UpstreamConnection:
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
-            while self._idle:
-                connection = self._idle.popleft()
-                if connection.closed:
-                    self._discard(connection, "closed")
-                    continue
-                return connection
-            if len(self._members) < self._config.pool_size and not self._opening:
-                return await self._open(profile if profile is not None else self.profile, deadline, "borrow")
+            if self._lendable:
+                connection = self._lendable[0]
+                resetting = connection.pool_state is MemberState.RESETTING
+                self._change_state(connection, MemberState.LENT)
+                try:
+                    if await self._ready(connection, profile, deadline, resetting):
+                        return connection
+                except BaseException:
+                    # the client went away meanwhile: a reset goes on in the pool's hands; a ping
+                    # cut off leaves a reply in the stream, so that connection goes
+                    if connection.pool_state is MemberState.LENT:
+                        if connection.resetting is not None:
+                            self._change_state(connection, MemberState.RESETTING)
+                        else:
+                            self._close(connection, "borrow_interrupted")
+                    raise
+                continue
+            if len(self._members) < self._config.pool_size:
+                return await self._open_for_client(profile, deadline)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if self._budget is not None and self._budget.waiting:
                     raise self._budget.full()  # the open under way waits for a lease: say so
-                if self._opening and self.last_error is not None:
-                    raise self.last_error  # waiting on a connect that keeps failing: say why
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
-            if self._hurry is not None and not self._hurry.done():
-                self._hurry.set_result(None)  # a client is waiting: the open in backoff tries again now
             await self._wait_for_change(remaining)
 
-    async def make_ready(self, connection: UpstreamConnection, profile: int) -> UpstreamConnection:
-        """Wait for the connection's reset, then make sure it is alive and has the client's
-        profile; otherwise replace it. The result is exclusively the caller's."""
-        loop = self._loop
-        deadline = loop.time() + self._config.borrow_timeout
-        while True:
-            reason = None
-            if connection.resetting is not None:
-                done, _ = await asyncio.wait((connection.resetting,), timeout=max(deadline - loop.time(), 0))
-                if not done:
-                    reason = "reset_timeout"
-            if reason is None:
-                if connection.closed or connection not in self._members:
-                    reason = "closed"
-                elif connection.looks_dead():
-                    reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
-                elif connection.profile != profile:
-                    reason = "profile_changed"
-                elif self._budget is None or await self._lease_still_held(connection):
-                    return connection
-                else:
-                    reason = "lease_lost"
-            self._discard(connection, reason)
-            connection = await self.acquire(profile)
+    async def _ready(self, connection: UpstreamConnection, profile: int, deadline: float, resetting: bool) -> bool:
+        """Is this LENT connection fit for a new session? If not, it is closed (False)."""
+        if resetting and connection.resetting is not None:
+            done, _ = await asyncio.wait((connection.resetting,), timeout=max(deadline - self._loop.time(), 0))
+            if not done:
+                self._close(connection, "reset_timeout", orphaned=True)
+                return False
+        if connection.closed:
+            reason = "closed"
+        elif connection.looks_dead():
+            reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
+        elif connection.profile != profile:
+            reason = "profile_changed"
+        elif self._paused(connection) and not await connection.ping(self._config.connect_timeout):
+            reason = "ping_failed"  # silently gone: a restore from a snapshot, a failover
+        elif self._budget is not None and not await self._lease_still_held(connection):
+            reason = "lease_lost"  # reaped while this sandbox was frozen: the server may have killed it
+        else:
+            return True
+        self._close(connection, reason)
+        return False
+
+    def _paused(self, connection: UpstreamConnection) -> bool:
+        """Idle longer than DBKEEPER_VERIFY_AFTER_IDLE_MS by any clock, or the clocks disagree."""
+        mono, wall = connection.last_used
+        mono_idle = time.monotonic() - mono
+        wall_idle = time.time() - wall
+        return max(mono_idle, wall_idle) > self._config.verify_after_idle or wall_idle - mono_idle > _CLOCK_JUMP \
+            or mono_idle < 0 or wall_idle < -_CLOCK_JUMP
 
     async def _lease_still_held(self, connection: UpstreamConnection) -> bool:
-        """The connection's budget lease, renewed when due; False when it was lost (reaped while
-        this sandbox was frozen: the server may have killed the session already)."""
+        """The connection's budget lease, renewed when due; False when it was lost."""
         try:
             lease = await self._budget.check(self._leases.get(connection), connection)
         except DbkeeperError as exc:  # DynamoDB unreachable: keep serving on the lease we have
@@ -142,25 +244,28 @@ class Pool:
         return True
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
+        """The session that borrowed `connection` is over. Not `reusable`: something may still
+        run on it, or its stream is lost: closed, its statement killed."""
         self.counters.sessions += 1
         if self.counters_session_ended is not None:
             self.counters_session_ended()
         connection.detach()
-        if connection.resetting is not None and reusable and not self._closing:
-            # the session ended before make_ready finished: it sent nothing, the reset goes on
-            self._idle.append(connection)
-        elif self._closing or not reusable or connection.closed:
-            self._discard(connection, "not_reusable" if not reusable else "closed")
+        if connection.pool_state is not MemberState.LENT:
+            return
+        if self._closing or connection.closed:
+            self._close(connection, "closed")
+        elif not reusable:
+            self._close(connection, "not_reusable", orphaned=True)
         else:
+            self._change_state(connection, MemberState.RESETTING)
             connection.resetting = self._loop.create_task(self._reset(connection))
-            self._idle.append(connection)
-        self._notify()
 
     def give_back_clean(self, connection: UpstreamConnection) -> None:
-        """Return a connection no session has used (nothing to reset)."""
+        """Return a LENT connection no session has changed (nothing to reset)."""
         connection.detach()
-        self._idle.appendleft(connection)
-        self._notify()
+        if connection.pool_state is MemberState.LENT:
+            connection.mark_used()
+            self._change_state(connection, MemberState.IDLE)
 
     async def _reset(self, connection: UpstreamConnection) -> None:
         started = time.monotonic()
@@ -168,9 +273,12 @@ class Pool:
             await connection.reset()
         except UpstreamError as exc:
             self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
-            self._discard(connection, "reset_failed")
+            self._close(connection, "reset_failed", orphaned=True)
         else:
             self.counters.resets += 1
+            connection.mark_used()
+            if connection.pool_state is MemberState.RESETTING:
+                self._change_state(connection, MemberState.IDLE)
             if self._log.enabled("debug"):
                 self._log.debug("upstream_reset", connection_id=connection.connection_id,
                                 ms=round((time.monotonic() - started) * 1000, 3))
@@ -185,71 +293,95 @@ class Pool:
         self._warm_task = self._loop.create_task(self._warm(deadline))
 
     async def _warm(self, deadline: float) -> None:
-        try:
-            connection = await self._open(self.profile, deadline, "init")
-        except UpstreamError as exc:
-            self._log.warning("upstream_unavailable", error=str(exc), errno=exc.errno,
-                              detail="will connect again when a client needs it")
-            return
-        self.give_back_clean(connection)
-
-    async def _open(self, profile: int, deadline: float, reason: str) -> UpstreamConnection:
-        loop = self._loop
         attempt = 0
-        self._opening += 1
+        while not self._closing and len(self._members) < self._config.pool_size:
+            attempt += 1
+            try:
+                connection = await self._open(self.profile, "init", attempt, deadline)
+            except UpstreamError as exc:
+                backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
+                if self._closing or self._loop.time() + backoff >= deadline or self._lendable:
+                    self._log.warning("upstream_unavailable", error=str(exc), errno=exc.errno,
+                                      detail="will connect again when a client needs it")
+                    return
+                await asyncio.sleep(backoff)
+                continue
+            self.give_back_clean(connection)
+            return
+
+    async def ensure_identity(self) -> Greeting:
+        """The server's greeting, connecting once if no connection ever succeeded (the first
+        client after a SnapStart restore, or after an INIT that could not reach the database)."""
+        if self.identity is None:
+            connection = await self.borrow(self.profile)
+            self.give_back_clean(connection)
+        assert self.identity is not None
+        return self.identity
+
+    async def _open_for_client(self, profile: int, deadline: float) -> UpstreamConnection:
+        slow_at = self._slow_failure_at
+        if slow_at is not None and self.last_error is not None \
+                and time.monotonic() - slow_at < self._config.connect_timeout:
+            # the last attempt hung until its timeout a moment ago: don't make this client wait too
+            raise self.last_error
+        return await self._open(profile, "borrow", 1, deadline)
+
+    async def _open(self, profile: int, reason: str, attempt: int, deadline: float) -> UpstreamConnection:
+        """One connect attempt (with the fleet budget's lease, when there is one; `deadline`, loop
+        time, bounds the wait for it). A refusal (1045) of credentials the provider can replace
+        (a rotated secret) is retried at once with the new ones. The new member is LENT to the
+        caller, or CLOSED on any exception."""
+        connection = UpstreamConnection(self._config, self._log, profile)
+        self._change_state(connection, MemberState.OPENING)
+        started = time.monotonic()
         lease = None
         try:
             if self._budget is not None:
                 lease = await self._take_lease(deadline)
             while True:
-                attempt += 1
-                connection = UpstreamConnection(self._config, self._log, profile)
-                self._members.add(connection)
-                started = time.monotonic()
-                target = None
+                target = await self._login()
                 try:
-                    target = await self._login()
                     await connection.open(target, self._identity.attributes(lease.token if lease else None))
+                    break
                 except UpstreamError as exc:
-                    self._members.discard(connection)
-                    self.last_error = exc
-                    if exc.errno == ER_ACCESS_DENIED and target is not None and self._credentials.invalidate(target):
-                        # the password was rotated: the provider has another one to try, now
-                        self._log.warning("upstream_connect_failed", attempt=attempt, error=str(exc),
-                                          errno=exc.errno, retrying=True, credentials=target.source)
-                        continue
-                    retryable = exc.errno is None or exc.errno in _RETRYABLE_ERRNOS
-                    backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
-                    last = not retryable or self._closing or loop.time() + backoff >= deadline
-                    self._log.warning("upstream_connect_failed", attempt=attempt, error=str(exc),
-                                      errno=exc.errno, retrying=not last)
-                    if last:
+                    if exc.errno != ER_ACCESS_DENIED or not self._credentials.invalidate(target):
                         raise
-                    await self._back_off(backoff)
-                    continue
-                if self._closing:
-                    connection.quit()
-                    self._members.discard(connection)
-                    raise UpstreamError("dbkeeper is shutting down")
-                if lease is not None:
-                    self._leases[connection] = lease
-                    await self._budget_opened(lease, connection)
-                    lease = None  # the connection's now: given back when it closes
-                self.opened += 1
-                self.counters.upstreams_opened += 1
-                self.last_error = None
-                self.profile = profile
-                greeting = connection.greeting
-                self._log.info("upstream_connected", reason=reason, attempt=attempt,
-                               ms=round((time.monotonic() - started) * 1000, 3),
-                               connection_id=greeting.connection_id, server_version=greeting.server_version,
-                               tls=connection.secure, opened_total=self.opened)
-                return connection
-        finally:
+                    self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
+                                      errno=exc.errno, credentials=target.source, retrying=True)
+                    replaced, connection = connection, UpstreamConnection(self._config, self._log, profile)
+                    self._change_state(connection, MemberState.OPENING)
+                    self._change_state(replaced, MemberState.CLOSED, "connect_failed")
+            if self._closing:
+                raise UpstreamError("dbkeeper is shutting down")
+            if lease is not None:
+                await self._budget_opened(lease, connection)
+        except BaseException as exc:
+            self._change_state(connection, MemberState.CLOSED, "connect_failed")
+            connection.abort()
             if lease is not None:  # taken, but no connection came of it
                 self._give_back(lease)
-            self._opening -= 1
-            self._notify()
+            if isinstance(exc, UpstreamError):
+                self.last_error = exc
+                took = time.monotonic() - started
+                self._slow_failure_at = time.monotonic() if took >= self._config.connect_timeout * 0.9 else None
+                self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
+                                  errno=exc.errno, ms=round(took * 1000, 3))
+            raise
+        if lease is not None:
+            self._leases[connection] = lease  # given back when the connection closes
+        self._change_state(connection, MemberState.LENT)
+        connection.mark_used()
+        self.opened += 1
+        self.counters.upstreams_opened += 1
+        self.last_error = None
+        self._slow_failure_at = None
+        self.profile = profile
+        greeting = self.identity = connection.greeting
+        self._log.info("upstream_connected", reason=reason, attempt=attempt,
+                       ms=round((time.monotonic() - started) * 1000, 3),
+                       connection_id=greeting.connection_id, server_version=greeting.server_version,
+                       tls=connection.secure, opened_total=self.opened)
+        return connection
 
     async def _login(self):
         """The provider's target (settings, secret, IAM token); its failures are connect failures."""
@@ -259,6 +391,10 @@ class Pool:
             raise
         except DbkeeperError as exc:
             raise UpstreamError(f"credentials unavailable: {exc}") from exc
+
+    async def side_login(self):
+        """Target and connection attributes for a connection outside the pool (the janitor's KILLs)."""
+        return await self._login(), self._identity.attributes()
 
     async def _take_lease(self, deadline: float):
         try:
@@ -279,28 +415,7 @@ class Pool:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _back_off(self, seconds: float) -> None:
-        """Jittered backoff between connect attempts, cut short by a client that needs a connection:
-        the database may be back, and the client must not wait out a backoff chosen before."""
-        self._hurry = self._loop.create_future()
-        try:
-            await asyncio.wait((self._hurry,), timeout=seconds)
-        finally:
-            self._hurry = None
-
     # --- bookkeeping --------------------------------------------------------------------------
-    def _discard(self, connection: UpstreamConnection, reason: str) -> None:
-        if connection in self._idle:
-            self._idle.remove(connection)
-        if connection in self._members:
-            self._members.discard(connection)
-            self.counters.closed(reason)
-            self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
-        connection.quit()
-        lease = self._leases.pop(connection, None)
-        if lease is not None:  # after the COM_QUIT: the server never holds more sessions than leases
-            self._give_back(lease)
-
     def _notify(self) -> None:
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
@@ -311,21 +426,32 @@ class Pool:
             self._changed = self._loop.create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
 
-    async def close(self) -> int:
-        """Close every connection with COM_QUIT. Returns how many were open."""
+    async def close(self, busy: set[UpstreamConnection], deadline: float) -> dict:
+        """Shut down: KILL what runs on `busy` connections (and on any still resetting), bounded
+        by `deadline` (loop time), then COM_QUIT every connection. Returns counts for the log."""
         self._closing = True
         if self._warm_task is not None:
             self._warm_task.cancel()
         members = list(self._members)
-        for connection in members:
+        doomed = [c for c in members if c in busy or c.pool_state in (MemberState.RESETTING, MemberState.OPENING)]
+        to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
+        for connection in doomed:
             if connection.resetting is not None:
                 connection.resetting.cancel()
-            connection.quit()
-            self.counters.closed("shutdown")
-        self._members.clear()
-        self._idle.clear()
-        self._notify()
-        if self._budget is not None:  # after every COM_QUIT, within SHUTDOWN's budget
-            self._leases.clear()
-            self.leases_released = await self._budget.close(timeout=1.0, pending=list(self._releases))
-        return len(members)
+        killed = 0
+        if to_kill and self.janitor is not None:
+            killed = await self.janitor.kill_now(to_kill, deadline)
+        for connection in members:
+            self._change_state(connection, MemberState.CLOSED, "shutdown")
+            if connection in doomed:
+                connection.abort()  # a COM_QUIT would be read only after the statement ends
+            else:
+                connection.quit()
+        if self.janitor is not None:
+            self.janitor.close()
+        report = {"upstreams_closed": len(members), "statements_killed": killed}
+        self.counters.killed_at_shutdown += killed
+        if self._budget is not None:  # after every COM_QUIT: the server never holds more sessions than leases
+            timeout = max(0.05, min(1.0, deadline - self._loop.time()))
+            report["leases_released"] = await self._budget.close(timeout, pending=list(self._releases))
+        return report

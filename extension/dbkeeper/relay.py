@@ -168,7 +168,7 @@ class Relay:
         if not self._replies_ended():
             self._feed_tracker()
         for code in commands:
-            if code not in NO_REPLY and code >= 0:
+            if code not in NO_REPLY:
                 self._expected.append(code)
             if code == COMMAND.COM_SET_OPTION:
                 self.upstream.forget_options()

@@ -8,7 +8,9 @@ a Relay while a client session owns it.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 from typing import NamedTuple
 
 from pymysql.charset import charset_by_id
@@ -67,6 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.multi_statements: bool | None = True
         self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
         self.resetting: asyncio.Task | None = None
+        self.pool_state = None  # pool.MemberState, changed only by the pool's _change_state
+        self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -134,6 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
             return True
         finally:
             probe.detach()
+
+    def mark_used(self) -> None:
+        self.last_used = (time.monotonic(), time.time())
 
     def attach(self, relay) -> None:
         if self._inbox or self._packets.take_rest():
@@ -317,6 +324,10 @@ class UpstreamConnection(asyncio.Protocol):
         character set the last session started with is set again too (the next session of the
         same driver asks for the same): all pipelined, one round trip, off the client's path."""
         kept_collation = self.collation_id
+        # The reply to a SELECT of a fresh nonce comes last, after every reply owed before it: if
+        # any reply the relay lost count of is still on its way, the replies read here are out of
+        # step and the nonce does not match, so the connection is never lent in that state.
+        nonce = os.urandom(8).hex().encode()
         self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
         default = self._target.database
         if default:
@@ -326,6 +337,7 @@ class UpstreamConnection(asyncio.Protocol):
         set_names = _SET_NAMES.get(kept_collation) if kept_collation != UTF8MB4_GENERAL_CI else None
         if set_names:  # the statement that worked for this collation before
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
+        self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT '" + nonce + b"'", 0)
         reply = (await self.read_packet()).payload
         if not messages.is_ok(reply):
             raise _server_error("COM_RESET_CONNECTION failed", reply)
@@ -336,9 +348,8 @@ class UpstreamConnection(asyncio.Protocol):
                 raise _server_error("selecting the default database failed", reply)
             self.status = messages.ok_status(reply)
         else:
-            # column count, column definition, EOF, one row, EOF
-            packets = [await self.read_packet() for _ in range(5)]
-            if packets[3].payload != b"\xfb":
+            row = await self._read_one_value()
+            if row != b"\xfb":
                 raise UpstreamError("a session selected a database and none is configured to return to "
                                     "(set DBKEEPER_DB_NAME)")
         self.database = default
@@ -346,7 +357,42 @@ class UpstreamConnection(asyncio.Protocol):
             reply = (await self.read_packet()).payload
             if messages.is_ok(reply):
                 self.collation_id = kept_collation
+            elif not messages.is_err(reply):
+                raise UpstreamError("reset out of step with the server (SET NAMES)")
             # an ERR leaves the handshake's character set, which the next session's prepare() sees
+        if await self._read_one_value() != bytes((len(nonce),)) + nonce:
+            raise UpstreamError("reset out of step with the server (sync marker)")
+
+    async def _read_one_value(self) -> bytes:
+        """The one row of a one-column, one-row text result (column count, definition, EOF, row,
+        EOF); the row's raw payload. UpstreamError if the replies have another shape."""
+        packets = [(await self.read_packet()).payload for _ in range(5)]
+        if packets[0] != b"\x01" or packets[2][:1] != b"\xfe" or packets[4][:1] != b"\xfe" \
+                or len(packets[2]) >= 9 or len(packets[4]) >= 9:
+            raise UpstreamError("reset out of step with the server (unexpected reply shape)")
+        return packets[3]
+
+    async def ping(self, timeout: float) -> bool:
+        """One COM_PING round trip, bounded: is the server still there?"""
+        try:
+            return messages.is_ok(await asyncio.wait_for(self.command(COMMAND.COM_PING), timeout))
+        except (asyncio.TimeoutError, UpstreamError, ProtocolError):
+            return False
+
+    async def kill(self, connection_ids: list[int]) -> int:
+        """KILL CONNECTION each id, pipelined: the statement running there stops and its locks are
+        released (a user may always kill its own threads). Returns how many the server killed;
+        an id already gone is not an error."""
+        for connection_id in connection_ids:
+            self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"KILL CONNECTION %d" % connection_id, 0)
+        killed = 0
+        for connection_id in connection_ids:
+            reply = (await self.read_packet()).payload
+            if messages.is_ok(reply):
+                killed += 1
+            elif messages.is_err(reply) and messages.parse_err(reply).errno != ER_NO_SUCH_THREAD:
+                self._log.warning("kill_failed", connection_id=connection_id, error=messages.parse_err(reply).message)
+        return killed
 
     def quit(self) -> None:
         """Say goodbye so the server ends the session at once, then close. Never waits."""
@@ -381,3 +427,4 @@ def _set_names_candidates(collation_id: int) -> list[bytes]:
 # collation id -> the SET NAMES statements worth trying, first the one known to work
 _SET_NAMES: dict[int, list[bytes]] = {}
 ER_UNKNOWN_COLLATION = 1273
+ER_NO_SUCH_THREAD = 1094

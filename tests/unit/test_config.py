@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbkeeper.config import SETTINGS, Config
+from dbkeeper.config import fail_mode_of, SETTINGS, Config
 from dbkeeper.errors import ConfigError
 
 MINIMAL = {"DB_HOST": "db.example", "DB_USER": "app"}
@@ -50,6 +50,8 @@ def test_every_setting_is_parsed():
         "DBKEEPER_BUDGET_MAX": "80%", "DBKEEPER_BUDGET_NAME": "fleet", "DBKEEPER_BUDGET_LEASE_S": "60",
         "DBKEEPER_METRICS": "off", "DBKEEPER_METRICS_NAMESPACE": "ns", "DBKEEPER_METRICS_DIMENSIONS": "service=a, stage=b",
         "DBKEEPER_METRICS_EVERY": "7", "DBKEEPER_METRICS_INTERVAL_S": "9",
+        "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
     }
     config = Config.from_environ(env)
     aws = config.aws
@@ -67,6 +69,8 @@ def test_every_setting_is_parsed():
     assert config.client_handshake_timeout == 1.5
     assert config.client_flags == ("FOUND_ROWS", "MULTI_RESULTS")
     assert config.hold_setup is False
+    assert config.fail_mode == "closed" and config.max_pending_clients == 7 and config.verify_after_idle == 2.5
+    assert config.snap_start is True
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
@@ -77,6 +81,7 @@ def test_every_setting_is_parsed():
     ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
     ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
     ("DBKEEPER_ENABLED", "perhaps"), ("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS,COMPRESS"),
+    ("DBKEEPER_FAIL_MODE", "ajar"), ("DBKEEPER_MAX_PENDING_CLIENTS", "0"), ("DBKEEPER_VERIFY_AFTER_IDLE_MS", "-1"),
 ])
 def test_a_bad_value_fails_with_a_message_naming_the_setting(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -136,7 +141,7 @@ def test_aws_features_are_off_by_default_and_metrics_on_with_the_function_as_ser
     config = Config.from_environ({**MINIMAL, "AWS_LAMBDA_FUNCTION_NAME": "orders", "AWS_LAMBDA_FUNCTION_VERSION": "7"})
     assert not config.aws.needs_sdk
     assert config.aws.metrics and config.aws.metrics_dimensions == (("service", "orders"),)
-    assert (config.aws.function_name, config.aws.function_version, config.aws.snap_start) == ("orders", "7", False)
+    assert (config.aws.function_name, config.aws.function_version, config.snap_start) == ("orders", "7", False)
 
 
 def test_a_secret_makes_host_and_user_optional():
@@ -156,3 +161,13 @@ def test_an_inconsistent_aws_setting_is_named(env, problem):
     with pytest.raises(ConfigError) as raised:
         Config.from_environ({**MINIMAL, **env})
     assert problem in str(raised.value)
+def test_snap_start_is_off_unless_lambda_says_the_environment_is_restored_from_a_snapshot():
+    assert Config.from_environ(MINIMAL).snap_start is False
+    assert Config.from_environ({**MINIMAL, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}).snap_start is False
+
+
+@pytest.mark.parametrize("value, mode", [(None, "open"), ("closed", "closed"), (" CLOSED ", "closed"),
+                                         ("open", "open"), ("ajar", "open")])
+def test_the_fail_mode_is_read_alone_when_the_rest_of_the_config_is_broken(value, mode):
+    env = {"DBKEEPER_POOL_SIZE": "lots"} | ({"DBKEEPER_FAIL_MODE": value} if value is not None else {})
+    assert fail_mode_of(env) == mode

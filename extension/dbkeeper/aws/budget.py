@@ -334,8 +334,4 @@ async def kill_sessions(connection, tokens, log) -> int:
     except UpstreamError as exc:
         log.warning("budget_orphans_not_found", reason=str(exc))
         return 0
-    killed = 0
-    for (thread_id,) in rows:
-        reply = await connection.command(COMMAND.COM_QUERY, f"KILL CONNECTION {int(thread_id)}".encode())
-        killed += messages.is_ok(reply)
-    return killed
+    return await connection.kill([int(thread_id) for (thread_id,) in rows]) if rows else 0

@@ -13,6 +13,9 @@ from pymysql.constants import COMMAND
 from .packets import HEADER_SIZE, MAX_FRAME
 
 COM_RESET_CONNECTION = 0x1F  # MySQL 5.7+/MariaDB 10.2+; pymysql.constants.COMMAND calls it COM_END
+# The server reads an empty packet as COM_SLEEP (MariaDB's do_command, MySQL's alike) and answers it
+# like any unknown command: one ERR 1047. It is a command that owes one reply, never "nothing".
+EMPTY_PACKET = COMMAND.COM_SLEEP
 
 INTERCEPTED = frozenset((COMMAND.COM_QUIT, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 NO_REPLY = frozenset((COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE))
@@ -47,7 +50,7 @@ class CommandScanner:
             length = data[position] | data[position + 1] << 8 | data[position + 2] << 16
             if not self._continuation:
                 if length == 0:
-                    commands.append(-1)  # an empty packet: not a command (the server will reject it)
+                    commands.append(EMPTY_PACKET)
                 else:
                     code = data[position + HEADER_SIZE]
                     if code in INTERCEPTED:

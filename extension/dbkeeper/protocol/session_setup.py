@@ -18,10 +18,16 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 from .messages import OK_HEADER, ok_payload
 from .packets import read_lenenc_int
 
+# Patterns run on text already stripped of surrounding white space and one trailing ';' (by
+# bytes.strip, which is linear), and every quantifier in them is followed by a token it cannot
+# match: each match is linear in the statement's length. Two adjacent `\s*` around an optional
+# `;` backtracked quadratically (a first COM_QUERY of spaces stalled the loop for seconds).
 _NAME = rb"""(?:[A-Za-z0-9_]+|'[A-Za-z0-9_]+'|"[A-Za-z0-9_]+"|`[A-Za-z0-9_]+`)"""
-_SET_NAMES = re.compile(rb"\s*SET\s+NAMES\s+" + _NAME + rb"(?:\s+COLLATE\s+" + _NAME + rb")?\s*;?\s*\Z", re.I)
-_SET_AUTOCOMMIT = re.compile(rb"\s*SET\s+(?:SESSION\s+|@@(?:SESSION\.)?)?AUTOCOMMIT\s*=\s*"
-                             rb"(0|1|ON|OFF|TRUE|FALSE|'ON'|'OFF')\s*;?\s*\Z", re.I)
+_SET_NAMES = re.compile(rb"SET\s+NAMES\s+" + _NAME + rb"(?:\s+COLLATE\s+" + _NAME + rb")?\Z", re.I)
+_SET_AUTOCOMMIT = re.compile(rb"SET\s+(?:SESSION\s+|@@(?:SESSION\.)?)?AUTOCOMMIT\s*=\s*"
+                             rb"(0|1|ON|OFF|TRUE|FALSE|'ON'|'OFF')\Z", re.I)
+# Drivers' setup statements are a few dozen bytes; anything longer is an ordinary query.
+_LONGEST_SETUP = 200
 _ON = frozenset((b"1", b"ON", b"TRUE", b"'ON'"))
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 _MOST_PROVEN = 32  # distinct statements remembered: drivers send a handful
@@ -40,7 +46,11 @@ def classify(command: bytes) -> Effect | None:
     """For a COM_QUERY payload (command byte first): its effect if it is a setup statement."""
     if not command or command[0] != COMMAND.COM_QUERY:
         return None
-    text = command[1:]
+    if len(command) > _LONGEST_SETUP:
+        return None
+    text = command[1:].strip()
+    if text.endswith(b";"):
+        text = text[:-1].rstrip()
     if _SET_NAMES.match(text):
         return Effect(None)
     match = _SET_AUTOCOMMIT.match(text)

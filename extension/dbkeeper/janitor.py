@@ -1,0 +1,85 @@
+"""The janitor: stops statements that nobody waits for any more (PgBouncer forwards a client's
+cancel request; here the client is gone, so dbkeeper sends the KILL itself).
+
+A statement keeps running on the server after its client is gone: MariaDB reads a COM_QUIT only
+after the statement ends, and notices a closed socket only when a statement checks for it (SLEEP
+after ~5 s; most never do, and an UPDATE runs to the end holding its locks). Without the layer the
+function's own socket would have died with it; through dbkeeper the upstream lives on, so dbkeeper
+is the one component that knows the statement is orphaned: when a session ends mid-reply (the
+function killed at a timeout, its socket closed) and at SHUTDOWN.
+
+`KILL CONNECTION <id>` goes over an idle pooled connection when there is one, else over a side
+connection opened for the purpose and closed right after (not counted against the pool size: it
+exists for one round trip, while the connection it kills is on its way out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import Config
+from .errors import UpstreamError
+from .log import Logger
+from .upstream import UpstreamConnection
+
+
+class Janitor:
+    def __init__(self, config: Config, log: Logger, pool):
+        self._config = config
+        self._log = log
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._queued: list[int] = []
+        self._task: asyncio.Task | None = None
+        self.killed = 0
+
+    def kill_later(self, connection_id: int, reason: str) -> None:
+        """Queue a KILL; one task works the queue, so a burst of broken sessions costs one side
+        connection at a time."""
+        self._log.info("orphan_kill_queued", connection_id=connection_id, reason=reason)
+        self._queued.append(connection_id)
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queued:
+            ids, self._queued = self._queued, []
+            await self.kill_now(ids, self._loop.time() + 2 * self._config.connect_timeout)
+
+    async def kill_now(self, connection_ids: list[int], deadline: float) -> int:
+        """KILL every id before `deadline` (loop time) if at all possible. Returns how many the
+        server killed. Never raises: there is nothing more to do for a statement we cannot stop."""
+        remaining = deadline - self._loop.time()
+        if remaining <= 0:
+            self._log.warning("kill_skipped", connection_ids=connection_ids, reason="no time left")
+            return 0
+        connection = self._pool.take_idle()
+        borrowed = connection is not None
+        try:
+            if connection is None:
+                connection = UpstreamConnection(self._config, self._log, self._pool.profile)
+                await asyncio.wait_for(connection.open(*await self._pool.side_login()), remaining)
+            killed = await asyncio.wait_for(connection.kill(connection_ids), max(deadline - self._loop.time(), 0.001))
+        except (asyncio.TimeoutError, UpstreamError) as exc:
+            self._log.warning("kill_failed", connection_ids=connection_ids, error=str(exc) or "timed out")
+            if connection is not None:
+                if borrowed:
+                    self._pool.discard(connection, "kill_failed")
+                else:
+                    connection.abort()
+            return 0
+        except asyncio.CancelledError:
+            if connection is not None and not borrowed:
+                connection.abort()
+            raise
+        if borrowed:
+            self._pool.give_back_clean(connection)
+        else:
+            connection.quit()
+        self.killed += killed
+        self._log.info("orphans_killed", connection_ids=connection_ids, killed=killed)
+        return killed
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
