@@ -266,9 +266,13 @@ class Budget:
         self._leases.discard(lease)
         self.held = len(self._leases)
 
-    async def release(self, lease: Lease) -> None:
-        """Give a lease back (its connection is closed): delete it if it is still ours."""
+    def release(self, lease: Lease):
+        """Give a lease back (its connection is closed): no longer counted as held from now on;
+        the returned coroutine deletes it from the table if it is still ours."""
         self._forget(lease)
+        return self._delete(lease)
+
+    async def _delete(self, lease: Lease) -> None:
         try:
             await self._call("delete_item", Key=self._key(lease.slot), ConditionExpression="#token = :mine",
                              ExpressionAttributeNames={"#token": "token"},

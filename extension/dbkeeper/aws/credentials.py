@@ -70,6 +70,14 @@ class SecretVersions:
             values[stage] = value
         return values
 
+    async def load(self, stages: tuple[str, ...] = ("AWSCURRENT",)) -> None:
+        """Values from any fetch (the cold path: one call, or the one already under way)."""
+        while not self.values:
+            if self._fetching is not None:
+                await asyncio.shield(self._fetching)
+            else:
+                await self._fetch(stages)
+
     async def refresh(self, newer_than: float, stages: tuple[str, ...] = STAGES) -> None:
         """Make `values` come from a fetch that started at or after `newer_than` (monotonic).
         One fetch at a time, shared by every caller; at most one per MIN_REFETCH_INTERVAL."""
@@ -138,7 +146,7 @@ class SecretCredentials(Credentials):
     async def get(self) -> Target:
         versions = self.versions
         if not versions.values:
-            await versions.refresh(time.monotonic(), ("AWSCURRENT",))  # the cold path: one call
+            await versions.load()
         elif self._refetch_from is not None:
             generation = versions.generation
             await versions.refresh(self._refetch_from)
@@ -210,9 +218,9 @@ class AwsLocalAuth(LocalAuth):
     async def _known(self) -> list[tuple[str, bytes]]:
         users_from = self._user_secret.versions if self._user_secret is not None and not self._config.db_user else None
         if users_from is not None and not users_from.values:
-            await self._user_secret.get()
+            await users_from.load()
         if self._versions is not None and not self._versions.values:
-            await self._versions.refresh(time.monotonic())
+            await self._versions.load(("AWSCURRENT", "AWSPREVIOUS"))
         stamp = (users_from.generation if users_from else 0, self._versions.generation if self._versions else 0)
         if stamp != self._built_from:
             if users_from is not None:
