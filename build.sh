@@ -129,6 +129,8 @@ def dropped(relpath: str) -> bool:
     parts = relpath.split("/")
     if any(p in DROP_DIRS for p in parts[:-1]):
         return True
+    if parts[0].endswith(".data"):
+        return True  # a wheel's scripts/headers (jmespath's jp.py): nothing the extension imports
     if parts[:2] == ["botocore", "data"] and len(parts) > 3 and parts[2] not in BOTOCORE_SERVICES:
         return True
     name = parts[-1]
