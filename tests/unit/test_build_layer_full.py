@@ -29,7 +29,7 @@ def test_the_full_variant_adds_botocore_and_its_dependencies_and_nothing_else(bu
     assert not top(default) & SDK_TOP_LEVEL
     added = {name for name in top(full) - top(default) if ".dist-info" not in name and name != "__pycache__"}
     assert added == SDK_TOP_LEVEL
-    services = {n.split("/")[5] for n in full if n.startswith("dbkeeper/lib/botocore/data/") and n.count("/") >= 6}
+    services = {n.split("/")[4] for n in full if n.startswith("dbkeeper/lib/botocore/data/") and n.count("/") >= 6}
     assert services == {"secretsmanager", "dynamodb", "rds", "sts"}
     assert "dbkeeper/lib/botocore/data/endpoints.json" in full
     assert set(default) <= set(full)  # otherwise the same layer
