@@ -1,7 +1,9 @@
 """A visit counter: an ordinary AWS Lambda function using PyMySQL, written the way users write them.
 
 Nothing here knows about dbkeeper. It reads the usual settings from the environment:
-DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME. With the dbkeeper layer and
+DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME; or, instead of DB_PASSWORD,
+DB_SECRET_ID: a Secrets Manager secret whose `password` it reads at every connect (so a rotated
+password is picked up; boto3 is part of Lambda's Python runtimes). With the dbkeeper layer and
 AWS_LAMBDA_EXEC_WRAPPER=/opt/dbkeeper-wrapper, DB_HOST/DB_PORT point at the extension instead.
 
 Two handlers, the two patterns found in the wild:
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS visits (
 _schema_ready = False  # per sandbox: CREATE TABLE IF NOT EXISTS once
 _conn = None  # handler_global_connection's connection, reused across invocations
 _cold = True
+_secrets = None  # the Secrets Manager client, made at the first connect that needs it
 
 
 def _connect():
@@ -39,7 +42,7 @@ def _connect():
         host=os.environ["DB_HOST"],
         port=int(os.environ.get("DB_PORT", "3306")),
         user=os.environ["DB_USER"],
-        password=os.environ.get("DB_PASSWORD", ""),
+        password=_password(),
         database=os.environ["DB_NAME"],
         connect_timeout=5,
         read_timeout=30,
@@ -47,6 +50,20 @@ def _connect():
         autocommit=False,
         charset="utf8mb4",
     )
+
+
+def _password():
+    global _secrets
+    secret_id = os.environ.get("DB_SECRET_ID")
+    if not secret_id:
+        return os.environ.get("DB_PASSWORD", "")
+    import json
+
+    import boto3
+
+    if _secrets is None:
+        _secrets = boto3.client("secretsmanager")
+    return json.loads(_secrets.get_secret_value(SecretId=secret_id)["SecretString"])["password"]
 
 
 def _record_visit(conn, event, context):
