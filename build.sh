@@ -18,6 +18,9 @@
 #
 # Usage: ./build.sh            (from any directory; idempotent)
 # Env:   PYTHON=...            interpreter used to run pip and build the zips
+#        RDS_CA_BUNDLE=...     a copy of Amazon RDS's global-bundle.pem to ship as
+#                              /opt/dbkeeper/rds-ca-bundle.pem (the CA of DBKEEPER_DB_IAM_AUTH=true
+#                              when DBKEEPER_DB_TLS_CA is unset); not fetched here
 #        SOURCE_DATE_EPOCH=... timestamp for zip entries (default 1980-01-01, the zip minimum)
 set -euo pipefail
 
@@ -151,6 +154,8 @@ def copy_tree(src: str, dst: str) -> None:
 
 
 copy_tree(os.path.join(root, "layer"), tree)
+if os.environ.get("RDS_CA_BUNDLE"):
+    shutil.copyfile(os.environ["RDS_CA_BUNDLE"], os.path.join(tree, "dbkeeper", "rds-ca-bundle.pem"))
 
 # --- vendored wheels: all Python versions into one lib/ (extension modules differ by name)
 owner: dict[str, tuple[str, bytes]] = {}
@@ -283,6 +288,9 @@ PYEOF
 done
 
 # ---------------------------------------------------------------- 3. report
+if [[ -n "${RDS_CA_BUNDLE:-}" ]]; then
+    printf 'RDS CA bundle in the layers: dbkeeper/rds-ca-bundle.pem, %d bytes\n' "$(stat -c %s "$RDS_CA_BUNDLE")"
+fi
 for name in "" full-; do
 for arch_pair in "${ARCHES[@]}"; do
     arch="${arch_pair%%:*}"

@@ -209,13 +209,22 @@ class UpstreamConnection(asyncio.Protocol):
     async def _start_tls(self, loop) -> None:
         import ssl  # only when the server offers TLS: it costs start-up time
 
-        context = ssl.create_default_context(cafile=self._config.db_tls_ca)
+        context = ssl.create_default_context(cafile=self._config.db_tls_ca or self._default_ca())
         try:
             self.transport = await loop.start_tls(self.transport, self, context,
                                                   server_hostname=self._target.host)
         except ssl.SSLError as exc:
             raise UpstreamError(f"TLS with the upstream failed: {exc}") from exc
         self.secure = True
+
+    def _default_ca(self) -> str | None:
+        """With IAM authentication (RDS) and no DBKEEPER_DB_TLS_CA: the RDS CA bundle, if the layer
+        was built with one (build.sh RDS_CA_BUNDLE=...); else the system trust store."""
+        if not self._config.aws.iam_auth:
+            return None
+        bundle = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "rds-ca-bundle.pem")
+        return bundle if os.path.exists(bundle) else None
 
     async def _finish_authentication(self, plugin: str, scramble: bytes) -> None:
         password = self._target.password

@@ -110,3 +110,23 @@ def test_the_checker_refuses_what_rds_would_refuse(moto_server):
     assert check_token(token(port=3307), "localhost", 3306, "app", REGION, credentials)
     tampered = token().replace("X-Amz-Expires=900", "X-Amz-Expires=3600")
     assert check_token(tampered, "localhost", 3306, "app", REGION, credentials)
+
+
+def test_a_layer_built_with_the_rds_ca_bundle_verifies_rds_without_a_ca_setting(built_layer, fresh_mariadb, moto_server,
+                                                                                front, certificates, free_port, tmp_path):
+    # given the layer as build.sh makes it with RDS_CA_BUNDLE (here the test CA stands for RDS's)
+    import shutil
+
+    layer = tmp_path / "opt"
+    shutil.copytree(built_layer.tree_x86_64, layer, symlinks=True)
+    shutil.copyfile(certificates / "ca.pem", layer / "dbkeeper" / "rds-ca-bundle.pem")
+    env = iam_env(front, moto_server, "")
+    del env["DBKEEPER_DB_TLS_CA"]
+    ext = start_dbkeeper(layer, fresh_mariadb, free_port(), without=("DBKEEPER_DB_PASSWORD",), extra_env=env)
+    try:
+        with pymysql.connect(**ext.connect_kwargs(password=LOCAL_PASSWORD)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+    finally:
+        ext.stop()
+    assert front.checked and all(problem is None for _, problem in front.checked)
