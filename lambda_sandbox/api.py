@@ -41,6 +41,13 @@ def route(sb: "Sandbox", method: str, path: str, headers, body: bytes) -> "Resp"
         if m.group(2) == "response":
             return sb.rt_response(m.group(1), body, h("Content-Type"))
         return sb.rt_error(m.group(1), body, h("Lambda-Runtime-Function-Error-Type"), h("Content-Type"))
+    if path == f"{RUNTIME}/restore/next":
+        # SnapStart (AWS_LAMBDA_INITIALIZATION_TYPE=snap-start): the runtime asks for this after its
+        # before-snapshot hooks; on Lambda it returns once the environment has been restored from the
+        # snapshot. The sandbox takes no snapshot: the "restore" happens at once.
+        if method != "GET":
+            return Resp(405, b"", content_type=None)
+        return Resp(200, b"", content_type=None)
     if path == f"{RUNTIME}/init/error":
         if method != "POST":
             return Resp(405, b"", content_type=None)

@@ -68,7 +68,12 @@ class RunningDbkeeper:
         return kwargs
 
     def stop(self):
-        report = self.sandbox.shutdown()
+        from lambda_sandbox.results import SandboxClosed
+
+        try:
+            report = self.sandbox.shutdown()
+        except SandboxClosed:  # the test shut it down itself
+            report = None
         self.sandbox.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return report

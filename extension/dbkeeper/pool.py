@@ -80,6 +80,7 @@ class Pool:
         self._changed: asyncio.Future | None = None
         self._closing = False
         self._warm_task: asyncio.Task | None = None
+        self._warm_attempt: asyncio.Future | None = None  # done (True: connected) when the INIT-time attempt ends
         self.janitor = None  # janitor.Janitor: kills the statements of connections nobody waits for
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
@@ -119,6 +120,8 @@ class Pool:
         """Take a member out of the pool for good. `orphaned`: a statement of a session that is
         gone may still run on it; the server would run it to the end (and hold its locks), so
         the janitor KILLs it."""
+        if connection.pool_state is MemberState.CLOSED:
+            return
         self._change_state(connection, MemberState.CLOSED, reason)
         if orphaned and self.janitor is not None and connection.greeting is not None:
             self.janitor.kill_later(connection.connection_id, reason)
@@ -189,6 +192,13 @@ class Pool:
                             self._close(connection, "borrow_interrupted")
                     raise
                 continue
+            warming = self._warm_attempt
+            if warming is not None and not warming.done():
+                # the INIT-time connect is under way: its connection, or its error, is this client's
+                # too (a second connect now would leave two where one is wanted)
+                await asyncio.wait((warming,), timeout=max(deadline - loop.time(), 0))
+                if self._lendable or warming.done() and warming.result():
+                    continue
             if len(self._members) < self._config.pool_size:
                 return await self._open_for_client(profile, deadline)
             remaining = deadline - loop.time()
@@ -203,7 +213,10 @@ class Pool:
     async def _ready(self, connection: UpstreamConnection, profile: int, deadline: float, resetting: bool) -> bool:
         """Is this LENT connection fit for a new session? If not, it is closed (False)."""
         if resetting and connection.resetting is not None:
-            done, _ = await asyncio.wait((connection.resetting,), timeout=max(deadline - self._loop.time(), 0))
+            # A reset is one round trip: one that takes longer than a whole connect is stuck behind
+            # something (a statement the reset queued behind, a connection dead without a word)
+            bound = min(deadline - self._loop.time(), self._config.connect_timeout)
+            done, _ = await asyncio.wait((connection.resetting,), timeout=max(bound, 0))
             if not done:
                 self._close(connection, "reset_timeout", orphaned=True)
                 return False
@@ -258,6 +271,7 @@ class Pool:
             self._close(connection, "not_reusable", orphaned=True)
         else:
             self._change_state(connection, MemberState.RESETTING)
+            connection.reset_started = time.monotonic()
             connection.resetting = self._loop.create_task(self._reset(connection))
 
     def give_back_clean(self, connection: UpstreamConnection) -> None:
@@ -294,19 +308,25 @@ class Pool:
 
     async def _warm(self, deadline: float) -> None:
         attempt = 0
-        while not self._closing and len(self._members) < self._config.pool_size:
+        while not self._closing and not self._members:
             attempt += 1
+            attempt_done = self._warm_attempt = self._loop.create_future()
             try:
                 connection = await self._open(self.profile, "init", attempt, deadline)
             except UpstreamError as exc:
+                attempt_done.set_result(False)
                 backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
-                if self._closing or self._loop.time() + backoff >= deadline or self._lendable:
+                if self._closing or self._loop.time() + backoff >= deadline:
                     self._log.warning("upstream_unavailable", error=str(exc), errno=exc.errno,
                                       detail="will connect again when a client needs it")
                     return
                 await asyncio.sleep(backoff)
                 continue
+            except BaseException:
+                attempt_done.set_result(False)
+                raise
             self.give_back_clean(connection)
+            attempt_done.set_result(True)
             return
 
     async def ensure_identity(self) -> Greeting:
@@ -433,11 +453,15 @@ class Pool:
         if self._warm_task is not None:
             self._warm_task.cancel()
         members = list(self._members)
-        doomed = [c for c in members if c in busy or c.pool_state in (MemberState.RESETTING, MemberState.OPENING)]
+        # A reset is one round trip: one still running after a connect's bound is queued behind
+        # something a session left running. A younger one just ends before the COM_QUIT is read.
+        stuck = time.monotonic() - self._config.connect_timeout
+        doomed = [c for c in members if c in busy or c.pool_state is MemberState.OPENING
+                  or c.pool_state is MemberState.RESETTING and c.reset_started < stuck]
         to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
-        for connection in doomed:
+        for connection in members:
             if connection.resetting is not None:
-                connection.resetting.cancel()
+                connection.resetting.cancel()  # its COM_QUIT (or KILL) below ends it on the server
         killed = 0
         if to_kill and self.janitor is not None:
             killed = await self.janitor.kill_now(to_kill, deadline)

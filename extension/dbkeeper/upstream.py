@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.resetting: asyncio.Task | None = None
         self.pool_state = None  # pool.MemberState, changed only by the pool's _change_state
         self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
+        self.reset_started = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
