@@ -87,6 +87,29 @@ def test_over_budget_a_client_gets_1040_saying_the_fleet_budget_is_full_and_shut
             second.kill()
 
 
+def test_a_percentage_budget_is_taken_of_the_servers_max_connections(built_layer, mariadb_factory, moto_server):
+    # given max_connections=20 and a budget of 10 %: 2 connections for the fleet
+    db = mariadb_factory(extra_args=["--performance-schema=ON", "--max-connections=20"])
+    table = "budget-percent"
+    moto_server.create_budget_table(table)
+    env = fleet_env(db, moto_server, table, DBKEEPER_BUDGET_MAX="10%")
+    sandboxes = []
+    try:
+        for index in range(3):  # one after the other: the first learns max_connections for all
+            sandboxes.append(FleetSandbox(built_layer.tree_x86_64, env, index))
+            assert wait_until(lambda: serving(sandboxes[-1]) and (sandboxes[-1].events("upstream_connected")
+                                                                  or sandboxes[-1].events("upstream_unavailable")),
+                              timeout=30)
+        outcomes = [invoke(sandbox, db) for sandbox in sandboxes]
+        assert [o[0] for o in outcomes] == ["ok", "ok", "error"]
+        assert outcomes[2][1] == 1040 and "2 of 2" in outcomes[2][2]
+        meta = [item for item in moto_server.client("dynamodb").scan(TableName=table)["Items"] if item["sk"]["S"] == "meta"]
+        assert meta[0]["max_connections"]["N"] == "20"
+    finally:
+        for sandbox in sandboxes:
+            sandbox.kill()
+
+
 def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_db, moto_server, record_property):
     """The issue's fleet scenario; the figures are printed (pytest -s) and recorded as properties."""
     table = "budget-fleet"
