@@ -3,8 +3,8 @@ password from Secrets Manager.
 
 Secret (DBKEEPER_DB_SECRET, RDS shape {"username","password","host","port","dbname","engine"}):
 fetched at the first connect (AWSCURRENT) and cached. When the server answers 1045 with it, the
-secret is fetched again (once per fetched set of versions, at most once a second) and its
-versions are tried in turn: AWSCURRENT, AWSPREVIOUS, AWSPENDING. That covers every moment of a rotation: the database changed
+secret is fetched again and its versions are tried in turn, newest first, skipping what the server
+refused: AWSCURRENT, AWSPREVIOUS, AWSPENDING (while it refuses them all: one read per 10 s). That covers every moment of a rotation: the database changed
 and the secret not yet (AWSPENDING), the secret changed and this sandbox's copy is old
 (AWSCURRENT), the secret changed before the database (AWSPREVIOUS).
 
@@ -26,7 +26,8 @@ from ..protocol.auth import native_password_hash, verify_native
 from .sdk import Aws, AwsError, shared
 
 STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
-MIN_REFETCH_INTERVAL = 1.0  # a password the server keeps refusing costs one Secrets Manager call per second at most
+MIN_REFETCH_INTERVAL = 1.0  # never more than one Secrets Manager read a second
+RETRY_REFUSED = 10.0        # while the server refuses every version: one read per 10 s
 
 
 def _run(function, *args):
@@ -119,9 +120,9 @@ class SecretCredentials(Credentials):
         self._config = config
         self._log = log
         self.versions = SecretVersions(aws, config.aws.db_secret, log)
-        self._failed: set[tuple[str, str]] = set()  # (user, password) refused by the server, this generation
+        self._failed: set[tuple[str, str]] = set()  # (user, password) the server refused
         self._refetch_from: float | None = None      # a 1045 asked for a fetch started after this
-        self._refetched_generation = 0               # the generation whose refusal caused a refetch
+        self._refetched_at: float | None = None      # when a 1045 last caused a read
 
     def _target(self, stage: str, value: dict) -> Target:
         config = self._config
@@ -148,24 +149,23 @@ class SecretCredentials(Credentials):
         if not versions.values:
             await versions.load()
         elif self._refetch_from is not None:
-            generation = versions.generation
+            # what the server refused stays refused: the versions are tried newest first, skipping it
             await versions.refresh(self._refetch_from)
             self._refetch_from = None
-            if versions.generation != generation:
-                self._failed.clear()
         targets = self.candidates()
         return next((t for t in targets if (t.user, t.password) not in self._failed), targets[0])
 
     def invalidate(self, failed: Target) -> bool:
-        """The server refused `failed` (1045): try the secret's other versions, and fetch it again
-        once (per fetched generation) — it was probably rotated."""
+        """The server refused `failed` (1045): try the secret's other versions, and read it again
+        (it was probably rotated); while the server keeps refusing every version, read it again at
+        most once per RETRY_REFUSED, and meanwhile answer at once (like a direct connect)."""
         self._failed.add((failed.user, failed.password))
         if any((t.user, t.password) not in self._failed for t in self.candidates()):
             return True
-        if self._refetched_generation == self.versions.generation:
-            return False  # this generation's refusal already caused a fetch: the password is wrong
-        self._refetched_generation = self.versions.generation
-        self._refetch_from = time.monotonic()
+        now = time.monotonic()
+        if self._refetched_at is not None and now - self._refetched_at < RETRY_REFUSED:
+            return False
+        self._refetched_at = self._refetch_from = now
         self._log.info("secret_refetch", secret=self.versions.secret_id, reason="access_denied",
                        rejected=failed.source)
         return True
@@ -217,10 +217,10 @@ class AwsLocalAuth(LocalAuth):
 
     async def _known(self) -> list[tuple[str, bytes]]:
         users_from = self._user_secret.versions if self._user_secret is not None and not self._config.db_user else None
-        if users_from is not None and not users_from.values:
-            await users_from.load()
         if self._versions is not None and not self._versions.values:
             await self._versions.load(("AWSCURRENT", "AWSPREVIOUS"))
+        if users_from is not None and not users_from.values:
+            await users_from.load()
         stamp = (users_from.generation if users_from else 0, self._versions.generation if self._versions else 0)
         if stamp != self._built_from:
             if users_from is not None:
