@@ -322,6 +322,11 @@ class Pool:
                     return
                 await asyncio.sleep(backoff)
                 continue
+            except PoolTimeout as exc:  # the fleet budget stayed full for the whole INIT budget
+                attempt_done.set_result(False)
+                self._log.warning("upstream_unavailable", error=str(exc), errno=None,
+                                  detail="will connect again when a client needs it")
+                return
             except BaseException:
                 attempt_done.set_result(False)
                 raise
@@ -358,6 +363,7 @@ class Pool:
         try:
             if self._budget is not None:
                 lease = await self._take_lease(deadline)
+                started = time.monotonic()  # waiting for a lease is not a slow connect
             while True:
                 target = await self._login()
                 try:

@@ -137,7 +137,9 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
 
     threads = []
     try:
-        assert wait_until(lambda: all(serving(s) for s in sandboxes), timeout=60)
+        # every sandbox started, and its INIT-time connect done (a lease, or the budget was full)
+        assert wait_until(lambda: all(serving(s) and (s.events("upstream_connected") or s.events("upstream_unavailable"))
+                                      for s in sandboxes), timeout=90)
         sampler = threading.Thread(target=sample)
         sampler.start()
         threads = {s.index: threading.Thread(target=function, args=(s,)) for s in sandboxes}

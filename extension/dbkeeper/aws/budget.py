@@ -43,7 +43,11 @@ from .sdk import Aws, AwsError
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _WAIT_FIRST = 0.05
-_WAIT_CAP = 0.5
+_WAIT_CAP = 1.0
+_CALL_TIMEOUT = 2.0
+# worth waiting out until the borrow timeout (anything else fails the connect at once)
+_TRANSIENT = frozenset(("Timeout", "ThrottlingException", "ProvisionedThroughputExceededException",
+                        "RequestLimitExceeded", "InternalServerError", "ServiceUnavailable"))
 
 
 class BudgetFull(PoolTimeout):
@@ -82,19 +86,26 @@ class Budget:
         self.max = self._fixed
         self._leases: set[Lease] = set()
         self.waiting = 0  # acquires under way
+        self._wait = _WAIT_FIRST  # the poll interval while the budget is full (grows to _WAIT_CAP)
         self._last_seen = (0, self._fixed or 1)  # (leases held, limit) at the last read
 
     # --- DynamoDB, on a worker thread ----------------------------------------------------------
-    async def _call(self, operation: str, **params):
+    async def _call(self, operation: str, timeout: float = _CALL_TIMEOUT, **params):
+        """One DynamoDB call on a worker thread, abandoned after `timeout` s: a slow DynamoDB must
+        not hold a client past its borrow timeout. (An abandoned put may still land: that lease
+        then expires unused and is reclaimed like a vanished sandbox's.)"""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self._aws.call("dynamodb", operation,
-                                                                       TableName=self._table, **params))
+        call = loop.run_in_executor(None, lambda: self._aws.call("dynamodb", operation, TableName=self._table, **params))
+        try:
+            return await asyncio.wait_for(call, max(timeout, 0.01))
+        except asyncio.TimeoutError:
+            raise AwsError(f"dynamodb.{operation} took longer than {timeout * 1000:.0f} ms", "Timeout") from None
 
     def _key(self, slot: int | str) -> dict:
         sk = slot if isinstance(slot, str) else f"slot#{slot:05d}"
         return {"pk": {"S": self._name}, "sk": {"S": sk}}
 
-    async def _read(self) -> tuple[dict[int, dict], int | None]:
+    async def _read(self, timeout: float = _CALL_TIMEOUT) -> tuple[dict[int, dict], int | None]:
         """Every slot item of this budget (strongly consistent), and the meta item's max_connections."""
         slots, meta, start = {}, None, None
         while True:
@@ -102,7 +113,7 @@ class Budget:
                           ConsistentRead=True)
             if start:
                 params["ExclusiveStartKey"] = start
-            reply = await self._call("query", **params)
+            reply = await self._call("query", timeout, **params)
             for item in reply.get("Items", []):
                 sk = item["sk"]["S"]
                 if sk == "meta":
@@ -121,7 +132,8 @@ class Budget:
             item["orphans"] = {"L": [{"S": t} for t in orphans]}
         return item
 
-    async def _put(self, slot: int, orphans: tuple[str, ...], condition: str, values: dict | None = None) -> Lease | None:
+    async def _put(self, slot: int, orphans: tuple[str, ...], condition: str, values: dict | None = None,
+                   timeout: float = _CALL_TIMEOUT) -> Lease | None:
         token = os.urandom(9).hex()
         now = _now()
         params = dict(Item=self._item(slot, token, now, orphans), ConditionExpression=condition)
@@ -129,7 +141,7 @@ class Budget:
             params.update(ExpressionAttributeNames={"#token": "token", "#expires": "expires"},
                           ExpressionAttributeValues=values)
         try:
-            await self._call("put_item", **params)
+            await self._call("put_item", timeout, **params)
         except AwsError as exc:
             if exc.code == _CONDITION_FAILED:
                 return None
@@ -137,7 +149,6 @@ class Budget:
         lease = Lease(slot, token, now, orphans)
         self._leases.add(lease)
         self.held = len(self._leases)
-        self._log.info("budget_lease_taken", slot=slot, sandbox=self._identity.sandbox_id, held=self.held)
         return lease
 
     def _limit(self, meta: int | None) -> int:
@@ -161,41 +172,66 @@ class Budget:
         """A lease for one new upstream connection; waits (polling, jittered) until `deadline`
         (event-loop time) and then raises BudgetFull."""
         self.waiting += 1
+        started = time.monotonic()
         try:
-            return await self._acquire(deadline)
+            lease = await self._acquire(deadline)
         finally:
             self.waiting -= 1
+        self._log.info("budget_lease_taken", slot=lease.slot, sandbox=self._identity.sandbox_id, held=self.held,
+                       ms=round((time.monotonic() - started) * 1000, 3))
+        return lease
 
     async def _acquire(self, deadline: float) -> Lease:
         loop = asyncio.get_running_loop()
-        wait = _WAIT_FIRST
         started = loop.time()
+        unavailable: AwsError | None = None  # the last call that failed for a reason worth waiting out
         while True:
-            slots, meta = await self._read()
-            limit = self._limit(meta)
-            now_ms = _ms(_now())
-            free = [slot for slot in range(limit) if slot not in slots]
-            random.shuffle(free)  # sandboxes starting together try different slots
-            for slot in free[:4]:
-                lease = await self._put(slot, (), "attribute_not_exists(sk)")
+            try:
+                lease = await self._try_once(deadline)
+            except AwsError as exc:
+                if exc.code not in _TRANSIENT:
+                    raise
+                unavailable = exc
+            else:
                 if lease is not None:
+                    self._wait = _WAIT_FIRST
                     return lease
-            cutoff = now_ms - _ms(self._life / 2)  # live holders had half a lifetime to reap it first
-            for slot, item in sorted(slots.items()):
-                if slot < limit and int(item["expires"]["N"]) < cutoff:
-                    orphans = (item["token"]["S"], *(o["S"] for o in item.get("orphans", {}).get("L", [])))
-                    lease = await self._put(slot, orphans[:16], "#token = :old AND #expires < :cutoff",
-                                            {":old": item["token"], ":cutoff": {"N": str(cutoff)}})
-                    if lease is not None:
-                        self._log.info("budget_lease_taken_over", slot=slot, from_sandbox=item.get("sandbox", {}).get("S"),
-                                       expired_ms=now_ms - int(item["expires"]["N"]))
-                        return lease
-            self._last_seen = (sum(1 for slot in slots if slot < limit), limit)
+                unavailable = None
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if unavailable is not None:
+                    raise unavailable
                 raise self.full((loop.time() - started) * 1000)
-            await asyncio.sleep(min(random.uniform(wait / 2, wait), remaining))
-            wait = min(wait * 2, _WAIT_CAP)
+            # The poll interval is the sandbox's, not the client's: a client arriving after another
+            # one gave up does not start polling fast again.
+            await asyncio.sleep(min(random.uniform(self._wait / 2, self._wait), remaining))
+            self._wait = min(self._wait * 2, _WAIT_CAP)
+
+    async def _try_once(self, deadline: float) -> Lease | None:
+        """One look at the table: a free slot, else one whose holder vanished; None: all taken."""
+        loop = asyncio.get_running_loop()
+        slots, meta = await self._read(max(deadline - loop.time(), _WAIT_FIRST))
+        limit = self._limit(meta)
+        now_ms = _ms(_now())
+        free = [slot for slot in range(limit) if slot not in slots]
+        random.shuffle(free)  # sandboxes starting together try different slots
+        for slot in free[:4]:
+            lease = await self._put(slot, (), "attribute_not_exists(sk)",
+                                    timeout=max(deadline - loop.time(), _CALL_TIMEOUT / 4))
+            if lease is not None:
+                return lease
+        cutoff = now_ms - _ms(self._life / 2)  # live holders had half a lifetime to reap it first
+        for slot, item in sorted(slots.items()):
+            if slot < limit and int(item["expires"]["N"]) < cutoff:
+                orphans = (item["token"]["S"], *(o["S"] for o in item.get("orphans", {}).get("L", [])))
+                lease = await self._put(slot, orphans[:16], "#token = :old AND #expires < :cutoff",
+                                        {":old": item["token"], ":cutoff": {"N": str(cutoff)}})
+                if lease is not None:
+                    self._log.info("budget_lease_taken_over", slot=slot, from_sandbox=item.get("sandbox", {}).get("S"),
+                                   expired_ms=now_ms - int(item["expires"]["N"]))
+                    return lease
+        self._last_seen = (sum(1 for slot in slots if slot < limit), limit)
+        return None
 
     async def opened(self, lease: Lease, connection) -> None:
         """Right after the connection opened, before anyone uses it: kill the sessions of a lease
