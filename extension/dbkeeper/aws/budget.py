@@ -184,7 +184,8 @@ class Budget:
     async def _acquire(self, deadline: float) -> Lease:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        unavailable: AwsError | None = None  # the last call that failed for a reason worth waiting out
+        unavailable: AwsError | None = None  # a call that failed for a reason worth waiting out
+        seen_full = False  # a look at the table found every slot taken
         while True:
             try:
                 lease = await self._try_once(deadline)
@@ -196,12 +197,12 @@ class Budget:
                 if lease is not None:
                     self._wait = _WAIT_FIRST
                     return lease
-                unavailable = None
+                seen_full = True
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if unavailable is not None:
-                    raise unavailable
-                raise self.full((loop.time() - started) * 1000)
+                if unavailable is not None and not seen_full:
+                    raise unavailable  # not one answer in the whole wait
+                raise self.full((loop.time() - started) * 1000)  # full, as last seen
             # The poll interval is the sandbox's, not the client's: a client arriving after another
             # one gave up does not start polling fast again.
             await asyncio.sleep(min(random.uniform(self._wait / 2, self._wait), remaining))
