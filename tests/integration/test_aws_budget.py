@@ -16,6 +16,7 @@ from tests.fleet import FleetSandbox
 from tests.polling import wait_until
 
 LEASE_S = 6
+BORROW_S = 3.0  # moto answers in ms, but this machine is shared: a look at the table may take a second
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def budget_db(mariadb_factory):
 
 def fleet_env(db, moto_server, table, **settings) -> dict[str, str]:
     return {**db.db_env(), **moto_server.extension_env(), "DBKEEPER_BUDGET_TABLE": table,
-            "DBKEEPER_BORROW_TIMEOUT_MS": "1000", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "1000",
+            "DBKEEPER_BORROW_TIMEOUT_MS": str(int(BORROW_S * 1000)), "DBKEEPER_INIT_CONNECT_BUDGET_MS": "1000",
             "DBKEEPER_BUDGET_LEASE_S": str(LEASE_S), "DBKEEPER_METRICS_EVERY": "1", **settings}
 
 
@@ -73,7 +74,7 @@ def test_over_budget_a_client_gets_1040_saying_the_fleet_budget_is_full_and_shut
         # then, after the borrow timeout, 1040 with the reason
         assert (outcome, errno) == ("error", 1040)
         assert "fleet connection budget is full" in message and "1 of 1" in message
-        assert seconds >= 1.0
+        assert seconds >= BORROW_S
         assert len(budget_db.processlist(user=budget_db.user)) == 1
         # when the first sandbox shuts down, its lease is given back and the second gets it
         assert first.shutdown() == 0
@@ -197,7 +198,8 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
     reaped_by = [line for s in sandboxes for line in s.events("budget_lease_reaped") + s.events("budget_lease_taken_over")]
     figures = {"sandboxes": 20, "budget": 8, "invocations": len(outcomes), "ok": len(oks), "rejected_1040": len(rejected),
                "max_sessions_sampled": max(samples), "samples": len(samples),
-               "min_1040_wait_s": round(min((o[4] for o in rejected), default=0), 3),
+               "min_1040_wait_s": round(min((o[4] for o in rejected if o[2] == 1040), default=0), 3),
+               "borrow_timeout_s": BORROW_S,
                "reaped_after_s": round(reaped_after, 2), "lease_s": LEASE_S, "leases_after_shutdown": len(leases_after),
                "emf_lines": len(metrics_lines), "emf_upstreams_opened": emf_opened, "server_connections": server_opened,
                "reaped_by": sorted({line["event"] for line in reaped_by})}
@@ -205,7 +207,12 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
     for name, value in figures.items():
         record_property(name, value)
     assert max(samples) <= 8
-    assert all(o[2] == 1040 and "fleet connection budget is full" in o[3] and o[4] >= 1.0 for o in rejected), rejected[:3]
+    kinds = {}
+    for o in rejected:
+        kind = kinds.setdefault((o[2], o[3][:80]), [0, float("inf")])
+        kind[0] += 1
+        kind[1] = min(kind[1], round(o[4], 3))
+    assert all(o[2] == 1040 and "fleet connection budget is full" in o[3] and o[4] >= BORROW_S for o in rejected), kinds
     assert oks and exit_codes == [0] * 17
     assert leases_after == []
     assert reaped_after <= LEASE_S * 1.5 + 2.0

@@ -22,6 +22,9 @@ class Versions:
         self.calls = []
         self.source = "test"
 
+    def run(self, function, *args):
+        return asyncio.get_running_loop().run_in_executor(None, function, *args)
+
     def call(self, service, operation, SecretId, VersionStage):
         self.calls.append(VersionStage)
         if VersionStage not in self.stages:

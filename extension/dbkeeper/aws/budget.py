@@ -94,8 +94,7 @@ class Budget:
         """One DynamoDB call on a worker thread, abandoned after `timeout` s: a slow DynamoDB must
         not hold a client past its borrow timeout. (An abandoned put may still land: that lease
         then expires unused and is reclaimed like a vanished sandbox's.)"""
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(None, lambda: self._aws.call("dynamodb", operation, TableName=self._table, **params))
+        call = self._aws.run(lambda: self._aws.call("dynamodb", operation, TableName=self._table, **params))
         try:
             return await asyncio.wait_for(call, max(timeout, 0.01))
         except asyncio.TimeoutError:

@@ -30,11 +30,6 @@ MIN_REFETCH_INTERVAL = 1.0  # never more than one Secrets Manager read a second
 RETRY_REFUSED = 10.0        # while the server refuses every version: one read per 10 s
 
 
-def _run(function, *args):
-    """Blocking SDK work on a worker thread: the event loop keeps relaying meanwhile."""
-    return asyncio.get_running_loop().run_in_executor(None, function, *args)
-
-
 class SecretVersions:
     """The versions of one secret as JSON objects, by stage; fetched on demand and cached.
     `started` is when the fetch behind `values` began: a caller that must see what the secret
@@ -100,7 +95,7 @@ class SecretVersions:
         future = self._fetching = loop.create_future()
         started = self._fetching_started = time.monotonic()
         try:
-            values = await _run(self._fetch_stages, stages)
+            values = await self._aws.run(self._fetch_stages, stages)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else AwsError("cancelled"))
             future.exception()  # marked retrieved: a fetch nobody else waited for is not an error
@@ -191,7 +186,7 @@ class IamCredentials(Credentials):
 
     async def get(self) -> Target:
         target = await self._base.get()
-        token = await _run(self._token, target)
+        token = await self._aws.run(self._token, target)
         return target._replace(password=token, source="iam")
 
     def invalidate(self, failed: Target) -> bool:

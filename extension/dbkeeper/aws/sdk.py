@@ -84,13 +84,29 @@ class Aws:
     """One botocore session and its clients, made at first use (never during a SnapStart INIT:
     credentials are not there yet, and a client made then would be restored with stale ones)."""
 
+    # Per service: (connect timeout s, read timeout s, attempts). DynamoDB calls sit on a client's
+    # path and the budget retries on its own schedule: one short attempt each.
+    _TIMEOUTS = {"dynamodb": (1, 2, 1)}
+    _DEFAULT_TIMEOUTS = (2, 3, 2)
+
     def __init__(self, config, log):
         self._aws = config.aws
         self._log = log
         self._session = None
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._executor = None
         self.source: str | None = None
+
+    def run(self, function, *args):
+        """`function(*args)` on one of the SDK's own worker threads (not the event loop's default
+        executor: a call the caller stopped waiting for must not hold up anything else)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dbkeeper-aws")
+        return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def client(self, service: str):
         with self._lock:
@@ -105,9 +121,11 @@ class Aws:
             from botocore.config import Config as BotoConfig
 
             # Bounded: these calls sit on a client's path (first connect, lease), never unbounded.
+            connect, read, attempts = self._TIMEOUTS.get(service, self._DEFAULT_TIMEOUTS)
             client = self._session.create_client(
                 service, region_name=self._aws.region,
-                config=BotoConfig(connect_timeout=2, read_timeout=3, retries={"max_attempts": 2, "mode": "standard"}))
+                config=BotoConfig(connect_timeout=connect, read_timeout=read,
+                                  retries={"max_attempts": attempts, "mode": "standard"}))
             self._clients[service] = client
             return client
 
