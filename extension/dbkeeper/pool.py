@@ -362,8 +362,10 @@ class Pool:
         lease = None
         try:
             if self._budget is not None:
-                lease = await self._take_lease(deadline)
-                started = time.monotonic()  # waiting for a lease is not a slow connect
+                try:
+                    lease = await self._take_lease(deadline)
+                finally:
+                    started = time.monotonic()  # waiting for a lease (or for DynamoDB) is not a slow connect
             while True:
                 target = await self._login()
                 try:

@@ -141,6 +141,8 @@ class Aws:
             response = getattr(exc, "response", None)
             if isinstance(response, dict):
                 code = response.get("Error", {}).get("Code")
+            elif type(exc).__name__ in ("ReadTimeoutError", "ConnectTimeoutError"):
+                code = "Timeout"  # slow, not refused: worth waiting out where the caller can
             raise AwsError(f"{service}.{operation} failed: {exc}", code) from exc
 
 
