@@ -1,6 +1,7 @@
-"""dbkeeper's local AWS Lambda execution environment (Runtime API + Extensions API, freeze, reclaim).
+"""dbkeeper's local AWS Lambda execution environment (Runtime API + Extensions API, freeze, CPU share,
+memory limit, reclaim).
 
-See lambda_sandbox/README.md. Behaviour follows ../shared/LAMBDA_FACTS.md.
+See lambda_sandbox/README.md; the behaviour it models: docs/LAMBDA_SANDBOX.md.
 """
 
 from .logs import LogRecord
@@ -8,9 +9,11 @@ from .netns import NetnsUnavailable, unavailable_reason as netns_unavailable_rea
 from .results import (
     ExtensionShutdown,
     InvokeResult,
+    Resources,
     SandboxBusy,
     SandboxClosed,
     SandboxError,
+    SandboxUnsupported,
     ShutdownReport,
 )
 from .sandbox import Sandbox
@@ -22,7 +25,9 @@ __all__ = [
     "ShutdownReport",
     "ExtensionShutdown",
     "LogRecord",
+    "Resources",
     "SandboxError",
+    "SandboxUnsupported",
     "SandboxClosed",
     "SandboxBusy",
     "NetnsUnavailable",

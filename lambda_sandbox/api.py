@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Optional
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from .sandbox import Resp, Sandbox
+    from .sandbox import Sandbox
+    from .state import Resp
 
 RUNTIME = "/2018-06-01/runtime"
 EXTENSION = "/2020-01-01/extension"
@@ -21,13 +22,13 @@ _INVOCATION = re.compile(r"^/2018-06-01/runtime/invocation/([^/]+)/(response|err
 
 
 def _json(status: int, obj: dict):
-    from .sandbox import Resp
+    from .state import Resp
 
     return Resp(status, json.dumps(obj, separators=(",", ":")).encode())
 
 
 def route(sb: "Sandbox", method: str, path: str, headers, body: bytes) -> "Resp":
-    from .sandbox import Resp
+    from .state import Resp
 
     h = headers.get
     if path == f"{RUNTIME}/invocation/next":
@@ -112,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             resp = route(self.server.sandbox, method, path, self.headers, body)
         except Exception as exc:  # never kill the server thread silently
-            from .sandbox import Resp
+            from .state import Resp
 
             resp = Resp(500, json.dumps({"errorMessage": repr(exc), "errorType": "InternalServerError"}).encode())
         reason = self.responses.get(resp.status, ("",))[0]

@@ -1,8 +1,8 @@
 """Command line: run a sandbox and serve the RIE's invoke endpoint.
 
     python -m lambda_sandbox --opt DIR --task DIR [--port 8080] [--host 127.0.0.1] [--timeout 300]
-                             [--freeze] [--netns] [--lambda-paths] [--env K=V ...] [--python PATH]
-                             [--prefix-logs] HANDLER
+                             [--memory 3008] [--freeze] [--netns] [--lambda-paths] [--env K=V ...]
+                             [--python PATH] [--prefix-logs] HANDLER
 
     POST http://HOST:PORT/2015-03-31/functions/function/invocations   (body = event; X-Amzn-Trace-Id honoured)
     SIGTERM / SIGINT -> SHUTDOWN flow (runtime SIGTERM, SHUTDOWN to extensions, SIGKILL at the deadline), exit 0.
@@ -14,7 +14,9 @@ RIE-compatible form (a drop-in for `aws-lambda-rie`, paths fixed to /opt and the
 
 Like the RIE, the function environment is this process's environment (+ --env), AWS_LAMBDA_FUNCTION_TIMEOUT
 (300), AWS_LAMBDA_FUNCTION_NAME (test_function), AWS_LAMBDA_FUNCTION_MEMORY_SIZE (3008) are read from it,
-and the sandbox is not frozen between invokes unless --freeze is given.
+and the sandbox is not frozen between invokes unless --freeze is given. The `rie` form behaves as the RIE
+does: no freeze, no CPU or memory limit, its answers and log lines; the invoke endpoint's Content-Type is
+sniffed from the body as the RIE's Go server does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ from .results import SandboxBusy, SandboxClosed
 from .sandbox import Sandbox
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+
+
+def go_content_type(body: bytes) -> Optional[str]:
+    """The Content-Type the RIE answers with: its Go HTTP server drops the runtime's and sniffs the body
+    (net/http.DetectContentType, reduced to what a function returns): none for an empty body,
+    application/octet-stream for binary data, else "text/plain; charset=utf-8" (JSON included)."""
+    if not body:
+        return None
+    if any(b <= 0x08 or b == 0x0B or 0x0E <= b <= 0x1A or 0x1C <= b <= 0x1F for b in body[:512]):
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"
 
 
 def _split_addr(value: str, default_host: str) -> tuple[str, int]:
@@ -70,7 +83,7 @@ class _InvokeHandler(BaseHTTPRequestHandler):
         except SandboxClosed:
             self._send(503, b"")
             return
-        self._send(r.status, r.body, r.content_type if r.body else None)
+        self._send(r.status, r.body, go_content_type(r.body))
 
 
 class _InvokeServer(ThreadingHTTPServer):
@@ -148,7 +161,8 @@ def _main_rie(argv: list[str]) -> int:
         memory_mb=int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 3008),
         region=env.get("AWS_REGION") or "us-east-1",
         runtime_cmd=cmd,
-        freeze=False,
+        freeze=False,  # the RIE neither freezes nor limits CPU or memory
+        cgroups=False,
         host=api_host,
         port=api_port,
         on_log=_printer(False),
@@ -167,7 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="invoke endpoint address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="invoke endpoint port (default 8080, 0 = free)")
     p.add_argument("--timeout", type=float, default=None, help="function timeout s (AWS_LAMBDA_FUNCTION_TIMEOUT, 300)")
-    p.add_argument("--memory", type=int, default=None)
+    p.add_argument("--memory", type=int, default=None,
+                   help="memory size MB (AWS_LAMBDA_FUNCTION_MEMORY_SIZE, 3008): CPU share and memory limit")
     p.add_argument("--freeze", action="store_true", help="freeze the sandbox between invokes like Lambda")
     p.add_argument("--netns", action="store_true", help="run the processes in their own network namespace (root)")
     p.add_argument("--lambda-paths", action="store_true",

@@ -2,15 +2,21 @@
 
 The RIE insists on /opt/extensions and /var/task, so it runs in a private mount namespace
 (`unshare -m --propagation private`, root only) in which opt_dir is bind-mounted on /opt, task_dir on
-/var/task and a private directory on /tmp (like a container's own /tmp); nothing changes for the rest of
-the machine (except that an empty /var/task mount point is created if missing). Ports: the invoke endpoint and the Runtime API each get a free port on 127.0.0.1
-(with netns=True the RIE runs in its own network namespace and uses 8080/9001 there; the invoke endpoint
-is reached on the sandbox-side veth address).
+/var/task and a private directory on /tmp (like a container's own /tmp); host paths under /tmp the
+processes need (this checkout, the runtime's virtualenv, the RIE binary's directory) are bound back into
+it. Nothing changes for the rest of the machine (except that an empty /var/task mount point is created
+if missing). Ports: the invoke endpoint and the Runtime API each get a free port on 127.0.0.1 (with
+netns=True the RIE runs in its own network namespace and uses 8080/9001 there; the invoke endpoint is
+reached on the sandbox-side veth address).
 
-What the RIE can't tell us: per-extension exit codes and SHUTDOWN delivery times (the extensions are the
-RIE's children); ShutdownReport marks those as None and infers `killed` from the exit time reaching the
-deadline. Output of the RIE, the runtime and the extensions is one merged stream: every line has source
-"rie" (wait_for_log/wait_for_json therefore ignore the source argument).
+What the RIE tells only in its log is read from there: INIT duration (`INIT REPORT(durationMs: …)`), the
+request id the runtime saw (`INVOKE START(requestId: …)`), which extensions subscribed to SHUTDOWN. Exit
+codes of the RIE's children come from the kernel's process events (exitwatch.py); the SHUTDOWN delivery
+time is not observable (None). Output of the RIE, the runtime and the extensions is one merged stream:
+every line has source "rie" (wait_for_log/wait_for_json therefore ignore the source argument).
+
+CPU and memory: with cgroups the RIE and everything it starts share one cgroup with the quota and limit
+of memory_mb (at least one vCPU from the RIE's `INIT START` to its `INIT REPORT`, as Sandbox does).
 
 freeze (off by default, the RIE never freezes) is approximated: after each invoke every process below the
 RIE is SIGSTOPped (the RIE has answered, so the extensions already called next; the runtime may be stopped
@@ -23,6 +29,7 @@ import atexit
 import http.client
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -33,14 +40,31 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
-from . import procs
+from . import exitwatch, procs
+from .base import SandboxBase
+from .control import ProcessControl
+from .environment import host_paths_under_tmp
 from .logs import LogRecord
 from .netns import Netns
-from .results import ExtensionShutdown, InvokeResult, SandboxBusy, SandboxClosed, SandboxError, ShutdownReport
-from .base import SandboxBase
-from .sandbox import RUNTIME_DEADLINE_SHARE, host_paths_under_tmp
+from .results import (
+    ExtensionShutdown,
+    InvokeResult,
+    Resources,
+    SandboxBusy,
+    SandboxClosed,
+    SandboxError,
+    SandboxUnsupported,
+    ShutdownReport,
+)
+from .shutdown import RUNTIME_DEADLINE_SHARE
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+# lines of the RIE's own log RieSandbox reads
+INIT_START = re.compile(r"\(rapid\) INIT START\(")
+INIT_REPORT = re.compile(r"\(rapid\) INIT REPORT\(durationMs: ([0-9.]+)\)")
+INVOKE_START = re.compile(r"\(rapid\) INVOKE START\(requestId: ([0-9a-f-]+)\)")
+INVOKE_OVER = re.compile(r"\(rapid\) (INVOKE RTDONE|Invoke DONE failed|Invoke failed|Init failed)")
+SUBSCRIBED = re.compile(r"\(rapid\) External agent (\S+) \([0-9a-f-]+\) registered, subscribed to \[([A-Z ]*)\]")
 MOUNT_SCRIPT = (
     'opt="$1"; task="$2"; tmp="$3"; shift 3; '
     "mkdir -p /opt /var/task && "
@@ -93,7 +117,8 @@ def parse_rie_response(status: int, body: bytes, timeout_s: float) -> tuple[bool
 
 
 class RieSandbox(SandboxBase):
-    """Same Python API as Sandbox, backed by `aws-lambda-rie` (root only)."""
+    """Same Python API as Sandbox, backed by `aws-lambda-rie` (root only). Not there: init() (the RIE runs
+    INIT only at an invoke) and, in the RIE itself, freeze and reclaim (both done from outside here)."""
 
     merged_sources = True  # the RIE writes every process's output to one stream
 
@@ -120,10 +145,12 @@ class RieSandbox(SandboxBase):
         rie_port: Optional[int] = None,
         api_port: Optional[int] = None,
         log_level: Optional[str] = None,
+        cgroups: Optional[bool] = None,
     ) -> None:
-        self.rie_binary = os.path.abspath(rie_binary) if os.sep in rie_binary else (shutil.which(rie_binary) or rie_binary)
+        self.rie_binary = (os.path.abspath(rie_binary) if os.sep in rie_binary
+                           else (shutil.which(rie_binary) or rie_binary))
         self._set_function(opt_dir, task_dir, handler, env, timeout_s, memory_mb, function_name, function_version,
-                           region, python, runtime_cmd, freeze, netns, shutdown_budget_ms, on_log)
+                           region, python, runtime_cmd, freeze, netns, shutdown_budget_ms, self._watch_log(on_log))
         self.name = name or f"rie-{os.getpid()}-{id(self):x}"
         self.log_level = log_level
         self._rie_port = rie_port
@@ -135,6 +162,27 @@ class RieSandbox(SandboxBase):
         self._state = "new"
         self._frozen_pids: set[int] = set()
         self.freeze_count = 0
+        self._control = ProcessControl(memory_mb, cgroups)
+        self._subscriptions: dict[str, set[str]] = {}
+
+    def _watch_log(self, on_log: Optional[Callable[[LogRecord], None]]) -> Callable[[LogRecord], None]:
+        """What RieSandbox learns from the RIE's log as it is written: INIT phases (CPU quota) and which
+        extension subscribed to what."""
+
+        def watch(rec: LogRecord) -> None:
+            line = rec.line
+            if "(rapid)" in line:
+                m = SUBSCRIBED.search(line)
+                if m:
+                    self._subscriptions[m.group(1)] = set(m.group(2).split())
+                elif INIT_START.search(line):
+                    self._control.cpu_for_init(on_demand=True)
+                elif INIT_REPORT.search(line):
+                    self._control.cpu_after_init()
+            if on_log is not None:
+                on_log(rec)
+
+        return watch
 
     # ------------------------------------------------------------------ command line (unit-tested)
     def ports(self) -> tuple[int, int]:
@@ -162,6 +210,7 @@ class RieSandbox(SandboxBase):
         return ["/usr/bin/env", "PYTHONPATH=" + ":".join(pythonpath)] + cmd
 
     def command(self) -> list[str]:
+        """The RIE's command line: loopback only (its own default would listen on 0.0.0.0:8080)."""
         rie_port, api_port = self.ports()
         listen = "0.0.0.0" if self.use_netns else "127.0.0.1"
         rie = [self.rie_binary, "--runtime-interface-emulator-address", f"{listen}:{rie_port}",
@@ -169,8 +218,9 @@ class RieSandbox(SandboxBase):
         if self.log_level:
             rie += ["--log-level", self.log_level]
         tmp = self.private_tmp or "<private /tmp dir, created by start()>"
+        bind_back = host_paths_under_tmp(self.python, os.path.dirname(self.rie_binary))
         argv = ["unshare", "-m", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_SCRIPT, "lsb-rie",
-                self.opt_dir, self.task_dir, tmp, *host_paths_under_tmp(self.python), "--"] + rie + self.runtime_command()
+                self.opt_dir, self.task_dir, tmp, *bind_back, "--"] + rie + self.runtime_command()
         if self._netns is not None:
             argv = self._netns.exec_prefix() + argv
         return argv
@@ -216,9 +266,11 @@ class RieSandbox(SandboxBase):
         os.chmod(self.private_tmp, 0o1777)
         _live.add(self)
         try:
+            exitwatch.shared()  # listening before any process of the sandbox can exit
+            self._control.setup()
             if self.use_netns:
                 self._netns = Netns()
-            self._proc = procs.launch("rie", self.command(), cwd="/", env=self.environment(),
+            self._proc = procs.launch("rie", self._control.wrap(self.command()), cwd="/", env=self.environment(),
                                       logs=self.logs_store, on_exit=lambda m: None)
             self._state = "running"
             self._wait_listening(10.0)
@@ -231,6 +283,7 @@ class RieSandbox(SandboxBase):
         host = self._netns.sandbox_address if self._netns else "127.0.0.1"
         port = self.ports()[0]
         deadline = time.monotonic() + timeout
+        assert self._proc is not None
         while time.monotonic() < deadline:
             if not self._proc.alive:
                 raise SandboxError(f"aws-lambda-rie exited with {self._proc.returncode}: "
@@ -241,6 +294,10 @@ class RieSandbox(SandboxBase):
             except OSError:
                 self._proc.exited.wait(0.02)  # polling a port: there is no readiness signal to wait on
         raise SandboxError(f"aws-lambda-rie did not listen on {host}:{port} within {timeout}s")
+
+    def init(self, freeze_after: bool = False) -> None:
+        raise SandboxUnsupported("the RIE runs INIT only at an invoke (its first INIT is part of the first "
+                                 "invoke); it has no INIT of its own")
 
     def close(self) -> None:
         if self._state == "closed":
@@ -257,6 +314,10 @@ class RieSandbox(SandboxBase):
         if self._proc is not None and self._proc.alive:
             procs.signal_pids(self._tree() | {self._proc.pid}, signal.SIGKILL)
             self._proc.exited.wait(5)
+        leftovers = self._control.pids()
+        if leftovers:
+            procs.signal_pids(leftovers, signal.SIGKILL)
+        self._control.remove()
         self._remove_netns_and_tmp()
 
     # ------------------------------------------------------------------ processes
@@ -277,6 +338,7 @@ class RieSandbox(SandboxBase):
                     stack.append(c)
         if self._netns is not None and self._netns.inode is not None:
             out |= procs.pids_in_netns(self._netns.inode)
+        out |= self._control.pids()
         out.discard(rie)
         return {p for p in out if p in table and table[p].state != "Z"}
 
@@ -305,8 +367,21 @@ class RieSandbox(SandboxBase):
     def frozen(self) -> bool:
         return bool(self._frozen_pids)
 
+    @property
+    def freeze_mechanism(self) -> Optional[str]:
+        """"sigstop" with freeze=True (an approximation from outside: the RIE never freezes), else None."""
+        return "sigstop" if self.freeze else None
+
+    @property
+    def resources(self) -> Resources:
+        return self._control.resources()
+
+    def cpu_time_s(self) -> Optional[float]:
+        """CPU seconds used by the RIE and everything it ran (None without cgroups)."""
+        return self._control.cpu_time_s()
+
     def wait_frozen(self, timeout: float = 5.0) -> bool:
-        return self.frozen
+        return self.frozen  # the approximated freeze happens before invoke() returns
 
     def _freeze(self) -> None:
         pids = self._tree()
@@ -334,6 +409,7 @@ class RieSandbox(SandboxBase):
             headers = {"Content-Type": content_type}
             if trace_id:
                 headers["X-Amzn-Trace-Id"] = trace_id
+            mark = self.log_mark()
             t0 = time.monotonic()
             conn = http.client.HTTPConnection(host, self.ports()[0], timeout=self.timeout_s * 2 + 30)
             try:
@@ -341,17 +417,37 @@ class RieSandbox(SandboxBase):
                 resp = conn.getresponse()
                 rbody = resp.read()
                 status = resp.status
-                ctype = resp.getheader("Content-Type") or "application/json"
+                ctype = resp.getheader("Content-Type") or ""
             finally:
                 conn.close()
             dur = (time.monotonic() - t0) * 1000
             ok, etype, timed_out = parse_rie_response(status, rbody, self.timeout_s)
+            request_id, init_ms = self._invoke_facts(mark)
             if self.freeze:
                 self._freeze()
             return InvokeResult(ok=ok, status=status, body=rbody, error_type=etype, duration_ms=dur,
-                                content_type=ctype, timed_out=timed_out)
+                                request_id=request_id, init_duration_ms=init_ms, content_type=ctype,
+                                timed_out=timed_out)
         finally:
             self._op_lock.release()
+
+    def _invoke_facts(self, mark: int) -> tuple[str, Optional[float]]:
+        """(request id the runtime saw, INIT duration if this invoke ran INIT) from the RIE's log. The RIE
+        writes those lines before it answers; they are read from its pipe asynchronously, so the end of the
+        invoke (or of INIT, when INIT failed) is waited for briefly."""
+        try:
+            self.wait_for_log(lambda _s, line: bool(INVOKE_OVER.search(line)), timeout=2.0, since=mark)
+        except TimeoutError:
+            pass
+        request_id, init_ms = "", None
+        for _src, line in self.logs[mark:]:
+            m = INVOKE_START.search(line)
+            if m and not request_id:
+                request_id = m.group(1)
+            m = INIT_REPORT.search(line)
+            if m:
+                init_ms = (init_ms or 0.0) + float(m.group(1))
+        return request_id, init_ms
 
     # ------------------------------------------------------------------ shutdown / reclaim
     def shutdown(self, reason: str = "SandboxTerminated") -> ShutdownReport:
@@ -372,6 +468,7 @@ class RieSandbox(SandboxBase):
             raise SandboxClosed(self.name)
         if self._netns is None:
             raise SandboxError("reclaim() needs netns=True")
+        assert self._proc is not None
         with self._op_lock:
             try:
                 if graceful is False:
@@ -388,6 +485,7 @@ class RieSandbox(SandboxBase):
                 self._teardown()
 
     def _sigterm_flow(self, cut_at: Optional[float]) -> ShutdownReport:
+        assert self._proc is not None
         self._thaw()
         names = self.pids()
         watch: dict[str, int] = {}
@@ -410,6 +508,7 @@ class RieSandbox(SandboxBase):
                     exited_at[n] = now
                     del pending[n]
         if cut_at is not None:
+            assert self._netns is not None
             pids = self._tree() | {self._proc.pid}
             procs.stop_and_wait(pids)
             self._netns.cut()
@@ -417,17 +516,24 @@ class RieSandbox(SandboxBase):
         self._proc.exited.wait(self.shutdown_budget_ms / 1000.0 + 5)
         for fd in watch.values():
             os.close(fd)
+        watcher = exitwatch.shared()
+        codes = {n: (watcher.returncode(pid) if watcher is not None and n in exited_at else None)
+                 for n, pid in names.items()}
         budget_ms = self.shutdown_budget_ms
         report = ShutdownReport(reason="SandboxTerminated", deadline_ms=deadline_ms, reclaimed=cut_at is not None,
                                 duration_ms=(time.monotonic() - t_sig) * 1000)
         for n, pid in names.items():
             ms = (exited_at[n] - t_sig) * 1000 if n in exited_at else None
+            code = codes[n]
             if n == "runtime":
                 report.runtime_exit_ms = ms
-                report.runtime_killed = ms is None or ms >= budget_ms * RUNTIME_DEADLINE_SHARE - 5
+                report.runtime_exit_code = code
+                report.runtime_killed = (code == -signal.SIGKILL if code is not None
+                                         else ms is None or ms >= budget_ms * RUNTIME_DEADLINE_SHARE - 5)
                 continue
+            events = self._subscriptions.get(n)
             report.extensions[n] = ExtensionShutdown(
-                name=n, pid=pid, subscribed=None, exit_code=None,
-                killed=ms is None or ms >= budget_ms - 20, delivered_ms=None, exit_after_delivery_ms=None,
-                exited_ms=ms)
+                name=n, pid=pid, subscribed=None if events is None else "SHUTDOWN" in events, exit_code=code,
+                killed=code == -signal.SIGKILL if code is not None else (ms is None or ms >= budget_ms - 20),
+                delivered_ms=None, exit_after_delivery_ms=None, exited_ms=ms)
         return report

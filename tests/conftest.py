@@ -26,6 +26,8 @@ import pytest
 from tests.mariadb import MariaDB, MariaDBNotInstalled, free_port as _free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Other projects' test files, run by our tests in their own way (see each one's SOURCE.md).
+collect_ignore = ["third_party"]
 
 
 def _start(**kwargs: Any) -> MariaDB:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,12 @@ from lambda_sandbox import Sandbox
 
 NOOP_TASK = Path(__file__).resolve().parent / "functions" / "noop"
 EXTENSION = "dbkeeper"
+
+
+def state_file_of(runtime_api: str) -> Path:
+    """Where the extension tells the wrapper what it serves: the documented rule, spelled out
+    independently of extension/dbkeeper/state_file.py so that a change to either shows."""
+    return Path("/tmp/.dbkeeper-" + re.sub(r"[^A-Za-z0-9.]", "_", runtime_api) + ".state")
 
 
 def extension_python() -> str:
@@ -80,8 +88,10 @@ class RunningDbkeeper:
 
 
 def start_dbkeeper(layer_tree: Path, upstream, port: int, extra_env: dict | None = None,
-                   task_dir: Path = NOOP_TASK, freeze: bool = False, without: tuple[str, ...] = ()) -> RunningDbkeeper:
-    """`without`: variables of upstream.db_env() to leave out (e.g. the password, when a secret has it)."""
+                   task_dir: Path = NOOP_TASK, freeze: bool = False,
+                   before_init: Callable[[Sandbox], None] | None = None, without: tuple[str, ...] = ()) -> RunningDbkeeper:
+    """before_init(sandbox): runs once the sandbox has its Runtime API address, before any process starts.
+    `without`: variables of upstream.db_env() to leave out (e.g. the password, when a secret has it)."""
     workdir = tempfile.mkdtemp(prefix="dbk-", dir="/tmp")  # short: Unix socket paths are limited to 107 bytes
     socket_path = os.path.join(workdir, "dbkeeper.sock")
     env = {**upstream.db_env(), "DBKEEPER_LISTEN_PORT": str(port), "DBKEEPER_SOCKET": socket_path,
@@ -91,7 +101,14 @@ def start_dbkeeper(layer_tree: Path, upstream, port: int, extra_env: dict | None
         env.pop(name, None)
     sandbox = Sandbox(str(layer_tree), str(task_dir), "app.handler", env=env, freeze=freeze, timeout_s=15)
     sandbox.start()
-    failure = sandbox.init()
+    try:
+        if before_init is not None:
+            before_init(sandbox)
+        failure = sandbox.init()
+    except BaseException:
+        sandbox.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     running = RunningDbkeeper(sandbox, upstream, "127.0.0.1", port, socket_path, workdir, env)
     if failure is not None:
         running.stop()

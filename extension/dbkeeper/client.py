@@ -25,11 +25,13 @@ from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
 from .relay import Relay
 from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
-# What the local hop offers: everything a client may need, but no TLS, compression, LOCAL
-# INFILE (a proxy reading local files on a server's request is a hole), or features that
-# would change the framing the relay follows (DEPRECATE_EOF, session tracking).
+# What the local hop offers: everything a client may need, but no TLS, compression, or features
+# that would change the framing the relay follows (DEPRECATE_EOF, session tracking). LOCAL_FILES
+# is offered and, being in the session profile, reaches the upstream only for a client that set it
+# itself: that client's driver reads the file and sends it through; dbkeeper never opens one.
 _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
-            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41 | CLIENT.INTERACTIVE
+            | CLIENT.NO_SCHEMA | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
+            | CLIENT.INTERACTIVE
             | CLIENT.IGNORE_SIGPIPE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
@@ -179,8 +181,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._scramble = auth.new_scramble()
         offered = _OFFERED & (identity.capabilities | CLIENT.LONG_PASSWORD)
+        greeted_id = self._pool.likely_connection_id()
         self._write(handshake.build_greeting(handshake.Greeting(
-            server_version=identity.server_version, connection_id=self._pool.likely_connection_id(),
+            server_version=identity.server_version, connection_id=greeted_id,
             scramble=self._scramble, capabilities=offered, collation_id=UTF8MB4_GENERAL_CI,
             status=SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT, auth_plugin=handshake.NATIVE_PASSWORD)), 0)
 
@@ -197,7 +200,7 @@ class ClientConnection(asyncio.Protocol):
         settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
                                    bool(capabilities & CLIENT.MULTI_STATEMENTS))
         try:
-            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS)
+            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS, prefer=greeted_id)
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=sequence + 1)
             return
@@ -245,7 +248,8 @@ class ClientConnection(asyncio.Protocol):
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
         self._pending.pop(self, None)
-        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None)
+        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None,
+                            prefix=self._upstream.restore_wait_timeout())
         self._upstream.attach(self._relay)
         self._write(ok, sequence_id)
         if pending:

@@ -16,7 +16,9 @@ TLS_MODES = ("disabled", "preferred", "required")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 FAIL_MODES = ("open", "closed")
 # Client capability flags that shape a session (pymysql.constants.CLIENT names); see upstream.PROFILE_BITS.
-SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS", "PS_MULTI_RESULTS")
+# LOCAL_FILES among them: whether the server may ask this session for a client file is the client's call.
+SESSION_FLAGS = ("FOUND_ROWS", "NO_SCHEMA", "ODBC", "LOCAL_FILES", "IGNORE_SPACE", "INTERACTIVE", "MULTI_RESULTS",
+                 "PS_MULTI_RESULTS")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -48,7 +50,8 @@ SETTINGS: tuple[Setting, ...] = (
             "true: clients on the 0600 Unix socket are not asked for a password."),
     Setting("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS",
             "Session-shaping capability flags the function's driver sends (e.g. FOUND_ROWS,MULTI_RESULTS "
-            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient). The INIT-time connection uses "
+            "for SQLAlchemy; MULTI_RESULTS,PS_MULTI_RESULTS for mysqlclient; add LOCAL_FILES for a driver with "
+            "local_infile on). The INIT-time connection uses "
             "them; a client with others costs one reconnect."),
     Setting("DBKEEPER_HOLD_SETUP", "true",
             "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
@@ -63,6 +66,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBKEEPER_VERIFY_AFTER_IDLE_MS", "60000",
             "An upstream connection idle longer than this (by the monotonic, wall or boot clock: a freeze, a "
             "SnapStart restore) gets a COM_PING before it is lent, and is replaced if it does not answer."),
+    Setting("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", "600",
+            "Session wait_timeout of upstream connections while they sit idle in the pool (0: the server's own). "
+            "Bounds how long a sandbox reclaimed without SHUTDOWN leaves a connection on the server; a session "
+            "lent one sees the server's own wait_timeout again."),
+    Setting("DBKEEPER_IDLE_TIMEOUT_S", "300",
+            "Idle upstream connections beyond the first are closed once idle this long (decided when a session "
+            "ends, never by a timer; 0: never)."),
     Setting("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", "10000",
             "A local client that has not finished its handshake (or a command dbkeeper answers) by then is dropped."),
     Setting("DBKEEPER_INIT_CONNECT_BUDGET_MS", "8000",
@@ -131,6 +141,8 @@ class Config(NamedTuple):
     borrow_timeout: float
     connect_timeout: float
     max_pending_clients: int
+    upstream_wait_timeout: int
+    idle_timeout: float
     verify_after_idle: float
     client_handshake_timeout: float
     init_connect_budget: float
@@ -185,6 +197,8 @@ class Config(NamedTuple):
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
+            upstream_wait_timeout=parsed("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", _integer(0, 31_536_000)),
+            idle_timeout=parsed("DBKEEPER_IDLE_TIMEOUT_S", _integer(0, 31_536_000)),
             max_pending_clients=parsed("DBKEEPER_MAX_PENDING_CLIENTS", _integer(1, 100_000)),
             verify_after_idle=parsed("DBKEEPER_VERIFY_AFTER_IDLE_MS", _milliseconds(0, 86_400_000)),
             client_handshake_timeout=parsed("DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS", _milliseconds(10, 600_000)),
@@ -360,6 +374,9 @@ def _socket_path(text: str) -> str | None:
         return None
     if not text.startswith("/"):
         raise ValueError("expected an absolute path")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        # the path goes into the wrapper's line-based state file (state_file.py)
+        raise ValueError("expected no control characters (line breaks, tabs)")
     if len(text.encode()) > 107:
         raise ValueError("longer than a Unix socket path may be (107 bytes)")
     return text

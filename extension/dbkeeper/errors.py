@@ -26,6 +26,10 @@ class ListenError(DbkeeperError):
     """A local listener (TCP port or Unix socket) could not be set up."""
 
 
+class StateFileError(DbkeeperError):
+    """The state file that tells the wrapper what dbkeeper serves could not be written."""
+
+
 class ProtocolError(DbkeeperError):
     """A peer sent bytes that break the MySQL protocol."""
 

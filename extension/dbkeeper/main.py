@@ -11,10 +11,11 @@ import os
 import time
 
 from .config import Config, fail_mode_of
-from .errors import ConfigError, DbkeeperError, ExtensionsApiError, ListenError
+from .errors import ConfigError, DbkeeperError, ExtensionsApiError, ListenError, StateFileError
 from .events import ShutdownEvent
 from .extensions_api import ExtensionsApi
 from .log import Logger
+from .state_file import remove_state, state_path, write_state
 
 DEFAULT_NAME = "dbkeeper"
 
@@ -28,6 +29,17 @@ def main(argv: list[str]) -> int:
     if not runtime_api:
         log.error("not_in_lambda", error="AWS_LAMBDA_RUNTIME_API is not set: dbkeeper runs as a Lambda extension")
         return 1
+    # The wrapper points the function at dbkeeper only while this file names a live dbkeeper. One
+    # left by a predecessor (SIGKILLed at a deadline, crashed) goes before anything is decided.
+    state = state_path(runtime_api)
+    remove_state(state)
+    try:
+        return _run(started, log, name, runtime_api, state)
+    finally:
+        remove_state(state, pid=os.getpid())
+
+
+def _run(started: float, log: Logger, name: str, runtime_api: str, state: str) -> int:
     try:
         api = ExtensionsApi(runtime_api)
         try:
@@ -47,11 +59,20 @@ def main(argv: list[str]) -> int:
             if config.fail_mode == "closed":
                 return _fail_init(api, name, log, "Extension.ListenFailed", exc)
             return _stay_idle(api, name, log, failed=("Extension.ListenFailed", exc))
+        try:
+            write_state(state, config.listen_port, config.socket_path, os.getpid())
+        except StateFileError as exc:
+            listeners.close()
+            if config.fail_mode == "closed":
+                return _fail_init(api, name, log, "Extension.StateFileFailed", exc)
+            return _stay_idle(api, name, log, failed=("Extension.StateFileFailed", exc))
+        # Only now: Lambda starts the runtime (and the wrapper reads the file) once every
+        # extension has registered.
         registration = api.register(name, ["SHUTDOWN"])
     except ExtensionsApiError as exc:
         log.error("extensions_api_failed", error=str(exc), status=exc.status, error_type=exc.error_type)
         return 1
-    log.info("registered", extension=name, function=registration.function_name,
+    log.info("registered", extension=name, function=registration.function_name, state_file=state,
              ms=round((time.monotonic() - started) * 1000, 3))
 
     from .event_pump import EventPump
@@ -93,8 +114,8 @@ def _report_exit(api: ExtensionsApi, log: Logger, error: Exception) -> None:
 
 def _stay_idle(api: ExtensionsApi, name: str, log: Logger, failed: tuple[str, Exception] | None = None) -> int:
     """A registered no-op that never touches the database: DBKEEPER_ENABLED=false, or a problem at
-    INIT in fail-open mode. Nothing listens, so the wrapper leaves the function's settings alone
-    and the function connects directly, as it did without the layer."""
+    INIT in fail-open mode. Nothing listens and no state file says otherwise, so the wrapper leaves
+    the function's settings alone and the function connects directly, as without the layer."""
     if failed is not None:
         error_type, error = failed
         log.error("init_failed", error_type=error_type, error=str(error), fail_mode="open",

@@ -140,9 +140,21 @@ class Pool:
     def size(self) -> int:
         return len(self._members)
 
+    def _next_lendable(self, prefer: int = 0) -> UpstreamConnection:
+        """The preferred one if it is lendable, else the most recently used IDLE connection (the
+        others age out under DBKEEPER_IDLE_TIMEOUT_S), else the one whose reset began first."""
+        if prefer:
+            for connection in self._lendable:
+                if connection.connection_id == prefer:
+                    return connection
+        for connection in reversed(self._lendable):
+            if connection.pool_state is MemberState.IDLE:
+                return connection
+        return self._lendable[0]
+
     def likely_connection_id(self) -> int:
         """For a greeting, before the session has a connection: the one it will most likely get."""
-        return self._lendable[0].connection_id if self._lendable else 0
+        return self._next_lendable().connection_id if self._lendable else 0
 
     def lent(self) -> list[UpstreamConnection]:
         return [c for c in self._members if c.pool_state is MemberState.LENT]
@@ -156,27 +168,29 @@ class Pool:
         return None
 
     # --- borrowing ----------------------------------------------------------------------------
-    async def borrow(self, profile: int) -> UpstreamConnection:
+    async def borrow(self, profile: int, prefer: int = 0) -> UpstreamConnection:
         """A ready connection with `profile`, exclusively the caller's (LENT). Raises PoolTimeout
         or UpstreamError, and then the caller holds nothing: whatever interrupts the borrow
-        (an error, the client's task cancelled) leaves every member counted where it is."""
+        (an error, the client's task cancelled) leaves every member counted where it is.
+        `prefer`: the connection id the client was greeted with, taken when it is still free (a
+        driver's thread_id() then names the session's own connection, e.g. for KILL QUERY)."""
         started = self._loop.time()
         try:
-            connection = await self._borrow(profile)
+            connection = await self._borrow(profile, prefer)
         except PoolTimeout:
             self.counters.rejected_too_many += 1  # the client gets 1040
             raise
         self.counters.waited((self._loop.time() - started) * 1000)
         return connection
 
-    async def _borrow(self, profile: int) -> UpstreamConnection:
+    async def _borrow(self, profile: int, prefer: int) -> UpstreamConnection:
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
             if self._lendable:
-                connection = self._lendable[0]
+                connection = self._next_lendable(prefer)
                 resetting = connection.pool_state is MemberState.RESETTING
                 self._change_state(connection, MemberState.LENT)
                 try:
@@ -293,12 +307,29 @@ class Pool:
             connection.mark_used()
             if connection.pool_state is MemberState.RESETTING:
                 self._change_state(connection, MemberState.IDLE)
+                self._close_long_idle()
             if self._log.enabled("debug"):
                 self._log.debug("upstream_reset", connection_id=connection.connection_id,
                                 ms=round((time.monotonic() - started) * 1000, 3))
         finally:
             connection.resetting = None
             self._notify()
+
+    def _close_long_idle(self) -> None:
+        """Connections a burst opened and nobody has needed since: closed once idle longer than
+        DBKEEPER_IDLE_TIMEOUT_S, the most recently used one kept. Decided here, when a session
+        ends, never by a timer (a timer would fire in a burst after every thaw)."""
+        limit = self._config.idle_timeout
+        if not limit:
+            return
+        now = time.monotonic()
+        idle = [c for c in self._lendable if c.pool_state is MemberState.IDLE]
+        if len(idle) < 2:
+            return
+        newest = max(idle, key=lambda c: c.last_used[0])
+        for connection in idle:
+            if connection is not newest and now - connection.last_used[0] > limit:
+                self._close(connection, "idle_timeout")
 
     # --- opening ------------------------------------------------------------------------------
     def warm(self) -> None:
@@ -330,6 +361,17 @@ class Pool:
             except BaseException:
                 attempt_done.set_result(False)
                 raise
+            try:
+                await connection.shorten_wait()
+            except UpstreamError as exc:
+                attempt_done.set_result(False)
+                self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
+                self.discard(connection, "reset_failed")
+                return
+            except BaseException:
+                attempt_done.set_result(False)
+                self.discard(connection, "shutdown")
+                raise
             self.give_back_clean(connection)
             attempt_done.set_result(True)
             return
@@ -337,6 +379,10 @@ class Pool:
     async def ensure_identity(self) -> Greeting:
         """The server's greeting, connecting once if no connection ever succeeded (the first
         client after a SnapStart restore, or after an INIT that could not reach the database)."""
+        warming = self._warm_attempt
+        if warming is not None and not warming.done():
+            # its connection is the one this client will most likely get: greet with its id
+            await asyncio.wait((warming,), timeout=self._config.connect_timeout)
         if self.identity is None:
             connection = await self.borrow(self.profile)
             self.give_back_clean(connection)

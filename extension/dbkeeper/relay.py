@@ -19,7 +19,7 @@ import socket
 from pymysql.constants import COMMAND
 
 from .protocol import session_setup
-from .protocol.commands import INTERCEPTED, NO_REPLY, CommandScanner
+from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
 from .protocol.responses import ResponseTracker, closes_reply
@@ -42,7 +42,8 @@ def _discard(data: bytes) -> None:
 
 
 class Relay:
-    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None):
+    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None,
+                 prefix: bytes | None = None):
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -61,7 +62,9 @@ class Relay:
         self.commands = 0
         # Session setup: statements answered here, not yet sent (None once a command went upstream)
         self._proven = proven
-        self._held: list[bytes] | None = [] if proven is not None else None
+        # `prefix`: a command of dbkeeper's own that must run before the session's first one (its
+        # reply dropped like a held statement's): restoring the server's wait_timeout
+        self._held: list[bytes] | None = [prefix] if prefix else [] if proven is not None else None
         self._sent_held: list[bytes] = []
         self._status = upstream.status if proven is not None else 0  # for the OKs given here
         self._candidate: bytes | None = None  # a setup statement sent unproven: its reply may prove it
@@ -77,10 +80,11 @@ class Relay:
         return self._forward(data)
 
     def _forward(self, data: bytes) -> bytes | None:
-        if self._simple:  # the shape of nearly every query: one whole command after a whole reply
+        # the shape of nearly every query: one whole command (sequence id 0) after a whole reply
+        if self._simple:
             size = len(data)
             if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
-                    and data[4] not in _NOT_FAST:
+                    and data[3] == 0 and data[4] not in _NOT_FAST:
                 last = self._last
                 if not self._expected if last is None else len(self._expected) == 1 and closes_reply(last):
                     self._upstream_write(data)
@@ -106,7 +110,7 @@ class Relay:
         size = len(data)
         if size > HEADER_SIZE and data[3] == 0 and (data[0] | data[1] << 8 | data[2] << 16) == size - HEADER_SIZE:
             command = data[HEADER_SIZE:]
-            statement = self._proven.get(command)
+            statement = self._proven.get(command) if self._proven is not None else None
             if statement is not None:
                 reply, self._status = session_setup.answer(statement, self._status)
                 self._held.append(data)
@@ -116,7 +120,7 @@ class Relay:
             if data[HEADER_SIZE] in INTERCEPTED:
                 self._held = None  # a reset, a change of user or the end: what is held need not run
                 return False
-            if session_setup.classify(command) is not None:
+            if self._proven is not None and session_setup.classify(command) is not None:
                 self._candidate = command
         held, self._held = self._held, None
         if held:
@@ -157,7 +161,8 @@ class Relay:
         """A held statement failed after all (the server changed under us). The client was told
         OK: its session can't go on, and the upstream's state is unknown."""
         failed = self._sent_held[len(self._sent_held) - self._swallow]
-        self._proven.forget(failed[HEADER_SIZE:])
+        if self._proven is not None:
+            self._proven.forget(failed[HEADER_SIZE:])
         self._swallow = 0
         self._swallowed = b""
         self.tracker.broken = "a held session-setup statement failed"
@@ -168,11 +173,17 @@ class Relay:
         if not self._replies_ended():
             self._feed_tracker()
         for code in commands:
+            if code == FILE_DATA or code == FILE_END:
+                # the tracker, given every reply byte relayed so far, checks that a LOCAL INFILE
+                # request is what this packet answers
+                self._feed_tracker()
+                self.tracker.file_packet(code == FILE_END)
+                continue
+            self.commands += 1
             if code not in NO_REPLY:
                 self._expected.append(code)
             if code == COMMAND.COM_SET_OPTION:
                 self.upstream.forget_options()
-        self.commands += len(commands)
 
     def _replies_ended(self) -> bool:
         """True (and the saved replies dropped) when every reply relayed so far has ended, as far

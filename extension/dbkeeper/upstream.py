@@ -72,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool_state = None  # pool.MemberState, changed only by the pool's _change_state
         self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
         self.reset_started = 0.0
+        self.short_wait = False  # session wait_timeout is DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S (idle in the pool)
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -347,6 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
         set_names = _SET_NAMES.get(kept_collation) if kept_collation != UTF8MB4_GENERAL_CI else None
         if set_names:  # the statement that worked for this collation before
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
+        short_wait = self._write_short_wait()
         self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT '" + nonce + b"'", 0)
         reply = (await self.read_packet()).payload
         if not messages.is_ok(reply):
@@ -370,8 +372,44 @@ class UpstreamConnection(asyncio.Protocol):
             elif not messages.is_err(reply):
                 raise UpstreamError("reset out of step with the server (SET NAMES)")
             # an ERR leaves the handshake's character set, which the next session's prepare() sees
+        if short_wait:
+            await self._read_short_wait()
         if await self._read_one_value() != bytes((len(nonce),)) + nonce:
             raise UpstreamError("reset out of step with the server (sync marker)")
+
+    # While a connection sits idle in the pool its session wait_timeout is short: a sandbox that
+    # Lambda reclaims without SHUTDOWN (no FIN ever reaches the server) leaves it for that long, not
+    # the server's 8 hours. The pool checks an idle connection before lending it, so the server
+    # closing it costs at most a reconnect; a session lent it gets the server's own value back
+    # (restore_wait_timeout, sent in front of its first command).
+    def _write_short_wait(self) -> bool:
+        seconds = self._config.upstream_wait_timeout
+        if not seconds:
+            return False
+        # never longer than the server's own: a short server wait_timeout is the operator's choice
+        self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)"
+                          % seconds, 0)
+        return True
+
+    async def _read_short_wait(self) -> None:
+        reply = (await self.read_packet()).payload
+        if not messages.is_ok(reply):
+            raise _server_error("setting the idle wait_timeout failed", reply)
+        self.short_wait = True
+
+    async def shorten_wait(self) -> None:
+        """For a fresh connection going idle into the pool (the INIT-time one)."""
+        if self._write_short_wait():
+            await self._read_short_wait()
+
+    def restore_wait_timeout(self) -> bytes | None:
+        """The command (a whole packet) that gives a lent session the server's own wait_timeout
+        back (interactive clients start from interactive_timeout, as the server does), or None."""
+        if not self.short_wait:
+            return None
+        self.short_wait = False
+        source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
+        return frame(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = @@GLOBAL." + source, 0)
 
     async def _read_one_value(self) -> bytes:
         """The one row of a one-column, one-row text result (column count, definition, EOF, row,

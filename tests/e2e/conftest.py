@@ -1,5 +1,7 @@
 """End-to-end: the built layer attached to a real function (awslambdaric runtime) in the project's
-Lambda sandbox, or in the real RIE when DBKEEPER_RIE names an aws-lambda-rie binary."""
+Lambda sandbox ([sandbox] in a test's id), and again in the real RIE ([rie]) when DBKEEPER_RIE names an
+aws-lambda-rie binary. The RIE runs as it is: no freeze (it never freezes) and no reclaim; a test that
+needs either skips in that variant and says so."""
 
 from __future__ import annotations
 
@@ -9,11 +11,25 @@ from pathlib import Path
 import pytest
 
 from lambda_sandbox import Sandbox
-from tests.dbkeeper_process import extension_python
+from tests.dbkeeper_process import extension_python, state_file_of
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_FUNCTION = REPO / "sample_function"
 WRAPPER = "/opt/dbkeeper-wrapper"
+
+
+def pytest_report_header(config):
+    rie = os.environ.get("DBKEEPER_RIE")
+    reason = _rie_skip_reason()
+    return [f"e2e environments: [sandbox] lambda_sandbox (freeze by {_freeze_mechanism()}); [rie] "
+            + (f"aws-lambda-rie {rie}" if reason is None else f"skipped ({reason})")]
+
+
+def _freeze_mechanism() -> str:
+    from lambda_sandbox.cgroups import unavailable_reason
+
+    reason = unavailable_reason()
+    return "the cgroup v1 freezer" if reason is None else f"SIGSTOP: {reason}"
 
 
 def _rie_skip_reason() -> str | None:
@@ -32,6 +48,12 @@ def emulator(request):
         if reason:
             pytest.skip(reason)
     return request.param
+
+
+def skip_under_the_rie(emulator: str, why: str) -> None:
+    """For a test of something only the project's sandbox models (freeze, reclaim)."""
+    if emulator == "rie":
+        pytest.skip(f"not under the real RIE: {why}")
 
 
 @pytest.fixture
@@ -55,12 +77,16 @@ def lambda_function(emulator, built_layer, free_port, tmp_path):
         if emulator == "rie":
             from lambda_sandbox import RieSandbox
 
+            # as the RIE runs: never frozen
             sandbox = RieSandbox(os.environ["DBKEEPER_RIE"], str(opt_dir), str(task_dir), handler, env=function_env,
                                  timeout_s=timeout_s, netns=netns)
+            print(f"environment: aws-lambda-rie {sandbox.rie_binary}")
         else:
             sandbox = Sandbox(str(opt_dir), str(task_dir), handler, env=function_env, freeze=freeze, netns=netns,
                               timeout_s=timeout_s)
         sandbox.start()
+        if emulator == "sandbox":
+            print(f"environment: lambda_sandbox, freeze={freeze} by {sandbox.freeze_mechanism}")
         # In its own network namespace the sandbox reaches the host's DB at host_address (INIT is
         # lazy, so the environment can still be completed here).
         sandbox.env["DB_HOST"] = sandbox.host_address
@@ -73,3 +99,7 @@ def lambda_function(emulator, built_layer, free_port, tmp_path):
             sandbox.close()
         except Exception:  # already shut down or reclaimed
             pass
+        # a sandbox reclaimed without SHUTDOWN leaves its extension's state file, as on Lambda
+        # (where /tmp goes with the sandbox); here /tmp is the host's (the RIE has a private one)
+        if getattr(sandbox, "api_address", ""):
+            state_file_of(sandbox.api_address).unlink(missing_ok=True)

@@ -197,7 +197,7 @@ def test_dbkeeper_rie_selects_the_rie_sandbox_class(built_layer, workdir, reques
     # RieSandbox runs it exactly like the real one (private mount namespace, /opt and /var/task).
     if os.geteuid() != 0:
         pytest.skip("RieSandbox needs root (unshare -m, bind mounts)")
-    # Not under /tmp: a RIE sandbox has its own /tmp, like a container.
+    # (anywhere works: a binary under /tmp is bound back into the RIE's private /tmp)
     bin_dir = Path(tempfile.mkdtemp(prefix="dbkeeper-demo-rie-", dir="/var/tmp"))
     request.addfinalizer(lambda: shutil.rmtree(bin_dir, ignore_errors=True))
     stand_in = bin_dir / "aws-lambda-rie"

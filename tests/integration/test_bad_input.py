@@ -11,7 +11,7 @@ For every bad input (sent with the raw-packet client ``raw_mysql``):
 
 The cases also run against MariaDB itself (``direct``) as a control for the test itself.
 Plus: wrong password -> ERR 1045 / 28000; the TCP listener is loopback-only; the Unix socket is
-0600; LOAD DATA LOCAL INFILE through dbkeeper gets a clean ERR and the session goes on.
+0600. (LOAD DATA LOCAL INFILE, and packets that answer no request: test_local_infile.py.)
 """
 
 from __future__ import annotations
@@ -299,32 +299,3 @@ def test_unix_socket_is_mode_0600(dbk):
     st_ = os.stat(dbk.unix_socket)
     assert stat.S_ISSOCK(st_.st_mode)
     assert stat.S_IMODE(st_.st_mode) == 0o600, oct(stat.S_IMODE(st_.st_mode))
-
-
-# --------------------------------------------------------------------------- LOCAL INFILE
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_load_data_local_infile_gets_a_clean_err_and_the_session_goes_on(transport, dbk, direct, tmp_path):
-    target = dbkeeper_target_of(dbk)
-    table = f"infile_{os.urandom(3).hex()}_{transport}"
-    data = tmp_path / "rows.tsv"
-    data.write_text("1\tsecret\n2\tdata\n")
-    with connect(direct, "tcp") as d:
-        d.cursor().execute(f"CREATE TABLE `{table}` (id INT PRIMARY KEY, v VARCHAR(20))")
-    try:
-        # given a client that allows LOCAL INFILE
-        with connect(target, transport, local_infile=True) as conn:
-            # when it asks for LOAD DATA LOCAL INFILE
-            with pytest.raises(pymysql.MySQLError) as err:
-                with conn.cursor() as cur:
-                    cur.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}`", (str(data),))
-            # then it gets a server-style ERR (not a dropped connection) and no file was loaded
-            assert not 2000 <= err.value.args[0] < 3000, err.value  # CR_* = client-side errors
-            assert one(conn, f"SELECT COUNT(*) FROM `{table}`") == 0
-            # and the session still works
-            assert one(conn, "SELECT 'after'") == "after"
-        assert dbk.alive()
-    finally:
-        with connect(direct, "tcp") as d:
-            d.cursor().execute(f"DROP TABLE IF EXISTS `{table}`")

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from tests.dbkeeper_process import extension_python
+from tests.dbkeeper_process import extension_python, state_file_of
 from tests.fake_lambda_api import FakeLambda
 from tests.mariadb import free_port
 
@@ -16,7 +16,8 @@ from tests.mariadb import free_port
 @contextlib.contextmanager
 def extension_against(layer_tree, upstream, socket_path, next_status, next_body=b"{}"):
     """The launcher from the built layer, registered with a scripted API whose event/next answers
-    `next_status` once the test sets the yielded event; (process, log lines so far, release)."""
+    `next_status` once the test sets the yielded event; (process, log lines so far, release, state
+    file path)."""
     release = threading.Event()
     api = FakeLambda()
     api.answer("POST", "/register", 200, b'{"functionName":"f","functionVersion":"$LATEST","handler":""}',
@@ -35,7 +36,9 @@ def extension_against(layer_tree, upstream, socket_path, next_status, next_body=
                 break
         else:
             raise AssertionError(f"the extension exited before connecting: {lines}")
-        yield process, lines, release
+        state = state_file_of(api.address)
+        assert state.exists()  # serving: the wrapper would point the function here
+        yield process, lines, release, state
     finally:
         release.set()
         if process.poll() is None:
@@ -51,7 +54,7 @@ def wait_until_no_sessions(db, timeout=5.0):
 
 
 def test_sigterm_is_a_shutdown(built_layer, fresh_mariadb, tmp_path):
-    with extension_against(built_layer.tree_x86_64, fresh_mariadb, tmp_path / "d.sock", 200) as (process, _, _):
+    with extension_against(built_layer.tree_x86_64, fresh_mariadb, tmp_path / "d.sock", 200) as (process, _, _, state):
         assert len(fresh_mariadb.processlist(user=fresh_mariadb.user)) == 1
         process.terminate()  # SIGTERM
         assert process.wait(5) == 0
@@ -59,11 +62,12 @@ def test_sigterm_is_a_shutdown(built_layer, fresh_mariadb, tmp_path):
         assert complete["event"] == "shutdown_complete" and complete["reason"] == "SIGTERM"
         assert complete["upstreams_closed"] == 1
         assert wait_until_no_sessions(fresh_mariadb)
+        assert not state.exists()
 
 
 def test_a_failing_event_next_still_closes_the_upstream_and_exits(built_layer, fresh_mariadb, tmp_path):
     with extension_against(built_layer.tree_x86_64, fresh_mariadb, tmp_path / "d.sock", 500,
-                           b'{"errorType":"Broken"}') as (process, lines, release):
+                           b'{"errorType":"Broken"}') as (process, lines, release, state):
         # given a running extension with its upstream connection
         assert len(fresh_mariadb.processlist(user=fresh_mariadb.user)) == 1
         # when Lambda's API answers event/next with an error
@@ -74,3 +78,4 @@ def test_a_failing_event_next_still_closes_the_upstream_and_exits(built_layer, f
         assert any(line["event"] == "extensions_api_failed" for line in lines)
         assert wait_until_no_sessions(fresh_mariadb)
         assert not (tmp_path / "d.sock").exists()
+        assert not state.exists()  # nor does the wrapper of a next INIT see this extension as serving

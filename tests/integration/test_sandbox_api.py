@@ -1,4 +1,5 @@
-"""Spec: the sandbox's Extensions API and Runtime API answer exactly as LAMBDA_FACTS.md says."""
+"""Spec: the sandbox's Extensions API and Runtime API answer exactly as Lambda and the RIE do
+(docs/LAMBDA_SANDBOX.md)."""
 
 import json
 import sys

@@ -17,11 +17,16 @@ from typing import Optional
 import pytest
 
 from lambda_sandbox import Sandbox, netns_unavailable_reason
+from lambda_sandbox.cgroups import unavailable_reason as cgroups_unavailable_reason
 
 FIXTURES = Path(__file__).resolve().parent
 TASK = str(FIXTURES / "task")
 TESTEXT = FIXTURES / "testext.py"
 FAKE_RIE = str(FIXTURES / "fake-aws-lambda-rie")
+REAL_RIE = os.environ.get("DBKEEPER_RIE")  # a real aws-lambda-rie binary, when this machine has one
+
+CGROUP_SKIP = cgroups_unavailable_reason()
+needs_cgroups = pytest.mark.skipif(CGROUP_SKIP is not None, reason=f"cgroup tests skipped: {CGROUP_SKIP}")
 
 NETNS_SKIP = netns_unavailable_reason()
 needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=f"netns tests skipped: {NETNS_SKIP}")
@@ -83,6 +88,19 @@ def sandboxes():
         assert not sb.all_pids(), f"{sb.name} left processes behind"
 
 
+@pytest.fixture(params=["stand-in", "aws-lambda-rie"])
+def rie_binary(request) -> str:
+    """An RIE for RieSandbox: lambda_sandbox's RIE-compatible stand-in, and the real aws-lambda-rie when
+    DBKEEPER_RIE names one (both must give the same answers)."""
+    if MOUNT_SKIP is not None:
+        pytest.skip(f"RieSandbox needs a private mount namespace: {MOUNT_SKIP}")
+    if request.param == "stand-in":
+        return FAKE_RIE
+    if not REAL_RIE:
+        pytest.skip("no real aws-lambda-rie: set DBKEEPER_RIE=/path/to/aws-lambda-rie")
+    return REAL_RIE
+
+
 def http(address: str, method: str, path: str, headers: Optional[dict] = None, body: bytes = b"",
          timeout: float = 5) -> tuple[int, dict, bytes]:
     host, port = address.rsplit(":", 1)
@@ -113,6 +131,23 @@ def proc_state(pid: int) -> Optional[str]:
     except OSError:
         return None
     return data[data.rindex(")") + 2]
+
+
+def frozen_by(pid: int) -> Optional[str]:
+    """How pid is frozen, read from the kernel: "cgroup-freezer" (its freezer cgroup reports FROZEN),
+    "sigstop" (the process is stopped, state T), None (running)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            state = Path("/sys/fs/cgroup/freezer", path.lstrip("/"), "freezer.state")
+            if state.exists() and state.read_text().strip() == "FROZEN":
+                return "cgroup-freezer"
+    return "sigstop" if proc_state(pid) == "T" else None
 
 
 def pid_alive(pid: int) -> bool:

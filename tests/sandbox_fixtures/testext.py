@@ -16,11 +16,14 @@ config keys (all optional):
   first_next_delay_ms   sleep before the first event/next
   invoke_delay_ms       sleep after an INVOKE before calling next again
   crash_on_invoke       exit code: exit when an INVOKE arrives
+  crash_after_invoke_ms exit (code 5) this long after an INVOKE arrived, before calling next
   idle_crash_ms         after each INVOKE, a thread exits the process (code 7) this long after next was called
   ignore_shutdown       on SHUTDOWN, log and then block forever (never exits by itself)
   shutdown_delay_ms     on SHUTDOWN, wait this long before exiting
   exit_code             exit code after SHUTDOWN (default 0)
   tick_ms               a thread logs {"event":"tick"} every tick_ms
+  burn_on_invoke_ms     on each INVOKE, spin on the CPU for this much CPU time before calling next; logs
+                        {"event":"burned","cpu_s","wall_s"}
   connect               "host:port": open a TCP connection after registering and keep it open
   spawn_child           start a child process (sleep) in the same process group and log its pid
   write_file            path: after registering, write AWS_LAMBDA_RUNTIME_API into it (private /tmp tests)
@@ -63,6 +66,14 @@ def call(method, path, headers=None, body=None):
             return r.status, dict(r.headers), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read().decode()
+
+
+def burn(cpu_ms):
+    """Spin until this process has used cpu_ms of CPU; (cpu seconds, wall seconds) it took."""
+    c0, w0 = time.process_time(), time.monotonic()
+    while time.process_time() - c0 < cpu_ms / 1000:
+        pass
+    return time.process_time() - c0, time.monotonic() - w0
 
 
 def main():
@@ -141,8 +152,15 @@ def main():
             if "crash_on_invoke" in CFG:
                 log("crashing_on_invoke")
                 os._exit(CFG["crash_on_invoke"])
+            if CFG.get("crash_after_invoke_ms"):
+                time.sleep(CFG["crash_after_invoke_ms"] / 1000)
+                log("crashing_after_invoke")
+                os._exit(5)
             if CFG.get("invoke_delay_ms"):
                 time.sleep(CFG["invoke_delay_ms"] / 1000)
+            if CFG.get("burn_on_invoke_ms"):
+                cpu_s, wall_s = burn(CFG["burn_on_invoke_ms"])
+                log("burned", cpu_s=cpu_s, wall_s=wall_s)
             if CFG.get("idle_crash_ms"):
                 def crash():
                     time.sleep(CFG["idle_crash_ms"] / 1000)

@@ -51,7 +51,8 @@ def test_every_setting_is_parsed():
         "DBKEEPER_METRICS": "off", "DBKEEPER_METRICS_NAMESPACE": "ns", "DBKEEPER_METRICS_DIMENSIONS": "service=a, stage=b",
         "DBKEEPER_METRICS_EVERY": "7", "DBKEEPER_METRICS_INTERVAL_S": "9",
         "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S": "30",
+        "DBKEEPER_IDLE_TIMEOUT_S": "0",
     }
     config = Config.from_environ(env)
     aws = config.aws
@@ -71,13 +72,15 @@ def test_every_setting_is_parsed():
     assert config.hold_setup is False
     assert config.fail_mode == "closed" and config.max_pending_clients == 7 and config.verify_after_idle == 2.5
     assert config.snap_start is True
+    assert config.upstream_wait_timeout == 30 and config.idle_timeout == 0
     assert {s.name for s in SETTINGS} <= set(env) | {"DBKEEPER_DB_PORT"}
 
 
 @pytest.mark.parametrize("name, value", [
     ("DBKEEPER_DB_PORT", "0"), ("DBKEEPER_DB_PORT", "65536"), ("DBKEEPER_DB_PORT", "x"),
     ("DBKEEPER_DB_TLS", "verify-ish"), ("DBKEEPER_LISTEN_PORT", "-1"), ("DBKEEPER_SOCKET", "relative.sock"),
-    ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
+    ("DBKEEPER_SOCKET", "/" + "s" * 120), ("DBKEEPER_SOCKET", "/tmp/a\nport=1.sock"), ("DBKEEPER_SOCKET", "/tmp/a\tb"),
+    ("DBKEEPER_TRUST_UNIX_SOCKET", "maybe"), ("DBKEEPER_POOL_SIZE", "0"),
     ("DBKEEPER_POOL_SIZE", "65"), ("DBKEEPER_BORROW_TIMEOUT_MS", "0"), ("DBKEEPER_CONNECT_TIMEOUT_MS", "5"),
     ("DBKEEPER_INIT_CONNECT_BUDGET_MS", "9001"), ("DBKEEPER_LOG_LEVEL", "loud"), ("DBKEEPER_EVENT_LOOP", "trio"),
     ("DBKEEPER_ENABLED", "perhaps"), ("DBKEEPER_CLIENT_FLAGS", "MULTI_RESULTS,COMPRESS"),

@@ -1,4 +1,4 @@
-"""Lifecycle events as the docs and the RIE send them (../shared/LAMBDA_FACTS.md)."""
+"""Lifecycle events as the docs and the RIE send them (docs/LAMBDA_SANDBOX.md)."""
 
 import pytest
 

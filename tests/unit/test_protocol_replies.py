@@ -1,4 +1,5 @@
-"""ResponseTracker knows exactly where each reply ends, however the bytes are cut into chunks."""
+"""ResponseTracker knows exactly where each reply ends, however the bytes are cut into chunks,
+LOAD DATA LOCAL INFILE exchanges included; what it cannot follow it calls broken, never idle."""
 
 from hypothesis import given, settings, strategies as st
 from pymysql.constants import COMMAND, SERVER_STATUS
@@ -123,3 +124,104 @@ def test_the_final_reply_witness_sees_only_a_closing_packet():
     assert closes_reply(stream([ok()])) and closes_reply(stream([err()]))
     assert not closes_reply(stream([ok(AUTOCOMMIT | MORE)]))
     assert not closes_reply(stream([ok(), ok()])[:-1])
+
+
+# --------------------------------------------------------------------------- LOCAL INFILE
+# A COM_QUERY reply may be a request for a file (0xFB + name, sequence id 1); the client sends the
+# file (sequence ids 2, 3, ...) and an empty packet; the server then answers that result with OK
+# or ERR, which may announce more results.
+
+def infile_request(name=b"/tmp/rows.csv", sequence_id=1):
+    return frame(b"\xfb" + name, sequence_id)
+
+
+def after_request(packets_sent=0):
+    """The tracker of a session whose server has just asked for a file."""
+    tracker = ResponseTracker()
+    tracker.expect(COMMAND.COM_QUERY)
+    tracker.feed(infile_request())
+    for _ in range(packets_sent):
+        tracker.file_packet(empty=False)
+    return tracker
+
+
+@settings(max_examples=100, deadline=None)
+@given(packets=st.integers(min_value=0, max_value=5), ending=st.sampled_from(["ok", "err"]),
+       points=st.lists(st.integers(min_value=0), max_size=4))
+def test_a_load_is_one_reply_that_ends_with_the_ok_or_err_after_the_file(packets, ending, points):
+    # given the server asked for a file (cut anywhere) and the client sent it, then its end
+    tracker = ResponseTracker()
+    tracker.expect(COMMAND.COM_QUERY)
+    for piece in cut(infile_request(), points):
+        tracker.feed(piece)
+    for _ in range(packets):
+        tracker.file_packet(empty=False)
+        assert not tracker.idle
+    tracker.file_packet(empty=True)
+    # then the reply goes on until the server's answer, and ends with it
+    assert not tracker.idle
+    tracker.feed(frame(ok(affected=packets) if ending == "ok" else err(), packets + 3))
+    assert tracker.idle and tracker.broken is None
+
+
+def test_a_load_among_multi_statements_hands_over_to_the_next_result():
+    tracker = after_request(packets_sent=1)
+    tracker.file_packet(empty=True)
+    tracker.feed(frame(ok(AUTOCOMMIT | MORE, affected=2), 4))
+    assert not tracker.idle
+    # the next statement loads a file too
+    tracker.feed(frame(b"\xfbother.csv", 5))
+    tracker.file_packet(empty=True)
+    tracker.feed(frame(ok(AUTOCOMMIT | MORE), 7))
+    tracker.feed(stream(text_result([[b"2"]])))
+    assert tracker.idle and tracker.broken is None
+
+
+def test_file_packets_with_no_request_to_answer_break_the_stream():
+    # given no LOCAL INFILE request (the server answers such a packet with 1156 and hangs up)
+    idle = ResponseTracker()
+    idle.file_packet(empty=True)
+    assert idle.broken and not idle.idle
+    # nor while a query's reply is a result set
+    reading = ResponseTracker()
+    reading.expect(COMMAND.COM_QUERY)
+    reading.feed(stream(text_result([[b"1"]]))[:12])
+    reading.file_packet(empty=False)
+    assert reading.broken
+
+
+def test_file_packets_before_the_whole_request_came_break_the_stream():
+    tracker = ResponseTracker()
+    tracker.expect(COMMAND.COM_QUERY)
+    tracker.feed(infile_request()[:6])
+    tracker.file_packet(empty=False)
+    assert tracker.broken
+
+
+def test_file_packets_after_the_file_ended_break_the_stream():
+    tracker = after_request()
+    tracker.file_packet(empty=True)
+    tracker.file_packet(empty=False)
+    assert tracker.broken
+
+
+def test_a_load_with_commands_pipelined_behind_it_cannot_be_followed():
+    tracker = ResponseTracker()
+    tracker.expect(COMMAND.COM_QUERY)
+    tracker.expect(COMMAND.COM_QUERY)
+    tracker.feed(infile_request())
+    tracker.file_packet(empty=True)
+    assert tracker.broken
+
+
+def test_a_server_speaking_before_the_file_ended_breaks_the_stream():
+    tracker = after_request(packets_sent=2)
+    tracker.feed(frame(err(), 4))
+    assert tracker.broken and not tracker.idle
+
+
+def test_anything_but_ok_or_err_after_a_file_breaks_the_stream():
+    tracker = after_request()
+    tracker.file_packet(empty=True)
+    tracker.feed(frame(b"\x01", 3))  # a column count
+    assert tracker.broken

@@ -1,12 +1,14 @@
 """The Relay forwards every byte untouched and, whatever the chunking and whichever shortcut it
-takes, knows at the end of a session whether the upstream is between replies."""
+takes, knows at the end of a session whether the upstream is between replies: LOAD DATA LOCAL
+INFILE exchanges included, and a client packet that answers no server request makes the upstream
+one never lent again."""
 
 from hypothesis import given, settings, strategies as st
 from pymysql.constants import COMMAND
 
 from dbkeeper.protocol.packets import frame
 from dbkeeper.relay import Relay
-from mysql_replies import eof, err, ok, query_reply, stream, text_result
+from mysql_replies import AUTOCOMMIT, MORE, eof, err, ok, query_reply, stream, text_result
 from relay_doubles import Side
 
 
@@ -129,4 +131,105 @@ def test_a_final_eof_split_across_two_chunks_still_proves_the_reply_ended():
     assert walked == []  # proven from the last 9 bytes alone
     del session.tracker.feed
     session.upstream_data(stream([ok()]))
+    assert session.settle()
+
+
+# --------------------------------------------------------------------------- LOCAL INFILE
+
+LOAD = frame(b"\x03LOAD DATA LOCAL INFILE '/tmp/rows.csv' INTO TABLE t", 0)
+REQUEST = frame(b"\xfb/tmp/rows.csv", 1)
+
+
+def file_of(chunks):
+    """The client's file packets (sequence ids 2, 3, ...) and the empty packet that ends it."""
+    return b"".join(frame(chunk, 2 + index) for index, chunk in enumerate(chunks)) + frame(b"", 2 + len(chunks))
+
+
+def load(session, chunks, sizes=(), answer=None):
+    """One LOAD DATA LOCAL INFILE through the relay; returns the bytes each side was sent."""
+    up, down = LOAD + file_of(chunks), REQUEST + frame(answer or ok(affected=len(chunks)), 3 + len(chunks))
+    assert session.client_data(LOAD) is None
+    session.upstream_data(REQUEST)
+    for piece in chunks_of(file_of(chunks), list(sizes)):
+        assert session.client_data(piece) is None
+    session.upstream_data(down[len(REQUEST):])
+    return up, down
+
+
+file_chunk = st.binary(min_size=1, max_size=80) | st.binary(max_size=20).map(lambda b: b"\x01" + b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks=st.lists(file_chunk, max_size=6), sizes=st.lists(st.integers(min_value=1, max_value=50), max_size=8),
+       answer=st.sampled_from([None, err()]))
+def test_a_load_local_infile_is_relayed_whole_and_leaves_the_upstream_reusable(chunks, sizes, answer):
+    # given a session that loads a file (possibly empty: the client found none), cut anyhow
+    session, client, upstream = relay()
+    up, down = load(session, chunks, sizes, answer)
+    # then every byte went through untouched, file bytes that look like COM_QUIT included
+    assert b"".join(upstream.transport.written) == up
+    assert b"".join(client.transport.written) == down
+    # and the file is not commands: one command, then the session goes on
+    assert session.commands == 1
+    assert session.client_data(frame(b"\x03SELECT 1", 0)) is None
+    session.upstream_data(stream(text_result([[b"1"]])))
+    assert session.commands == 2
+    assert session.settle()
+
+
+def test_a_client_gone_in_the_middle_of_its_file_leaves_an_upstream_that_is_not_reusable():
+    session, _, _ = relay()
+    session.client_data(LOAD)
+    session.upstream_data(REQUEST)
+    session.client_data(frame(b"1,2\n", 2))
+    assert not session.settle()
+
+
+def test_a_client_gone_before_the_answer_to_its_file_leaves_an_upstream_that_is_not_reusable():
+    session, _, _ = relay()
+    session.client_data(LOAD)
+    session.upstream_data(REQUEST)
+    session.client_data(file_of([b"1,2\n"]))
+    assert not session.settle()
+    assert session.tracker.broken is None  # not unfollowable: the answer is merely still due
+
+
+def test_a_load_among_multi_statements_is_followed_to_the_last_result():
+    session, _, _ = relay()
+    session.client_data(frame(b"\x03LOAD DATA LOCAL INFILE 'a' INTO TABLE t; SELECT 1", 0))
+    session.upstream_data(REQUEST)
+    session.client_data(file_of([b"1\n"]))
+    session.upstream_data(frame(ok(AUTOCOMMIT | MORE, affected=1), 4))
+    assert not session.settle()
+    session.upstream_data(stream(text_result([[b"1"]])))
+    assert session.settle()
+
+
+@settings(max_examples=100, deadline=None)
+@given(sequence_id=st.integers(min_value=1, max_value=255), payload=st.sampled_from([b"", b"\x03SELECT 1", b"\x01"]),
+       after_a_reply=st.booleans())
+def test_a_client_packet_answering_no_request_makes_the_upstream_never_reused(sequence_id, payload, after_a_reply):
+    # given a session between replies (the fast path's precondition holds)
+    session, _, upstream = relay()
+    if after_a_reply:
+        session.client_data(frame(b"\x03SELECT 1", 0))
+        session.upstream_data(stream(text_result([[b"1"]])))
+    # when the client sends a packet that does not start at sequence id 0 (a whole command's shape
+    # or not); MariaDB answers 1156 "Got packets out of order" and hangs up
+    stray = frame(payload, sequence_id)
+    assert session.client_data(stray) is None
+    session.upstream_data(frame(err(), sequence_id + 1))
+    # then it was forwarded, is not counted as a command, and the upstream is not reusable
+    assert upstream.transport.written[-1] == stray
+    assert session.commands == int(after_a_reply)
+    assert not session.settle()
+    assert not session.settle(after_command=True)
+
+
+def test_an_empty_packet_alone_is_a_command_sent_at_once():
+    session, _, upstream = relay()
+    assert session.client_data(frame(b"", 0)) is None
+    assert upstream.transport.written == [frame(b"", 0)]
+    assert session.commands == 1 and not session.settle()  # the server owes it an ERR 1047
+    session.upstream_data(frame(err(), 1))
     assert session.settle()

@@ -11,12 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambda_sandbox, tests.*)
 
-from lambda_sandbox import NetnsUnavailable, Sandbox  # noqa: E402
+from lambda_sandbox import NetnsUnavailable, Sandbox, cgroups, exitwatch, procs  # noqa: E402
 from lambda_sandbox import netns as netns_mod  # noqa: E402
-from lambda_sandbox import procs  # noqa: E402
 from lambda_sandbox.api import route  # noqa: E402
+from lambda_sandbox.cli import go_content_type  # noqa: E402
 from lambda_sandbox.logs import LogStore  # noqa: E402
 from lambda_sandbox.rie import MOUNT_SCRIPT, RieSandbox, parse_rie_response  # noqa: E402
+from lambda_sandbox.state import Invocation, exit_message  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- logs
@@ -109,7 +110,7 @@ def test_netns_refuses_clearly_when_not_root(tmp_path, monkeypatch):
 class FakeSandbox:
     def __getattr__(self, name):
         def call(*args):
-            from lambda_sandbox.sandbox import Resp
+            from lambda_sandbox.state import Resp
 
             return Resp(299, json.dumps([name, *[a if not isinstance(a, bytes) else a.decode() for a in args]]).encode())
 
@@ -197,3 +198,79 @@ def test_rie_netns_mode_listens_on_all_addresses_inside_the_namespace(tmp_path):
 ])
 def test_rie_responses_are_classified(status, body, expected):
     assert parse_rie_response(status, body, 3) == expected
+
+
+# ------------------------------------------------------------------------------------------- CPU, exits, answers
+@pytest.mark.parametrize("memory_mb, quota, init_quota", [
+    (128, 7236, 100_000),  # 1/14 of a vCPU; an on-demand INIT gets a whole one
+    (1769, 100_000, 100_000),  # one vCPU
+    (3008, 170_040, 170_040),  # more than one: INIT gets the same
+    (10240, 578_858, 578_858),
+    (10, 1000, 100_000),  # never under the kernel's 1 ms minimum
+])
+def test_the_cpu_quota_is_the_memory_share_of_a_vcpu_per_100_ms(memory_mb, quota, init_quota):
+    assert cgroups.cpu_quota_us(memory_mb) == quota
+    assert cgroups.init_cpu_quota_us(memory_mb) == init_quota
+
+
+def test_a_process_joins_the_cgroups_before_its_command_runs():
+    cg = cgroups.SandboxCgroup({"freezer": "/f/x", "cpu": "/c/x", "cpuacct": "/c/x", "memory": "/m/x"})
+    argv = cg.join_argv(["/opt/extensions/e"])
+    # one shell writes its own pid into each hierarchy once, then execs (same pid)
+    assert argv == ["/bin/sh", "-c", cgroups.JOIN_SCRIPT, "lsb-cgroup", "/f/x/cgroup.procs", "/c/x/cgroup.procs",
+                    "/m/x/cgroup.procs", "--", "/opt/extensions/e"]
+    out = subprocess.run(["/bin/sh", "-c", cgroups.JOIN_SCRIPT.replace('echo $$ > "$1"', 'true'), "x", "--",
+                          "echo", "ran"], capture_output=True, text=True)
+    assert out.stdout == "ran\n"
+
+
+@pytest.mark.parametrize("status, code", [(7 << 8, 7), (0, 0), (9, -9), (15, -15), (0x80 | 11, -11)])
+def test_wait_statuses_of_the_process_events_become_popen_return_codes(status, code):
+    assert exitwatch.returncode(status) == code
+
+
+@pytest.mark.parametrize("returncode, runtime, text", [
+    (3, True, "Runtime exited with error: exit status 3"),
+    (-9, True, "Runtime exited with error: signal: killed"),
+    (0, False, "exit code 0"),  # an extension that exited cleanly, in the RIE's words
+    (7, False, "exit status 7"),
+    (-15, None, "signal: terminated"),  # the RIE's log line
+])
+def test_exits_are_described_in_the_rie_words(returncode, runtime, text):
+    assert exit_message(returncode, runtime) == text
+
+
+def test_a_process_dying_during_an_invocation_is_answered_as_the_rie_does():
+    inv = Invocation(id="r1", payload=b"", deadline_ms=0, deadline_mono=0, arn="", trace_id=None,
+                     client_context=None, cognito_identity=None, content_type="application/json")
+    inv.fail("Extension.Crash", "exit status 5")
+    assert (inv.failure.status, json.loads(inv.failure.body)) == (502, {
+        "errorType": "Extension.Crash", "errorMessage": "RequestId: r1 Error: exit status 5"})
+    # once the runtime has answered, that answer is passed on (with a 502)
+    answered = Invocation(id="r2", payload=b"", deadline_ms=0, deadline_mono=0, arn="", trace_id=None,
+                          client_context=None, cognito_identity=None, content_type="application/json")
+    answered.response = (200, b'{"ok":1}', "application/json", None)
+    answered.fail("Extension.Crash", "exit status 5")
+    assert (answered.failure.status, answered.failure.body, answered.failure.error_type) == (502, b'{"ok":1}', None)
+
+
+@pytest.mark.parametrize("body, ctype", [
+    (b"", None), (b'{"a": 1}', "text/plain; charset=utf-8"), (b"Task timed out after 3.00 seconds",
+                                                            "text/plain; charset=utf-8"),
+    (b"\x00\x01binary", "application/octet-stream"),
+])
+def test_the_cli_answers_with_the_content_type_go_sniffs(body, ctype):
+    assert go_content_type(body) == ctype
+
+
+def test_without_root_the_sandbox_falls_back_to_sigstop_unless_cgroups_are_required(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in cgroups.unavailable_reason()
+    with pytest.raises(cgroups.CgroupUnavailable, match="root"):
+        make_sb(tmp_path / "required", cgroups=True).start()
+    sb = make_sb(tmp_path / "optional", cgroups=None).start()
+    try:
+        assert sb.freeze_mechanism == "sigstop"
+        assert sb.resources.cpu_quota_us is None and "root" in sb.resources.unavailable_reason
+    finally:
+        sb.close()

@@ -1,8 +1,11 @@
 """Specification of layer/dbkeeper-wrapper (the AWS_LAMBDA_EXEC_WRAPPER script).
 
 Every test runs the real script (under each POSIX shell present: dash, and bash as on Amazon
-Linux, where /bin/sh is bash) with a fake runtime command that prints its environment and argv,
-and a real listening Unix socket standing in for the extension (or none).
+Linux, where /bin/sh is bash) with a fake runtime command that prints its environment and argv.
+The extension is represented by what the wrapper reads from it: the state file
+(dbkeeper.state_file), written with the extension's own writer for a live pid (this test process),
+at the path derived from a unique AWS_LAMBDA_RUNTIME_API, or hand-written when a test needs a
+broken one.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from dbkeeper.state_file import state_path, write_state
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / "layer" / "dbkeeper-wrapper"
@@ -84,28 +88,49 @@ def shell(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def ext_socket():
-    """A real listening Unix socket, where the extension would have bound it."""
-    d = tempfile.mkdtemp(prefix="dbkw-", dir="/tmp")  # short path: sun_path limit
-    path = os.path.join(d, "dbkeeper.sock")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(path)
-    s.listen(1)
-    try:
-        yield path
-    finally:
-        s.close()
-        shutil.rmtree(d, ignore_errors=True)
+class Sandbox:
+    """One sandbox's view: its AWS_LAMBDA_RUNTIME_API and the state file path derived from it."""
+
+    def __init__(self, runtime_api: str):
+        self.runtime_api = runtime_api
+        self.path = Path(state_path(runtime_api))
+        self.env = {"AWS_LAMBDA_RUNTIME_API": runtime_api}
+
+    def write(self, port: int = 3306, socket: str | None = "/tmp/dbkeeper.sock", pid: int | None = None) -> None:
+        """What the extension writes once it serves (its own writer); pid: this process, alive."""
+        write_state(str(self.path), port, socket, os.getpid() if pid is None else pid)
+
+    def write_raw(self, text: str) -> None:
+        self.path.write_text(text)
+
+    def remove(self) -> None:
+        if self.path.is_dir():
+            self.path.rmdir()
+        elif self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+
+
+def unique_runtime_api() -> str:
+    # shaped like Lambda's (host:port), unique so that parallel tests never share a file
+    return f"127.0.0.1:wrapper-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
-def no_socket():
-    d = tempfile.mkdtemp(prefix="dbkw-", dir="/tmp")
+def absent():
+    """A sandbox whose extension is not serving: no state file."""
+    sandbox = Sandbox(unique_runtime_api())
+    assert not sandbox.path.exists()
     try:
-        yield os.path.join(d, "dbkeeper.sock")  # nothing there
+        yield sandbox
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        sandbox.remove()
+
+
+@pytest.fixture
+def served(absent):
+    """A sandbox whose extension serves 127.0.0.1:3306 and /tmp/dbkeeper.sock."""
+    absent.write()
+    return absent
 
 
 APP_ENV = {"DB_HOST": "db.internal.example", "DB_PORT": "3307", "DB_USER": "app",
@@ -144,8 +169,15 @@ def test_wrapper_passes_shellcheck_as_posix_sh():
     assert proc.returncode == 0, proc.stdout
 
 
-def test_executed_directly_through_its_shebang(ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket})
+def test_wrapper_never_reads_the_extensions_settings_itself():
+    # one reading of DBKEEPER_ENABLED / _LISTEN_PORT / _SOCKET: the extension's Config (see the state file)
+    code = "\n".join(line for line in WRAPPER.read_text().splitlines() if not line.lstrip().startswith("#"))
+    for name in ("DBKEEPER_ENABLED", "DBKEEPER_LISTEN_PORT", "DBKEEPER_SOCKET", "DBKEEPER_FAIL_MODE", "/proc/net/tcp"):
+        assert name not in code
+
+
+def test_executed_directly_through_its_shebang(served):
+    run = run_wrapper({**APP_ENV, **served.env})
     assert run.returncode == 0
     assert run.env["DB_HOST"] == "127.0.0.1"
 
@@ -153,8 +185,8 @@ def test_executed_directly_through_its_shebang(ext_socket):
 # --------------------------------------------------------------------------- serving: pointed
 
 
-def test_given_extension_serving_when_defaults_then_db_host_and_port_point_at_it(shell, ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket}, shell=shell)
+def test_given_extension_serving_when_defaults_then_db_host_and_port_point_at_it(shell, served):
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
     assert run.returncode == 0
     assert run.env["DB_HOST"] == "127.0.0.1"
     assert run.env["DB_PORT"] == "3306"
@@ -173,17 +205,35 @@ def test_given_extension_serving_when_defaults_then_db_host_and_port_point_at_it
     assert isinstance(rec["ts"], (int, float)) and rec["ts"] > 1.6e9
     assert rec["variables"] == ["DB_HOST", "DB_PORT"]
     assert rec["target"] == "127.0.0.1:3306"
+    assert run.stderr == ""
     assert_no_secret_printed(run)
 
 
-def test_given_listen_port_setting_then_db_port_is_that_port(shell, ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LISTEN_PORT": "13306"}, shell=shell)
-    assert run.env["DB_PORT"] == "13306"
-    assert run.logs[0]["target"] == "127.0.0.1:13306"
+@pytest.mark.parametrize("port", [1, 13306, 65535])
+def test_given_the_extension_serves_another_port_then_db_port_is_that_port(shell, served, port):
+    served.write(port=port)
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert run.env["DB_PORT"] == str(port)
+    assert run.logs[0]["target"] == f"127.0.0.1:{port}"
 
 
-def test_given_function_without_db_host_then_host_and_port_are_set_but_no_original_recorded(ext_socket):
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket})
+def test_given_dbkeeper_settings_in_the_environment_then_the_state_file_alone_decides(shell, served):
+    # the runtime sees the same DBKEEPER_* variables as the extension; what the extension made of
+    # them (its Config) is in the file: they are not read a second time here
+    misleading = {"DBKEEPER_ENABLED": "false", "DBKEEPER_LISTEN_PORT": "5000", "DBKEEPER_SOCKET": ""}
+    served.write(port=4000)
+    run = run_wrapper({**APP_ENV, **misleading, **served.env}, shell=shell)
+    assert (run.env["DB_HOST"], run.env["DB_PORT"]) == ("127.0.0.1", "4000")
+
+    other = Sandbox(unique_runtime_api())  # enabled, default port, socket: but no file, so not serving
+    run = run_wrapper({**APP_ENV, "DBKEEPER_ENABLED": "true", "DBKEEPER_LISTEN_PORT": "3306", **other.env},
+                      shell=shell)
+    assert_untouched(run, {**APP_ENV, "DBKEEPER_ENABLED": "true", "DBKEEPER_LISTEN_PORT": "3306"})
+    _assert_one_passthrough_warning(run, "extension_not_serving")
+
+
+def test_given_function_without_db_host_then_host_and_port_are_set_but_no_original_recorded(served):
+    run = run_wrapper(dict(served.env))
     assert run.env["DB_HOST"] == "127.0.0.1"
     assert run.env["DB_PORT"] == "3306"
     assert "DBKEEPER_ORIGINAL_DB_HOST" not in run.env
@@ -191,18 +241,10 @@ def test_given_function_without_db_host_then_host_and_port_are_set_but_no_origin
     assert "DATABASE_URL" not in run.env
 
 
-def test_given_default_socket_path_then_it_is_the_one_checked():
-    # DBKEEPER_SOCKET unset -> /tmp/dbkeeper.sock; only meaningful when no extension runs here
-    if os.path.exists("/tmp/dbkeeper.sock"):
-        pytest.skip("/tmp/dbkeeper.sock exists on this machine")
-    run = run_wrapper(dict(APP_ENV))
-    assert run.events("wrapper_passthrough")[0]["checked"] == "/tmp/dbkeeper.sock"
-
-
-def test_given_custom_variable_lists_then_only_those_are_pointed(shell, ext_socket):
+def test_given_custom_variable_lists_then_only_those_are_pointed(shell, served):
+    served.write(port=4000)
     env = {
-        "DBKEEPER_SOCKET": ext_socket,
-        "DBKEEPER_LISTEN_PORT": "4000",
+        **served.env,
         "DBKEEPER_WRAP_HOST_VARS": "MYSQL_HOST, RDS_HOSTNAME",
         "DBKEEPER_WRAP_PORT_VARS": "MYSQL_PORT,RDS_PORT",
         "DBKEEPER_WRAP_URL_VARS": "",
@@ -224,8 +266,8 @@ def test_given_custom_variable_lists_then_only_those_are_pointed(shell, ext_sock
     assert run.logs[0]["variables"] == ["MYSQL_HOST", "RDS_HOSTNAME", "MYSQL_PORT", "RDS_PORT"]
 
 
-def test_given_empty_lists_then_nothing_is_rewritten(ext_socket):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_WRAP_HOST_VARS": "",
+def test_given_empty_lists_then_nothing_is_rewritten(served):
+    env = {**APP_ENV, **served.env, "DBKEEPER_WRAP_HOST_VARS": "",
            "DBKEEPER_WRAP_PORT_VARS": "", "DBKEEPER_WRAP_URL_VARS": "",
            "DATABASE_URL": "mysql://u:p@db/x"}
     run = run_wrapper(env)
@@ -233,9 +275,9 @@ def test_given_empty_lists_then_nothing_is_rewritten(ext_socket):
     assert run.logs[0]["variables"] == []
 
 
-def test_given_invalid_variable_names_then_they_are_skipped_and_nothing_is_evaluated(shell, ext_socket, tmp_path):
+def test_given_invalid_variable_names_then_they_are_skipped_and_nothing_is_evaluated(shell, served, tmp_path):
     marker = tmp_path / "pwned"
-    env = {"DBKEEPER_SOCKET": ext_socket,
+    env = {**served.env,
            "DBKEEPER_WRAP_HOST_VARS": f"DB_HOST BAD-NAME 1ABC $(touch {marker}) `touch {marker}`;touch",
            "DB_HOST": "db"}
     run = run_wrapper(env, shell=shell)
@@ -246,19 +288,51 @@ def test_given_invalid_variable_names_then_they_are_skipped_and_nothing_is_evalu
     assert all(r["level"] == "warning" for r in run.events("wrapper_invalid_variable_name"))
 
 
-def test_given_a_password_variable_listed_by_mistake_then_its_value_is_never_copied(ext_socket):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_WRAP_HOST_VARS": "DB_HOST DB_PASSWORD"}
+def test_given_a_password_variable_listed_by_mistake_then_its_value_is_never_copied(served):
+    env = {**APP_ENV, **served.env, "DBKEEPER_WRAP_HOST_VARS": "DB_HOST DB_PASSWORD"}
     run = run_wrapper(env)
     assert "DBKEEPER_ORIGINAL_DB_PASSWORD" not in run.env
     assert not [k for k, v in run.env.items() if k.startswith("DBKEEPER_") and SECRET in v]
     assert_no_secret_printed(run)
 
 
-def test_given_original_already_recorded_then_it_is_not_overwritten(ext_socket):
+def test_given_original_already_recorded_then_it_is_not_overwritten(served):
     # e.g. the wrapper is chained twice: the first original wins
-    env = {"DBKEEPER_SOCKET": ext_socket, "DB_HOST": "127.0.0.1", "DBKEEPER_ORIGINAL_DB_HOST": "real.example"}
+    env = {**served.env, "DB_HOST": "127.0.0.1", "DBKEEPER_ORIGINAL_DB_HOST": "real.example"}
     run = run_wrapper(env)
     assert run.env["DBKEEPER_ORIGINAL_DB_HOST"] == "real.example"
+
+
+# --------------------------------------------------------------------------- the state file's path
+
+
+def test_the_path_of_lambdas_runtime_api_address():
+    assert state_path("127.0.0.1:9001") == "/tmp/.dbkeeper-127.0.0.1_9001.state"
+
+
+@pytest.mark.parametrize("runtime_api", [
+    "127.0.0.1:9001", "localhost:36512", "[::1]:9001", "169.254.100.1:9001",
+    "a/../../etc/passwd", "with space\ttab", 'quote"back\\slash', "$(touch /tmp/dbkeeper-wrapper-pwned)`touch /tmp/dbkeeper-wrapper-pwned`;*?[a]",
+    "ünïcødé:1", "x" * 200,
+], ids=lambda v: v.encode("unicode_escape").decode()[:24])
+def test_the_wrapper_derives_the_same_path_as_the_extension(shell, runtime_api):
+    # given any Runtime API address, under a UTF-8 locale (bash would otherwise step over
+    # characters where the extension steps over bytes)
+    run = run_wrapper({**APP_ENV, "AWS_LAMBDA_RUNTIME_API": runtime_api, "LANG": "C.UTF-8"}, shell=shell)
+    rec = _assert_one_passthrough_warning(run, "extension_not_serving")
+    # then the file the wrapper looked for is the one the extension writes: /tmp/.dbkeeper-*.state
+    assert rec["checked"] == state_path(runtime_api)
+    name = rec["checked"][len("/tmp/"):]
+    assert "/" not in name and name.startswith(".dbkeeper-") and name.endswith(".state")
+    assert not os.path.exists("/tmp/dbkeeper-wrapper-pwned")
+
+
+@pytest.mark.parametrize("lc_all", [None, "C.UTF-8", "C"])
+def test_the_runtime_gets_the_locale_it_was_given(shell, served, lc_all):
+    env = {**APP_ENV, **served.env, "LANG": "C.UTF-8", **({"LC_ALL": lc_all} if lc_all else {})}
+    run = run_wrapper(env, shell=shell)
+    assert run.env["DB_HOST"] == "127.0.0.1"
+    assert run.env.get("LC_ALL") == lc_all and run.env["LANG"] == "C.UTF-8"
 
 
 # --------------------------------------------------------------------------- not serving: passthrough
@@ -272,97 +346,128 @@ def _assert_one_passthrough_warning(run: Run, reason: str) -> dict:
     assert rec["level"] == "warning"
     assert rec["reason"] == reason
     assert isinstance(rec["ts"], (int, float))
+    assert run.stderr == ""
     return rec
 
 
-def test_given_no_socket_then_every_variable_is_untouched_and_one_warning_printed(shell, no_socket):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": no_socket, "DATABASE_URL": f"mysql://app:{SECRET.replace('#', '%23').replace('?', '%3F').replace('/', '%2F').replace('@', '%40')}@db:3307/appdb"}
+def test_given_no_state_file_then_every_variable_is_untouched_and_one_warning_printed(shell, absent):
+    env = {**APP_ENV, **absent.env, "DATABASE_URL": f"mysql://app:{SECRET.replace('#', '%23').replace('?', '%3F').replace('/', '%2F').replace('@', '%40')}@db:3307/appdb"}
     run = run_wrapper(env, shell=shell)
     assert run.returncode == 0
-    assert_untouched(run, {k: v for k, v in env.items() if k != "DBKEEPER_SOCKET"})
+    assert_untouched(run, env)
     rec = _assert_one_passthrough_warning(run, "extension_not_serving")
-    assert rec["checked"] == no_socket
+    assert rec["checked"] == str(absent.path)
     assert_no_secret_printed(run)
 
 
-def test_given_a_regular_file_at_the_socket_path_then_not_serving(no_socket):
-    Path(no_socket).write_text("")
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": no_socket})
-    assert_untouched(run, APP_ENV)
+def test_given_no_runtime_api_then_passthrough(shell):
+    # outside Lambda the extension never serves (it needs the Extensions API)
+    for env in ({**APP_ENV}, {**APP_ENV, "AWS_LAMBDA_RUNTIME_API": ""}):
+        run = run_wrapper(env, shell=shell)
+        assert_untouched(run, env)
+        _assert_one_passthrough_warning(run, "no_runtime_api")
+
+
+def test_given_a_directory_or_a_fifo_at_the_state_path_then_not_serving_and_nothing_blocks(shell, absent):
+    absent.path.mkdir()
+    run = run_wrapper({**APP_ENV, **absent.env}, shell=shell)
+    assert_untouched(run, {**APP_ENV, **absent.env})
+    _assert_one_passthrough_warning(run, "extension_not_serving")
+    absent.path.rmdir()
+    os.mkfifo(absent.path)  # a reader would wait for a writer forever: run_wrapper's timeout would fail the test
+    run = run_wrapper({**APP_ENV, **absent.env}, shell=shell)
     _assert_one_passthrough_warning(run, "extension_not_serving")
 
 
-@pytest.mark.parametrize("value", ["false", "FALSE", "False", "0", "no", "off"])
-def test_given_dbkeeper_disabled_then_passthrough_even_if_socket_exists(value, ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_ENABLED": value})
-    assert_untouched(run, APP_ENV)
-    _assert_one_passthrough_warning(run, "disabled")
+def test_given_the_tcp_listener_disabled_then_passthrough(shell, served):
+    # DBKEEPER_LISTEN_PORT=0: only the Unix socket, which host/port variables cannot name
+    served.write(port=0, socket="/tmp/dbkeeper.sock")
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert_untouched(run, {**APP_ENV, **served.env})
+    rec = _assert_one_passthrough_warning(run, "tcp_listener_disabled")
+    assert rec["checked"] == str(served.path)
 
 
-@pytest.mark.parametrize("value", ["true", "1", "yes", "on", ""])
-def test_given_dbkeeper_enabled_values_then_pointed(value, ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_ENABLED": value})
-    assert run.env["DB_HOST"] == "127.0.0.1"
+def test_given_a_unix_socket_disabled_and_a_tcp_listener_then_pointed(shell, served):
+    served.write(port=3310, socket=None)
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert (run.env["DB_HOST"], run.env["DB_PORT"]) == ("127.0.0.1", "3310")
 
 
-def test_given_tcp_listener_disabled_then_passthrough(ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LISTEN_PORT": "0"})
-    assert_untouched(run, APP_ENV)
-    _assert_one_passthrough_warning(run, "tcp_listener_disabled")
+def test_given_a_state_file_whose_extension_is_gone_then_stale_and_passthrough(shell, served):
+    # an extension SIGKILLed at a deadline, or crashed, cannot remove its file
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    served.write(pid=gone.pid)
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert_untouched(run, {**APP_ENV, **served.env})
+    _assert_one_passthrough_warning(run, "stale_state")
 
 
-@pytest.mark.parametrize("value", ["abc", "70000", "65536", "-1", "", "12 34", "1234567", "0x10"])
-def test_given_invalid_listen_port_then_passthrough(value, ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LISTEN_PORT": value})
-    assert_untouched(run, APP_ENV)
-    _assert_one_passthrough_warning(run, "invalid_listen_port")
+def _state(port="3306", pid=None, socket="/tmp/dbkeeper.sock") -> str:
+    return f"port={port}\nsocket={socket}\npid={os.getpid() if pid is None else pid}\n"
 
 
-@pytest.mark.parametrize("value,port", [("1", "1"), ("65535", "65535"), (" 3307\t", "3307"), ("033", "33"),
-                                        ("000065535", "65535")])
-def test_given_listen_port_read_as_the_extension_reads_it_then_pointed(value, port, ext_socket):
-    # the extension strips white space and reads the number with int()
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LISTEN_PORT": value})
-    assert run.env["DB_PORT"] == port
+@pytest.mark.parametrize("text", [
+    pytest.param("", id="empty"),
+    pytest.param("port=3306\nsocket=/tmp/dbkeeper.sock\n", id="no-pid"),
+    pytest.param(f"socket=/tmp/dbkeeper.sock\npid={os.getpid()}\n", id="no-port"),
+    pytest.param(_state() + "port=3307\n", id="port-twice"),
+    pytest.param(_state() + f"pid={os.getpid()}\n", id="pid-twice"),
+    pytest.param(_state() + "extra=1\n" * 40, id="too-long"),
+    pytest.param(_state().replace("\n", "\r\n"), id="crlf"),
+    pytest.param(f"PORT=3306\nPID={os.getpid()}\n", id="upper-case-keys"),
+    pytest.param(f"port =3306\npid={os.getpid()}\n", id="space-in-key"),
+    pytest.param(b"\x00\xff\xfe garbage \x01".decode("latin-1"), id="binary"),
+    *[pytest.param(_state(port=v), id=f"port={v!r}") for v in
+      ["abc", "70000", "65536", "99999", "-1", "+1", "", "12 34", " 3306", "3306 ", "1234567", "0x10", "033",
+       "00", "3306=3306", "3306;rm -rf /", "$(echo 1)", "`echo 1`", "${HOME}"]],
+    *[pytest.param(_state(pid=v), id=f"pid={v!r}") for v in
+      ["", "abc", "0", "-1", f"0{os.getpid()}", f"{os.getpid()} ", "1 2", "12345678901", "$$", "self", "../1",
+       "1/..", "*"]],
+])
+def test_given_a_state_file_the_extension_would_not_write_then_invalid_and_passthrough(shell, served, text):
+    served.write_raw(text)
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert run.returncode == 0
+    assert_untouched(run, {**APP_ENV, **served.env})
+    rec = _assert_one_passthrough_warning(run, "invalid_state")
+    assert rec["checked"] == str(served.path)
 
 
-def test_given_settings_with_surrounding_white_space_then_read_as_the_extension_reads_them(ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": f"  {ext_socket}\n"})
-    assert run.env["DB_HOST"] == "127.0.0.1"
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_ENABLED": " false "})
-    _assert_one_passthrough_warning(run, "disabled")
+def test_given_shell_code_in_the_state_file_then_none_of_it_runs(shell, served, tmp_path):
+    marker = tmp_path / "pwned"
+    served.write_raw(f"port=3306;touch {marker}\n"
+                     f"touch {marker}\n"
+                     f"socket=$(touch {marker})\n"
+                     f"x=`touch {marker}`\n"
+                     f"pid={os.getpid()}\n"
+                     f"; touch {marker}\n")
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert not marker.exists()
+    assert_untouched(run, {**APP_ENV, **served.env})
+    _assert_one_passthrough_warning(run, "invalid_state")
+    # the same lines around a valid port: still nothing runs, unknown lines are ignored
+    served.write_raw(f"touch {marker}\nport=3306\nsocket=$(touch {marker})\nx=`touch {marker}`\n"
+                     f"pid={os.getpid()}\n")
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert not marker.exists()
+    assert run.env["DB_PORT"] == "3306"
 
 
-def test_given_unix_socket_disabled_and_tcp_listener_up_then_pointed(shell):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        port = s.getsockname()[1]
-        run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": "", "DBKEEPER_LISTEN_PORT": str(port)}, shell=shell)
-    assert run.env["DB_HOST"] == "127.0.0.1"
-    assert run.env["DB_PORT"] == str(port)
+def test_given_unknown_keys_or_no_final_newline_then_still_read(shell, served):
+    # keys a later extension may add are ignored; a last line without "\n" is still a line
+    served.write_raw(f"version=2\nport=3311\nsocket=/tmp/a=b.sock\nmode=x=y\npid={os.getpid()}")
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert run.env["DB_PORT"] == "3311"
 
 
-@pytest.mark.parametrize("socket_setting", ["", "   "])
-def test_given_unix_socket_disabled_and_no_tcp_listener_then_passthrough(socket_setting):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))  # bound, never listening: the port is reserved but not served
-        port = s.getsockname()[1]
-        run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": socket_setting, "DBKEEPER_LISTEN_PORT": str(port)})
-    assert_untouched(run, APP_ENV)
-    rec = _assert_one_passthrough_warning(run, "extension_not_serving")
-    assert rec["checked"] == f"tcp 127.0.0.1:{port}"
-
-
-def test_given_socket_path_with_quotes_then_the_warning_is_still_valid_json():
-    d = tempfile.mkdtemp(prefix="dbkw-", dir="/tmp")
-    try:
-        path = os.path.join(d, 'we"ird\\name.sock')
-        run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": path})
-        rec = _assert_one_passthrough_warning(run, "extension_not_serving")
-        assert rec["checked"] == path
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a 0000 file anyway")
+def test_given_an_unreadable_state_file_then_invalid_and_passthrough(shell, served):
+    served.path.chmod(0)
+    run = run_wrapper({**APP_ENV, **served.env}, shell=shell)
+    assert_untouched(run, {**APP_ENV, **served.env})
+    _assert_one_passthrough_warning(run, "invalid_state")
 
 
 @pytest.mark.parametrize("level,expected", [
@@ -371,24 +476,30 @@ def test_given_socket_path_with_quotes_then_the_warning_is_still_valid_json():
     ("warning", ["wrapper_passthrough"]),
     ("error", []),
 ])
-def test_log_level_filters_the_passthrough_warning(level, expected, no_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": no_socket, "DBKEEPER_LOG_LEVEL": level})
+def test_log_level_filters_the_passthrough_warning(level, expected, absent):
+    run = run_wrapper({**APP_ENV, **absent.env, "DBKEEPER_LOG_LEVEL": level})
     assert [r["event"] for r in run.logs] == expected
-    assert_untouched(run, APP_ENV)
+    assert_untouched(run, {**APP_ENV, **absent.env})
 
 
-def test_without_a_date_command_lines_are_still_valid_json(shell, no_socket, tmp_path):
+def test_without_a_date_command_lines_are_still_valid_json(shell, absent, tmp_path):
     # minimal images: nothing on PATH at all (the shell's builtins still work)
     sh = shutil.which(shell)
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": no_socket, "PATH": str(tmp_path)}, command=None,
-                      shell=sh)
+    run = run_wrapper({**APP_ENV, **absent.env, "PATH": str(tmp_path)}, command=None, shell=sh)
     rec = _assert_one_passthrough_warning(run, "extension_not_serving")
     assert rec["ts"] == 0
-    assert_untouched(run, {**APP_ENV})
+    assert_untouched(run, {**APP_ENV, **absent.env})
 
 
-def test_log_level_warning_hides_the_info_line(ext_socket):
-    run = run_wrapper({**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DBKEEPER_LOG_LEVEL": "warning"})
+def test_without_a_date_command_pointing_still_works(shell, served, tmp_path):
+    # no external command at all on the serving path either (reading the file is builtins only)
+    run = run_wrapper({**APP_ENV, **served.env, "PATH": str(tmp_path)}, shell=shutil.which(shell))
+    assert (run.env["DB_HOST"], run.env["DB_PORT"]) == ("127.0.0.1", "3306")
+    assert run.logs[0]["ts"] == 0
+
+
+def test_log_level_warning_hides_the_info_line(served):
+    run = run_wrapper({**APP_ENV, **served.env, "DBKEEPER_LOG_LEVEL": "warning"})
     assert run.logs == []
     assert run.env["DB_HOST"] == "127.0.0.1"
 
@@ -439,8 +550,8 @@ URL_CASES = [
 
 
 @pytest.mark.parametrize("original,expected,orig_host,orig_port", URL_CASES)
-def test_url_rewriting(original, expected, orig_host, orig_port, ext_socket, shell):
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": original}, shell=shell)
+def test_url_rewriting(original, expected, orig_host, orig_port, served, shell):
+    run = run_wrapper({**served.env, "DATABASE_URL": original}, shell=shell)
     assert run.env["DATABASE_URL"] == expected
     assert run.env["DBKEEPER_ORIGINAL_DATABASE_URL_HOST"] == orig_host
     if orig_port is None:
@@ -461,10 +572,10 @@ WELL_FORMED = [p for p in URL_CASES if p.id in (
 
 @pytest.mark.parametrize("original,expected,orig_host,orig_port", WELL_FORMED)
 def test_rewritten_url_parses_like_the_original_except_host_and_port(original, expected, orig_host, orig_port,
-                                                                      ext_socket):
+                                                                      served):
     # Cross-check with Python's RFC 3986 parser: only host and port differ.
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": original,
-                       "DBKEEPER_LISTEN_PORT": "4406"})
+    served.write(port=4406)
+    run = run_wrapper({**served.env, "DATABASE_URL": original})
     before, after = urlsplit(original), urlsplit(run.env["DATABASE_URL"])
     assert (after.hostname, after.port) == ("127.0.0.1", 4406)
     assert (after.scheme, after.username, after.password, after.path, after.query, after.fragment) == \
@@ -472,9 +583,10 @@ def test_rewritten_url_parses_like_the_original_except_host_and_port(original, e
 
 
 @pytest.mark.parametrize("original", [p.values[0] for p in WELL_FORMED if p.id != "fragment"])
-def test_rewritten_url_parses_like_the_original_for_sqlalchemy(original, ext_socket):
+def test_rewritten_url_parses_like_the_original_for_sqlalchemy(original, served):
     sa_url = pytest.importorskip("sqlalchemy.engine.url")
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": original, "DBKEEPER_LISTEN_PORT": "4406"})
+    served.write(port=4406)
+    run = run_wrapper({**served.env, "DATABASE_URL": original})
     before, after = sa_url.make_url(original), sa_url.make_url(run.env["DATABASE_URL"])
     assert (after.host, after.port) == ("127.0.0.1", 4406)
     assert (after.drivername, after.username, after.password, after.database, dict(after.query)) == \
@@ -493,8 +605,8 @@ def test_rewritten_url_parses_like_the_original_for_sqlalchemy(original, ext_soc
     pytest.param("mysql://app:pw@[::1/appdb", "malformed_host", id="unclosed-ipv6"),
     pytest.param("mysql://app:pw@db:33x6/appdb", "malformed_port", id="bad-port"),
 ])
-def test_url_left_untouched_with_a_warning(original, reason, ext_socket, shell):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": original}
+def test_url_left_untouched_with_a_warning(original, reason, served, shell):
+    env = {**APP_ENV, **served.env, "DATABASE_URL": original}
     run = run_wrapper(env, shell=shell)
     assert run.env["DATABASE_URL"] == original
     assert not [k for k in run.env if k.startswith("DBKEEPER_ORIGINAL_DATABASE_URL")]
@@ -506,17 +618,17 @@ def test_url_left_untouched_with_a_warning(original, reason, ext_socket, shell):
     assert original not in run.stdout.replace(json.dumps(run.runtime), "")
 
 
-def test_url_variable_unset_stays_unset_and_empty_stays_empty(ext_socket):
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket})
+def test_url_variable_unset_stays_unset_and_empty_stays_empty(served):
+    run = run_wrapper(dict(served.env))
     assert "DATABASE_URL" not in run.env
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": ""})
+    run = run_wrapper({**served.env, "DATABASE_URL": ""})
     assert run.env["DATABASE_URL"] == ""
     assert not run.events("wrapper_url_untouched")
     assert "DATABASE_URL" not in run.logs[0]["variables"]
 
 
-def test_several_url_variables(ext_socket):
-    env = {"DBKEEPER_SOCKET": ext_socket, "DBKEEPER_WRAP_URL_VARS": "DATABASE_URL READER_URL,OTHER_URL",
+def test_several_url_variables(served):
+    env = {**served.env, "DBKEEPER_WRAP_URL_VARS": "DATABASE_URL READER_URL,OTHER_URL",
            "DATABASE_URL": "mysql://a:b@w:1/x", "READER_URL": "mysql+pymysql://a:b@r/x"}
     run = run_wrapper(env)
     assert run.env["DATABASE_URL"] == "mysql://a:b@127.0.0.1:3306/x"
@@ -547,24 +659,24 @@ ARGS = [
 ]
 
 
-def test_argv_passes_through_unchanged(shell, ext_socket):
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket}, args=ARGS, shell=shell)
+def test_argv_passes_through_unchanged(shell, served):
+    run = run_wrapper(dict(served.env), args=ARGS, shell=shell)
     assert run.argv == ARGS
 
 
-def test_argv_passes_through_unchanged_when_not_serving(shell, no_socket):
-    run = run_wrapper({"DBKEEPER_SOCKET": no_socket}, args=ARGS, shell=shell)
+def test_argv_passes_through_unchanged_when_not_serving(shell, absent):
+    run = run_wrapper(dict(absent.env), args=ARGS, shell=shell)
     assert run.argv == ARGS
 
 
-def test_the_runtime_replaces_the_wrapper_process(ext_socket):
+def test_the_runtime_replaces_the_wrapper_process(served):
     # exec: same pid, so signals sent by Lambda reach the runtime itself
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket})
+    run = run_wrapper(dict(served.env))
     assert run.runtime["pid"] == run.popen_pid
 
 
-def test_runtime_exit_status_is_the_wrappers(ext_socket):
-    run = run_wrapper({"DBKEEPER_SOCKET": ext_socket}, command=[sys.executable, "-c", "raise SystemExit(7)"])
+def test_runtime_exit_status_is_the_wrappers(served):
+    run = run_wrapper(dict(served.env), command=[sys.executable, "-c", "raise SystemExit(7)"])
     assert run.returncode == 7
 
 
@@ -574,8 +686,8 @@ def test_without_a_command_it_fails_with_a_clear_error():
     assert [r["event"] for r in run.logs] == ["wrapper_no_command"]
 
 
-def test_wrapper_internals_do_not_leak_into_the_runtime_environment(ext_socket):
-    env = {**APP_ENV, "DBKEEPER_SOCKET": ext_socket, "DATABASE_URL": "mysql://u:pw@db/x"}
+def test_wrapper_internals_do_not_leak_into_the_runtime_environment(served):
+    env = {**APP_ENV, **served.env, "DATABASE_URL": "mysql://u:pw@db/x"}
     run = run_wrapper(env)
     assert not [k for k in run.env if k.startswith("_dbk")]
     added = set(run.env) - set(env) - {"PATH", "PWD", "SHLVL", "_", "OLDPWD", "LC_CTYPE"}  # LC_CTYPE: Python's own C-locale coercion

@@ -1,7 +1,12 @@
 """Finds command boundaries in the function's byte stream, so the relay can forward whole chunks
 untouched and still see every command's code. No I/O.
 
-Bytes of a packet whose command byte has not arrived yet are held back (at most 4), so a command
+A command is a packet whose sequence id is 0. A packet that starts with another sequence id is no
+command: it continues an exchange the server started, which in the command phase is LOAD DATA
+LOCAL INFILE (the file's packets, then an empty packet, numbered on from the server's request).
+Those are reported as FILE_DATA / FILE_END, for the relay to check against the server's replies.
+
+Bytes of a command whose command byte has not arrived yet are held back (at most 4), so a command
 dbkeeper must answer itself (COM_QUIT, COM_CHANGE_USER, COM_RESET_CONNECTION) is never half-sent
 upstream.
 """
@@ -16,6 +21,9 @@ COM_RESET_CONNECTION = 0x1F  # MySQL 5.7+/MariaDB 10.2+; pymysql.constants.COMMA
 # The server reads an empty packet as COM_SLEEP (MariaDB's do_command, MySQL's alike) and answers it
 # like any unknown command: one ERR 1047. It is a command that owes one reply, never "nothing".
 EMPTY_PACKET = COMMAND.COM_SLEEP
+# Not command codes (those are bytes): a packet continuing an exchange, with data / empty.
+FILE_DATA = -1
+FILE_END = -2
 
 INTERCEPTED = frozenset((COMMAND.COM_QUIT, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 NO_REPLY = frozenset((COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_STMT_CLOSE))
@@ -44,13 +52,20 @@ class CommandScanner:
         self._remaining = 0
         commands = []
         while position < size:
-            if position + HEADER_SIZE >= size:  # header or command byte not here yet
+            if position + HEADER_SIZE > size:  # header not here yet
                 self._held = data[position:]
                 return data[:position], commands, None
             length = data[position] | data[position + 1] << 8 | data[position + 2] << 16
             if not self._continuation:
-                if length == 0:
+                if data[position + 3]:  # file data, never a command (its first byte may be 0x01)
+                    commands.append(FILE_DATA if length else FILE_END)
+                elif length == 0:
+                    # complete with its header: holding it back would leave it unsent, and its
+                    # sender waiting for a reply, until the client sent something else
                     commands.append(EMPTY_PACKET)
+                elif position + HEADER_SIZE == size:  # command byte not here yet
+                    self._held = data[position:]
+                    return data[:position], commands, None
                 else:
                     code = data[position + HEADER_SIZE]
                     if code in INTERCEPTED:

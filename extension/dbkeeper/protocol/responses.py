@@ -1,6 +1,11 @@
 """Follows the server's replies to relayed commands, to know when the upstream is idle again
 (so a session can end with the connection reusable) or left mid-reply (so it must be closed).
 
+LOAD DATA LOCAL INFILE is part of a COM_QUERY reply: the server asks for a file (0xFB + name), the
+client sends it as packets and an empty one (`file_packet`), then the server ends that result with
+OK or ERR (which may announce more results). Client packets that continue no such request leave
+the stream unfollowable: what the server makes of them is not known here.
+
 No I/O. The relay forwards reply bytes as they come and feeds them here lazily: walking every row
 of a large result in Python would cost more CPU than relaying it, so `Relay` (session.py) only feeds
 what it cannot vouch for otherwise (see `closes_reply`).
@@ -35,6 +40,8 @@ _PARAMS = "params"          # prepare: parameter definitions, then EOF
 _PREPARE_COLUMNS = "prepare_columns"
 _FIELD_LIST = "field_list"  # column definitions until EOF
 _SINGLE = "single"          # any one packet ends the reply
+_FILE = "file"              # LOCAL INFILE: the server asked for a file; the client sends it
+_FILE_SENT = "file_sent"    # the client's empty packet ended it: OK or ERR follows
 
 
 class ResponseTracker:
@@ -54,8 +61,7 @@ class ResponseTracker:
     @property
     def idle(self) -> bool:
         """Every reply relayed so far is complete and the stream is at a packet boundary."""
-        return (not self._pending and not self._skip and not self._header and not self._collecting_head
-                and not self._continuation and self.broken is None)
+        return not self._pending and self._between_packets and self.broken is None
 
     @property
     def outstanding(self) -> int:
@@ -65,6 +71,21 @@ class ResponseTracker:
         if not self._pending:
             self._begin(command)
         self._pending.append(command)
+
+    def file_packet(self, empty: bool) -> None:
+        """The client sent a packet of a LOCAL INFILE (sequence id not 0); `empty` ends the file.
+        Called after every reply byte relayed before it has been fed: the client answers a
+        request it has read whole."""
+        if self.broken is not None:
+            return
+        if self._state != _FILE or len(self._pending) != 1 or not self._between_packets:
+            self.broken = "client packet out of sequence with no LOCAL INFILE request to answer"
+        elif empty:
+            self._state = _FILE_SENT
+
+    @property
+    def _between_packets(self) -> bool:
+        return not (self._skip or self._header or self._collecting_head or self._continuation)
 
     def feed(self, data: bytes) -> None:
         if self.broken is not None:
@@ -130,14 +151,25 @@ class ResponseTracker:
             elif first == ERR_HEADER:
                 self._reply_done()
             return
+        if state == _FILE:
+            # The server answers only once the whole file is in (MariaDB's and MySQL's LOAD DATA
+            # read it to its end even after an error): anything sooner cannot be followed.
+            self.broken = "server spoke before the LOCAL INFILE file ended"
+            return
         if first == ERR_HEADER:
             self._reply_done()
+            return
+        if state == _FILE_SENT:
+            if first == OK_HEADER:
+                self._end_result(_ok_status(head))
+            else:
+                self.broken = "unexpected reply to a LOCAL INFILE file"
             return
         if state == _FIRST:
             if first == OK_HEADER:
                 self._end_result(_ok_status(head))
             elif first == LOCAL_INFILE_HEADER:
-                self.broken = "server asked for a LOCAL INFILE"
+                self._state = _FILE
             elif first == EOF_HEADER and length < 9:
                 self._reply_done()
             else:

@@ -8,8 +8,18 @@ import socket
 import sys
 import time
 
+def burn(cpu_ms):
+    """Spin until this process has used cpu_ms of CPU; (cpu seconds, wall seconds) it took."""
+    c0, w0 = time.process_time(), time.monotonic()
+    while time.process_time() - c0 < cpu_ms / 1000:
+        pass
+    return time.process_time() - c0, time.monotonic() - w0
+
+
 COLD = {"pid": os.getpid(), "invocations": 0}
 KEEP = []
+# BURN_AT_IMPORT_MS: spin on the CPU during INIT (the function's init code) and report what it took
+IMPORT_BURN = burn(int(os.environ["BURN_AT_IMPORT_MS"])) if os.environ.get("BURN_AT_IMPORT_MS") else None
 print(json.dumps({"event": "import", "ts": time.time(), "pid": os.getpid()}))
 sys.stdout.flush()
 
@@ -31,6 +41,9 @@ def handler(event, context):
         KEEP.append(s)
     if event.get("exit"):
         os._exit(event["exit"])
+    burned = burn(event["burn_cpu_ms"]) if event.get("burn_cpu_ms") else None
+    if event.get("allocate_mb"):
+        KEEP.append(b"\x01" * (event["allocate_mb"] << 20))  # written, so the pages are really used
     out = {
         "echo": event,
         "pid": os.getpid(),
@@ -40,6 +53,8 @@ def handler(event, context):
         "arn": context.invoked_function_arn,
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
         "cwd": os.getcwd(),
+        "burned": burned,
+        "import_burned": IMPORT_BURN,
     }
     if event.get("try_write"):
         try:
