@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.dbkeeper_process import extension_python
+from tests.dbkeeper_process import extension_python, state_file_of
 from tests.mariadb import free_port
 
 
@@ -123,4 +123,5 @@ class FleetSandbox:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        state_file_of(self.api.address).unlink(missing_ok=True)  # a killed extension leaves it
         self.api.close()
