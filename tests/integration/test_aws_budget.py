@@ -16,7 +16,7 @@ from tests.fleet import FleetSandbox
 from tests.polling import wait_until
 
 LEASE_S = 6
-BORROW_S = 3.0  # moto answers in ms, but this machine is shared: a look at the table may take a second
+BORROW_S = 5.0  # the default; moto answers in ms, but on a shared 2-core machine a look may take seconds
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
             leases = {item["sandbox"]["S"] for item in moto_server.leases(table)}
             return not (leases & reclaimed_ids) and not (set(dbkeeper_sessions(admin).values()) & reclaimed_ids)
 
-        assert wait_until(reaped, timeout=LEASE_S * 3, interval=0.1)
+        assert wait_until(reaped, timeout=LEASE_S * 3, interval=0.25)
         reaped_after = time.monotonic() - reclaimed_at
         time.sleep(3)  # the fleet goes on with the reclaimed slots in other hands
         stopped.update(s.index for s in sandboxes)
