@@ -5,6 +5,8 @@ Phases (each interleaves its comparisons within one run, with warm-up):
   cpu       relay CPU per SELECT 1 and per 1 MB result (dbkeeper vs socat)
   connect   connect() + SELECT 1 + close() through dbkeeper vs direct, PyMySQL 1.1.1 and 1.2.4, on
             loopback and across an emulated network (--rtt-ms, bench/netdelay.py)
+  tlsreq    the same against a database that requires verified TLS, across the emulated network,
+            at full CPU and at a 128 MB function's CPU share (cgroup CFS quota, bench/cpushare.py)
   coldstart spawn -> registered -> upstream ready, RSS, SHUTDOWN -> upstream closed server-side
   imports   import time of the launcher's chain, as shipped and with .pyc
 
@@ -26,17 +28,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.mariadb, tests.dbkeeper_process, lambda_sandbox
 
-from bench import coldstart, connect, cpu, latency, procstat, report, targets  # noqa: E402
+from bench import coldstart, connect, cpu, latency, procstat, report, targets, tlsreq  # noqa: E402
 
-PHASES = ("latency", "cpu", "connect", "coldstart", "imports")
+PHASES = ("latency", "cpu", "connect", "tlsreq", "coldstart", "imports")
 PLANS = {
     # select1 iterations, SELECT 1 after idle iterations, 1 MB iterations, cpu rounds, cpu SELECT 1 per
     # block, cpu 1 MB per block,
-    # connect iterations, cold starts, import repeats
-    "quick": dict(select=1500, idle=200, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, cold=3,
-                  imports=3),
-    "full": dict(select=6000, idle=1200, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, cold=8,
-                 imports=5),
+    # connect iterations, TLS-required iterations at full CPU, seconds at the 128 MB share, cold starts,
+    # import repeats
+    "quick": dict(select=1500, idle=200, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, tlsreq=30,
+                  share_s=4, cold=3, imports=3),
+    "full": dict(select=6000, idle=1200, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, tlsreq=300,
+                 share_s=20, cold=8, imports=5),
 }
 
 
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{results['machine']['nproc']} CPUs; layer {fingerprint} (snapshot); setting up MariaDB, dbkeeper, "
              f"socat ...")
     try:
-        env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env, net_rtt_ms=args.rtt_ms)
+        env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env, net_rtt_ms=args.rtt_ms,
+                            with_tlsreq="tlsreq" in phases)
     except BaseException:
         shutil.rmtree(layer.parent, ignore_errors=True)
         raise
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                     s.close()
         if "connect" in phases:
             results["connect"] = connect.run(env, plan["connect"], progress=progress)
+        if "tlsreq" in phases:
+            results["tlsreq"] = tlsreq.run(env, plan["tlsreq"], plan["share_s"], progress=progress)
         if "coldstart" in phases:
             results["coldstart"] = coldstart.cold_starts(layer, env.db, plan["cold"], progress)
         if "imports" in phases:

@@ -13,7 +13,8 @@
 
 and the import time of the launcher's chain, measured in fresh interpreters as the launcher runs
 them (`python -I -S`, -B so nothing is written), best of N:
-  before registering: the bootstrap's PyMySQL arrangement + `import dbkeeper.main`;  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
+  before registering: the bootstrap's PyMySQL arrangement + `import dbkeeper.main`;
+  after: dbkeeper.event_pump, dbkeeper.lifecycle, uvloop
 both as shipped and for the alternative layer (see alternative_layer: the same tree with .pyc
 removed if it ships them, compiled if it does not), so the worth of shipping bytecode stays visible.
 """
@@ -77,7 +78,7 @@ class ServerSideWatch:
         if not self.polls:
             return None
         start = self.polls[0][3]
-        for before, after, present, threads in self.polls:
+        for _before, after, _present, threads in self.polls:
             if threads < start:
                 return after
         return None
@@ -110,7 +111,8 @@ def one_cold_start(layer: Path, db, log_level: str = "info", extra_env: dict | N
         init_done = time.monotonic()
         if failure is not None:
             raise RuntimeError(f"INIT failed: {failure}")
-        connected = sandbox.wait_for_json(EXTENSION, lambda l: l.get("event") == "upstream_connected", timeout=10)
+        connected = sandbox.wait_for_json(EXTENSION, lambda line: line.get("event") == "upstream_connected",
+                                          timeout=10)
         pid = sandbox.pids()[EXTENSION]
         cpu_sched = procstat.cpu_ns(pid)
         cpu_ticks = procstat.cpu_ticks_ns(pid)
@@ -136,7 +138,7 @@ def one_cold_start(layer: Path, db, log_level: str = "info", extra_env: dict | N
         report = sandbox.shutdown()
         watch.join(_POLL_DEADLINE + 1)
         ext = report.extensions.get(EXTENSION)
-        complete = next((l for _, l in _json_lines(sandbox) if l.get("event") == "shutdown_complete"), {})
+        complete = next((line for _, line in _json_lines(sandbox) if line.get("event") == "shutdown_complete"), {})
         if ext is not None and ext.delivered_ms is not None and complete.get("ts"):
             # the emulator's API hop: our delivery stamp -> the extension's own receipt of SHUTDOWN
             received = complete["ts"] - offset - (complete.get("ms_since_event") or 0) / 1000
@@ -212,7 +214,8 @@ def cold_starts(layer: Path, db, runs: int, progress=print) -> dict:
 # --------------------------------------------------------------------------- import time
 
 # What layer/dbkeeper/bootstrap.py does before importing dbkeeper.main.
-_BOOTSTRAP = "from dbkeeper.cold_start import register_pymysql_without_its_client; register_pymysql_without_its_client({lib!r})"
+_BOOTSTRAP = ("from dbkeeper.cold_start import register_pymysql_without_its_client; "
+              "register_pymysql_without_its_client({lib!r})")
 
 _TIMED = r"""
 import sys, time

@@ -63,6 +63,11 @@ class Worker:
         self.proc.stdin.write(json.dumps({"kw": kw}) + "\n")
         return json.loads(self.proc.stdout.readline())
 
+    def connect_many(self, kw: dict, count: int) -> dict:
+        """count cycles back to back: {"samples": [...]} or {"error": ...}."""
+        self.proc.stdin.write(json.dumps({"kw": kw, "count": count}) + "\n")
+        return json.loads(self.proc.stdout.readline())
+
     def close(self) -> None:
         try:
             self.proc.stdin.close()
@@ -127,6 +132,6 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
             "client": client, "mode": mode, "path": path,
             "wall_us": summary(s["wall_us"]), "connect_us": summary(s["connect_us"]), "cpu_us": summary(s["cpu_us"]),
             "tls_fraction": sum(s["tls"]) / len(s["tls"]),
-            "samples_wall_us": s["wall_us"],
+            "samples_wall_us": s["wall_us"], "samples_connect_us": s["connect_us"],
         }
     return out

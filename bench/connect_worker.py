@@ -3,7 +3,10 @@
 
 Protocol: one JSON request per stdin line {"kw": {...connect kwargs...}}; one JSON reply per line
 {"wall_us", "connect_us", "cpu_us", "tls"} measured around connect() + SELECT 1 + close(), the
-per-invocation pattern (connect_us: connect() alone, with the driver's session setup). The first line written is {"pymysql": "<version>"}.
+per-invocation pattern (connect_us: connect() alone, with the driver's session setup). With
+"count": N in the request, N such cycles back to back and one reply {"samples": [...]} (or
+{"error"}): no pipe round trip between them, as when the worker sits in a CPU-limited cgroup.
+The first line written is {"pymysql": "<version>"}.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ def main() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reply = one(request["kw"])
+            if "count" in request:
+                reply = {"samples": [one(request["kw"]) for _ in range(request["count"])]}
+            else:
+                reply = one(request["kw"])
         except Exception as exc:  # reported, not fatal: the driver decides
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(reply) + "\n")

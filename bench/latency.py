@@ -108,9 +108,11 @@ def run(env, sessions: dict[str, Session], select_iterations: int, mb_iterations
     progress(f"  {time.monotonic() - t:.1f} s")
     idle = {}
     if idle_iterations:
-        progress(f"latency: SELECT 1 after {IDLE_S * 1000:.0f} ms idle x {idle_iterations} per endpoint, interleaved ...")
+        progress(f"latency: SELECT 1 after {IDLE_S * 1000:.0f} ms idle x {idle_iterations} per endpoint, "
+                 "interleaved ...")
         t = time.monotonic()
-        idle = _interleave(sessions, idle_iterations, max(20, idle_iterations // 20), {"select1_idle": _idle_then_select1})
+        idle = _interleave(sessions, idle_iterations, max(20, idle_iterations // 20),
+                           {"select1_idle": _idle_then_select1})
         progress(f"  {time.monotonic() - t:.1f} s")
     progress(f"latency: 1 MB result x {mb_iterations} per endpoint, interleaved ...")
     t = time.monotonic()

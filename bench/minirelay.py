@@ -14,7 +14,7 @@ import uvloop
 
 
 class Upstream(asyncio.Protocol):
-    def __init__(self, client: "Client"):
+    def __init__(self, client: Client):
         self.client = client
         self.transport = None
 

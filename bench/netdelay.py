@@ -6,7 +6,9 @@ so the server's first bytes reach the client 2 RTT after connect(), as over a re
 (SYN, SYN-ACK, ACK, then the server's greeting). Order within a direction is kept; a FIN is
 delivered after the data before it.
 
-    python -m bench.netdelay <listen port> <upstream port> <rtt ms>    (prints "ready")
+    python -m bench.netdelay <listen port> <upstream port> <rtt ms> [<listen address>]   (prints "ready")
+
+The listen address defaults to 127.0.0.1; the upstream is always 127.0.0.1:<upstream port>.
 
 Threads: one reads every socket (a selector; blocking, no timeouts), one delivers what is due
 (a heap, waited on with a condition's timed wait: microsecond timers, not the millisecond ones
@@ -126,11 +128,11 @@ class _Pair:
             self.upstream.close()
 
 
-def main(listen_port: int, upstream_port: int, rtt_ms: float) -> None:
+def main(listen_port: int, upstream_port: int, rtt_ms: float, listen_address: str = "127.0.0.1") -> None:
     line = DelayLine(upstream_port, rtt_ms / 1000)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", listen_port))
+    listener.bind((listen_address, listen_port))
     listener.listen(128)
     threading.Thread(target=line.deliver_forever, daemon=True).start()
     threading.Thread(target=line.read_forever, daemon=True).start()
@@ -141,4 +143,4 @@ def main(listen_port: int, upstream_port: int, rtt_ms: float) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))
+    main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:5])

@@ -49,11 +49,13 @@ def serve(listen_port: int, upstream_port: int, lib: str, mode: str) -> None:
 
         def client_data(self, data):
             n = len(data)
-            if self._lean and n > 4 and (data[0] | data[1] << 8 | data[2] << 16) == n - 4 and data[4] not in INTERCEPTED:
+            whole_packet = n > 4 and (data[0] | data[1] << 8 | data[2] << 16) == n - 4
+            if self._lean and whole_packet and data[4] not in INTERCEPTED:
                 last = self._last
                 if (last is None
                         or (len(last) >= 9 and last[-9] == 5 and last[-5] == 0xFE and not last[-2] & 0x08)
-                        or (len(last) > 4 and last[4] == 0 and len(last) == 4 + (last[0] | last[1] << 8 | last[2] << 16))):
+                        or (len(last) > 4 and last[4] == 0
+                            and len(last) == 4 + (last[0] | last[1] << 8 | last[2] << 16))):
                     self._last = None
                     self._upstream_write(data)
                     return None

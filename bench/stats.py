@@ -56,7 +56,7 @@ def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict:
     """p50(numerator)/p50(denominator) overall, and per time block (same iterations)."""
     overall = percentile(numerator, 50) / percentile(denominator, 50)
     per_block = [percentile(a, 50) / percentile(b, 50)
-                 for a, b in zip(blocks(numerator), blocks(denominator)) if a and b]
+                 for a, b in zip(blocks(numerator), blocks(denominator), strict=False) if a and b]
     return {"ratio": overall, "blocks": per_block,
             "lo": min(per_block) if per_block else math.nan,
             "hi": max(per_block) if per_block else math.nan}

@@ -17,6 +17,17 @@ user-space delay line of a fixed RTT: this kernel has no netem):
     direct_tcp_tlsdb_net   client -> network -> TLS-offering MariaDB
     dbk_tcp_tlsdb_net      client -> dbkeeper -> network (TLS upstream) -> the same MariaDB
 
+and a third MariaDB that REQUIRES TLS (require_secure_transport, a certificate from a throwaway CA:
+bench/tlsca.py), like RDS with TLS enforced, behind its own delay line:
+
+    direct_tlsreq_net      client (ssl_ca + verify cert and host name) -> network -> that MariaDB
+    dbk_tlsreq_net         client (driver defaults) -> dbkeeper (DBKEEPER_DB_TLS=required, the CA)
+                           -> network -> that MariaDB
+    dbk_tlsreq_net_tlsargs the same through a second dbkeeper, but the client keeps the direct path's
+                           TLS settings (a function whose DB_SSL_CA stays set when the layer is
+                           attached): PyMySQL builds its TLS context on every connect and, offered no
+                           TLS on 127.0.0.1, connects in plain text
+
 Reuses tests/mariadb.py (MariaDB, free_port) and tests/dbkeeper_process.py (start_dbkeeper).
 The layer is snapshotted (copied) first, so a ./build.sh running meanwhile can't change what is
 measured half-way; its fingerprint goes into the results.
@@ -38,7 +49,7 @@ from pathlib import Path
 from tests.dbkeeper_process import RunningDbkeeper, start_dbkeeper
 from tests.mariadb import MariaDB, free_port
 
-from . import procstat
+from . import procstat, tlsca
 
 REPO = Path(__file__).resolve().parent.parent
 LAYER = REPO / "dist" / "layer-x86_64"
@@ -52,6 +63,7 @@ class Endpoint:
     relay_pid: int | None = None  # process whose CPU is the relay's (socat: its tree)
     relay: str = "none"          # none / dbkeeper / socat / uvloop
     tls_db: bool = False         # behind it is the TLS-offering server
+    tlsreq_db: bool = False      # behind it is the TLS-requiring server
 
     def cpu_ns(self) -> int:
         if self.relay_pid is None:
@@ -78,10 +90,18 @@ class Environment:
     workdir: str = ""
     dbk_connected: dict = field(default_factory=dict)
     tls_dbk_connected: dict = field(default_factory=dict)
+    tlsreq_db: MariaDB | None = None          # requires TLS (require_secure_transport)
+    tlsreq_dbk: RunningDbkeeper | None = None  # DBKEEPER_DB_TLS=required to it, across its delay line
+    tlsreq_dbk_tlsargs: RunningDbkeeper | None = None  # the same, for clients that keep their TLS settings
+    tlsreq_dbk_connected: dict = field(default_factory=dict)
+    tlsreq_rtt_ms: float = 0.0
 
-    def credentials(self, tls: bool = False) -> dict:
-        db = self.tls_db if tls else self.db
+    def credentials(self, tls: bool = False, tlsreq: bool = False) -> dict:
+        db = self.tlsreq_db if tlsreq else self.tls_db if tls else self.db
         return dict(user=db.user, password=db.password, database=db.database)
+
+    def connect_kwargs(self, endpoint: Endpoint) -> dict:
+        return dict(endpoint.kwargs, **self.credentials(tls=endpoint.tls_db, tlsreq=endpoint.tlsreq_db))
 
     def close(self) -> dict:
         """Stop everything; returns the dbkeeper instances' shutdown reports (as dicts)."""
@@ -95,13 +115,14 @@ class Environment:
                     proc.kill()
                     proc.wait()
         for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("net_dbk", self.net_dbk),
-                          ("variant_dbk", self.variant_dbk)):
+                          ("variant_dbk", self.variant_dbk), ("tlsreq_dbk", self.tlsreq_dbk),
+                          ("tlsreq_dbk_tlsargs", self.tlsreq_dbk_tlsargs)):
             if dbk is not None:
                 try:
                     reports[name] = dbk.stop()
                 except Exception as exc:  # keep cleaning up
                     reports[name] = repr(exc)
-        for db in (self.db, self.tls_db):
+        for db in (self.db, self.tls_db, self.tlsreq_db):
             if db is not None:
                 db.stop()
                 db.cleanup()
@@ -134,9 +155,9 @@ def _wait_connectable(family: int, address, timeout: float = _READY_TIMEOUT) -> 
         try:
             probe.connect(address)
             return
-        except OSError:
+        except OSError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {address} after {timeout}s")
+                raise RuntimeError(f"nothing listens on {address} after {timeout}s") from exc
         finally:
             probe.close()
         time.sleep(0.01)  # polling interval, bounded by the deadline
@@ -179,7 +200,8 @@ def _start_dbkeeper(layer: Path, db: MariaDB, extra: dict | None = None) -> tupl
     return dbk, connected
 
 
-def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, net_rtt_ms: float = 1.0) -> Environment:
+def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, net_rtt_ms: float = 1.0,
+          with_tlsreq: bool = False) -> Environment:
     workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
     db = MariaDB().start()
     env = None
@@ -230,6 +252,8 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, n
                                                      tls_db=True)
                 e["dbk_tcp_tlsdb_net"] = Endpoint("dbk_tcp_tlsdb_net", dict(host="127.0.0.1", port=env.net_dbk.port),
                                                   env.net_dbk.pid, "dbkeeper", tls_db=True)
+        if with_tlsreq:
+            _start_tls_required(env, layer, net_rtt_ms if net_rtt_ms > 0 else 1.0)
         return env
     except BaseException:
         if env is not None:
@@ -239,6 +263,30 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, n
             db.cleanup()
             shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+def _start_tls_required(env: Environment, layer: Path, rtt_ms: float) -> None:
+    """The TLS-requiring MariaDB behind its own delay line, and a dbkeeper requiring verified TLS to it."""
+    certs = tlsca.make_ca(os.path.join(env.workdir, "ca"), ips=["127.0.0.1"])
+    env.tlsreq_db = MariaDB(extra_args=[*certs.mariadb_args(), "--require-secure-transport=ON"]).start()
+    net, net_port = _bench_process("bench.netdelay", env.tlsreq_db.port, rtt_ms)
+    env.socats.append(net)
+    env.tlsreq_rtt_ms = rtt_ms
+    settings = {"DBKEEPER_DB_TLS": "required", "DBKEEPER_DB_TLS_CA": str(certs.ca), "DBKEEPER_DB_PORT": str(net_port)}
+    env.tlsreq_dbk, env.tlsreq_dbk_connected = _start_dbkeeper(layer, env.tlsreq_db, settings)
+    env.tlsreq_dbk_tlsargs, connected = _start_dbkeeper(layer, env.tlsreq_db, settings)
+    for running in (env.tlsreq_dbk_connected, connected):
+        if not running.get("tls"):
+            raise RuntimeError(f"dbkeeper did not negotiate TLS with the TLS-requiring server: {running}")
+    client_tls = dict(ssl_ca=str(certs.ca), ssl_verify_cert=True, ssl_verify_identity=True)
+    e = env.endpoints
+    e["direct_tlsreq_net"] = Endpoint("direct_tlsreq_net", dict(host="127.0.0.1", port=net_port, **client_tls),
+                                      tlsreq_db=True)
+    e["dbk_tlsreq_net"] = Endpoint("dbk_tlsreq_net", dict(host="127.0.0.1", port=env.tlsreq_dbk.port),
+                                   env.tlsreq_dbk.pid, "dbkeeper", tlsreq_db=True)
+    e["dbk_tlsreq_net_tlsargs"] = Endpoint("dbk_tlsreq_net_tlsargs",
+                                           dict(host="127.0.0.1", port=env.tlsreq_dbk_tlsargs.port, **client_tls),
+                                           env.tlsreq_dbk_tlsargs.pid, "dbkeeper", tlsreq_db=True)
 
 
 def server_versions(env: Environment) -> dict:

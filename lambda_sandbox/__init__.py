@@ -5,7 +5,8 @@ See lambda_sandbox/README.md; the behaviour it models: docs/LAMBDA_SANDBOX.md.
 """
 
 from .logs import LogRecord
-from .netns import NetnsUnavailable, unavailable_reason as netns_unavailable_reason
+from .netns import NetnsUnavailable
+from .netns import unavailable_reason as netns_unavailable_reason
 from .results import (
     ExtensionShutdown,
     InvokeResult,

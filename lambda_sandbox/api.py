@@ -27,7 +27,7 @@ def _json(status: int, obj: dict):
     return Resp(status, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def route(sb: "Sandbox", method: str, path: str, headers, body: bytes) -> "Resp":
+def route(sb: Sandbox, method: str, path: str, headers, body: bytes) -> Resp:
     from .state import Resp
 
     h = headers.get
@@ -75,7 +75,7 @@ def route(sb: "Sandbox", method: str, path: str, headers, body: bytes) -> "Resp"
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "ApiServer"
+    server: ApiServer
 
     def setup(self) -> None:
         super().setup()
@@ -144,7 +144,7 @@ class ApiServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], sandbox: "Sandbox") -> None:
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         super().__init__(address, _Handler)
 

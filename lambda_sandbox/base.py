@@ -7,7 +7,8 @@ import os
 import shutil
 import signal
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from . import procs
 from .logs import LogObservation, LogRecord, LogStore

@@ -125,7 +125,7 @@ class SandboxCgroup:
         self.dirs = dirs  # controller -> directory
 
     @classmethod
-    def create(cls) -> "SandboxCgroup":
+    def create(cls) -> SandboxCgroup:
         """New, empty cgroups below this process's own ones; CgroupUnavailable says why not."""
         if os.geteuid() != 0:
             raise CgroupUnavailable("cgroups need root")

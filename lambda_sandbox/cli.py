@@ -55,7 +55,7 @@ def _split_addr(value: str, default_host: str) -> tuple[str, int]:
 
 class _InvokeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_InvokeServer"
+    server: _InvokeServer
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         pass

@@ -9,7 +9,8 @@ Elsewhere the fallback is SIGSTOP/SIGCONT of every process of the sandbox and no
 from __future__ import annotations
 
 import signal
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 from . import procs
 from .cgroups import PERIOD_US, CgroupUnavailable, SandboxCgroup, cpu_quota_us, init_cpu_quota_us

@@ -83,7 +83,7 @@ class ProcessSetup:
     private_tmp: Optional[str]
     api_address: str
     initialization_type: str
-    _netns: Optional["Netns"]
+    _netns: Optional[Netns]
 
     def _py_version(self) -> str:
         if self.python == sys.executable:

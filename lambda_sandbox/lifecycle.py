@@ -32,7 +32,7 @@ class Lifecycle:
     _gen_counter: int
     _state: str
     _hold_freeze: bool
-    _control: "ProcessControl"
+    _control: ProcessControl
     logs_store: LogStore
     opt_dir: str
     task_dir: str

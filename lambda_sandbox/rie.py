@@ -38,7 +38,8 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from . import exitwatch, procs
 from .base import SandboxBase
@@ -76,7 +77,7 @@ MOUNT_SCRIPT = (
 )
 
 
-_live: "weakref.WeakSet[RieSandbox]" = weakref.WeakSet()
+_live: weakref.WeakSet[RieSandbox] = weakref.WeakSet()
 
 
 @atexit.register
@@ -255,7 +256,7 @@ class RieSandbox(SandboxBase):
         return self._netns.host_address if self._netns else "127.0.0.1"
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "RieSandbox":
+    def start(self) -> RieSandbox:
         if self._state != "new":
             return self
         if os.geteuid() != 0:

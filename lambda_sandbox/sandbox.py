@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from . import procs
 from .base import SandboxBase
@@ -35,7 +36,7 @@ from .results import Resources, SandboxClosed, SandboxError, ShutdownReport
 from .shutdown import RUNTIME_DEADLINE_SHARE, ShutdownFlow  # noqa: F401  (RUNTIME_DEADLINE_SHARE: used by rie.py)
 from .state import Generation
 
-_live: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+_live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 
 
 @atexit.register
@@ -120,7 +121,7 @@ class Sandbox(SandboxBase, ProcessSetup, ApiHandlers, Lifecycle, ShutdownFlow):
         self.api_address = ""
 
     # ------------------------------------------------------------------ lifecycle of the emulator itself
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         if self._state != "new":
             return self
         if self.lambda_paths:

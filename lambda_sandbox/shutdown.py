@@ -32,8 +32,8 @@ class ShutdownFlow:
     _gen: Optional[Generation]
     _state: str
     _frozen: bool
-    _netns: Optional["Netns"]
-    _control: "ProcessControl"
+    _netns: Optional[Netns]
+    _control: ProcessControl
     name: str
     shutdown_budget_ms: int
     last_reset_report: Optional[ShutdownReport]

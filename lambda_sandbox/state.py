@@ -67,11 +67,11 @@ class Failure:
     fatal: str = "Sandbox.Failure"  # the RIE's name for the cause, as its log gives it
 
     @classmethod
-    def empty(cls, fatal: str) -> "Failure":
+    def empty(cls, fatal: str) -> Failure:
         return cls(502, b"", None, content_type=None, fatal=fatal)
 
     @classmethod
-    def exited(cls, error_type: str, request_id: str, message: str) -> "Failure":
+    def exited(cls, error_type: str, request_id: str, message: str) -> Failure:
         body = compact({"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {message}"})
         return cls(502, body, error_type, fatal=error_type)
 

@@ -1,9 +1,11 @@
 """A visit counter: an ordinary AWS Lambda function using PyMySQL, written the way users write them.
 
 Nothing here knows about dbkeeper. It reads the usual settings from the environment:
-DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME; or, instead of DB_PASSWORD,
-DB_SECRET_ID: a Secrets Manager secret whose `password` it reads at every connect (so a rotated
-password is picked up; boto3 is part of Lambda's Python runtimes). With the dbkeeper layer and
+DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME, and DB_SSL_CA (optional: a CA
+bundle, e.g. the RDS one shipped with the function; when set, the connection uses TLS and checks
+the server's certificate and host name against it); or, instead of DB_PASSWORD, DB_SECRET_ID: a
+Secrets Manager secret whose `password` it reads at every connect (so a rotated password is
+picked up; boto3 is part of Lambda's Python runtimes). With the dbkeeper layer and
 AWS_LAMBDA_EXEC_WRAPPER=/opt/dbkeeper-wrapper, DB_HOST/DB_PORT point at the extension instead.
 
 Two handlers, the two patterns found in the wild:
@@ -37,6 +39,15 @@ _cold = True
 _secrets = None  # the Secrets Manager client, made at the first connect that needs it
 
 
+def _tls():
+    ca = os.environ.get("DB_SSL_CA")
+    if not ca:
+        return {}
+    # PyMySQL negotiates TLS when the server offers it (a database requiring TLS always does) and
+    # stays plain when it does not: the dbkeeper extension on 127.0.0.1 never offers TLS.
+    return {"ssl_ca": ca, "ssl_verify_cert": True, "ssl_verify_identity": True}
+
+
 def _connect():
     return pymysql.connect(
         host=os.environ["DB_HOST"],
@@ -49,6 +60,7 @@ def _connect():
         write_timeout=30,
         autocommit=False,
         charset="utf8mb4",
+        **_tls(),
     )
 
 

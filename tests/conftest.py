@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.mariadb import MariaDB, MariaDBNotInstalled, free_port as _free_port
+from tests.mariadb import MariaDB, MariaDBNotInstalled
+from tests.mariadb import free_port as _free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Other projects' test files, run by our tests in their own way (see each one's SOURCE.md).

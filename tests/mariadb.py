@@ -155,7 +155,7 @@ def _pdeathsig_prefix() -> list[str]:
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_live: "set[MariaDB]" = set()
+_live: set[MariaDB] = set()
 
 
 @atexit.register
@@ -266,7 +266,7 @@ class MariaDB:
         return f"<MariaDB {self.host}:{self._port} {self.base_dir} {state}>"
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "MariaDB":
+    def start(self) -> MariaDB:
         """Start the server (copying the template datadir the first time) and wait until ready."""
         if self.running:
             raise MariaDBError(f"{self!r} already running")
@@ -407,7 +407,7 @@ class MariaDB:
         self.proc = None
         _live.discard(self)
 
-    def restart(self) -> "MariaDB":
+    def restart(self) -> MariaDB:
         """Stop cleanly if running, then start again with the same datadir and port."""
         self.stop()
         return self.start()
@@ -418,7 +418,7 @@ class MariaDB:
         if self._own_dir:
             _rmtree(self.base_dir)
 
-    def __enter__(self) -> "MariaDB":
+    def __enter__(self) -> MariaDB:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

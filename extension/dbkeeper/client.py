@@ -197,8 +197,8 @@ class ClientConnection(asyncio.Protocol):
             self._deny(response.user, bool(proof), sequence + 1)
             return
         capabilities = response.capabilities & offered
-        settings = SessionSettings(response.collation_id, response.database if capabilities & CLIENT.CONNECT_WITH_DB else None,
-                                   bool(capabilities & CLIENT.MULTI_STATEMENTS))
+        database = response.database if capabilities & CLIENT.CONNECT_WITH_DB else None
+        settings = SessionSettings(response.collation_id, database, bool(capabilities & CLIENT.MULTI_STATEMENTS))
         try:
             upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS, prefer=greeted_id)
         except (PoolTimeout, UpstreamError) as exc:
@@ -240,7 +240,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _deny(self, user: str, used_password: bool, sequence_id: int) -> None:
         self._reject(messages.ER_ACCESS_DENIED_ERROR, "28000",
-                     f"Access denied for user '{user}'@'localhost' (using password: {'YES' if used_password else 'NO'})",
+                     f"Access denied for user '{user}'@'localhost' "
+                     f"(using password: {'YES' if used_password else 'NO'})",
                      "client_auth_failed", sequence_id=sequence_id, user=user)
 
     def _start_relay(self, ok: bytes, sequence_id: int, pending: bytes) -> None:
@@ -319,9 +320,11 @@ class ClientConnection(asyncio.Protocol):
             proof = payload[position + 1:position + 1 + length]
             position += 1 + length
             database, position = read_nul_bytes(payload, position) if position < len(payload) else (b"", position)
-            collation_id = int.from_bytes(payload[position:position + 2], "little") if position + 2 <= len(payload) else None
+            collation_id = (int.from_bytes(payload[position:position + 2], "little")
+                            if position + 2 <= len(payload) else None)
             position += 2
-            plugin = read_nul_bytes(payload, position)[0].decode("ascii", "replace") if position < len(payload) else None
+            plugin = (read_nul_bytes(payload, position)[0].decode("ascii", "replace")
+                      if position < len(payload) else None)
         except IndexError as exc:
             raise ProtocolError("truncated COM_CHANGE_USER") from exc
         proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)

@@ -55,7 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
             "them; a client with others costs one reconnect."),
     Setting("DBKEEPER_HOLD_SETUP", "true",
             "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
-            "answered at once and sent with its first real command (no round trip each); false: forwarded as they come."),
+            "answered at once and sent with its first real command (no round trip each); false: forwarded as "
+            "they come."),
     Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
@@ -155,7 +156,7 @@ class Config(NamedTuple):
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={'<hidden>' if 'password' in name else repr(value)}"
-                          for name, value in zip(self._fields, self))
+                          for name, value in zip(self._fields, self, strict=True))
         return f"Config({shown})"
 
     @property
@@ -164,7 +165,7 @@ class Config(NamedTuple):
         return self.client_password if self.client_password is not None else self.db_password
 
     @classmethod
-    def from_environ(cls, env: Mapping[str, str]) -> "Config":
+    def from_environ(cls, env: Mapping[str, str]) -> Config:
         problems: list[str] = []
         raw = {s.name: _lookup(env, s) for s in SETTINGS}
 

@@ -60,7 +60,7 @@ class Janitor:
                 connection = UpstreamConnection(self._config, self._log, self._pool.profile)
                 await asyncio.wait_for(connection.open(*await self._pool.side_login()), remaining)
             killed = await asyncio.wait_for(connection.kill(connection_ids), max(deadline - self._loop.time(), 0.001))
-        except (asyncio.TimeoutError, UpstreamError) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             self._log.warning("kill_failed", connection_ids=connection_ids, error=str(exc) or "timed out")
             if connection is not None:
                 if borrowed:

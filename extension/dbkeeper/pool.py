@@ -512,7 +512,8 @@ class Pool:
         stuck = time.monotonic() - self._config.connect_timeout
         doomed = [c for c in members if c in busy or c.pool_state is MemberState.OPENING
                   or c.pool_state is MemberState.RESETTING and c.reset_started < stuck]
-        to_kill = [c.connection_id for c in doomed if c.greeting is not None and c.pool_state is not MemberState.OPENING]
+        to_kill = [c.connection_id for c in doomed
+                   if c.greeting is not None and c.pool_state is not MemberState.OPENING]
         for connection in members:
             if connection.resetting is not None:
                 connection.resetting.cancel()  # its COM_QUIT (or KILL) below ends it on the server

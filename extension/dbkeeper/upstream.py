@@ -166,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
         target = self._target
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.abort()
             raise UpstreamError(f"connect to {target.host}:{target.port} timed out "
                                 f"after {config.connect_timeout * 1000:.0f} ms") from exc
@@ -200,7 +200,8 @@ class UpstreamConnection(asyncio.Protocol):
             plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
         response = handshake.HandshakeResponse(
             capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
-            user=target.user, auth_response=auth.upstream_proof(plugin, target.password, greeting.scramble, self.secure),
+            user=target.user,
+            auth_response=auth.upstream_proof(plugin, target.password, greeting.scramble, self.secure),
             database=target.database, auth_plugin=plugin,
             attributes={"_client_name": "dbkeeper", "_client_version": __version__, **self._attributes},
         )
@@ -424,7 +425,7 @@ class UpstreamConnection(asyncio.Protocol):
         """One COM_PING round trip, bounded: is the server still there?"""
         try:
             return messages.is_ok(await asyncio.wait_for(self.command(COMMAND.COM_PING), timeout))
-        except (asyncio.TimeoutError, UpstreamError, ProtocolError):
+        except (TimeoutError, UpstreamError, ProtocolError):
             return False
 
     async def kill(self, connection_ids: list[int]) -> int:

@@ -15,8 +15,8 @@ Operations that a driver cannot express raise ``Unsupported`` (the test skips wi
 
 from __future__ import annotations
 
-import contextlib
 import base64
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -32,7 +32,8 @@ from pymysql.constants import CLIENT
 __all__ = [
     "DRIVERS", "TRANSPORTS", "OPS", "Target", "Session", "Unsupported", "OpContext", "ErrorInfo",
     "open_session", "canon", "check", "pymysql_sqlstate_hook", "driver_versions",
-    "BLOB_SIZE", "run_op", "connect_and_select_1", "IsolatedRunner", "upstream_prepared", "direct_target_of", "dbkeeper_target_of", "OTHER_DB",
+    "BLOB_SIZE", "run_op", "connect_and_select_1", "IsolatedRunner", "upstream_prepared", "direct_target_of",
+    "dbkeeper_target_of", "OTHER_DB",
 ]
 
 DRIVERS = ("pymysql", "mysqlconnector_pure", "mysqlconnector_c", "mysqldb", "sqlalchemy")
@@ -136,7 +137,7 @@ class Session:
             return info
         raise AssertionError("expected a server error, the statement succeeded")
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -701,7 +702,8 @@ def op_prepared(ctx: OpContext) -> dict[str, Any]:
     with ctx.connect(autocommit=True) as s:
         if not s.supports_prepared:
             raise Unsupported(s.prepared_reason)
-        s.execute(f"CREATE TABLE `{t}` (id INT PRIMARY KEY, v VARCHAR(20), d DATETIME(6), x DECIMAL(10,3), b VARBINARY(10)) DEFAULT CHARSET=utf8mb4")
+        s.execute(f"CREATE TABLE `{t}` (id INT PRIMARY KEY, v VARCHAR(20), d DATETIME(6), x DECIMAL(10,3), "
+                  "b VARBINARY(10)) DEFAULT CHARSET=utf8mb4")
         ins = [s.prepared(f"INSERT INTO `{t}` VALUES (?, ?, ?, ?, ?)", p).rowcount for p in (
             (1, "a", datetime.datetime(2024, 2, 29, 12, 34, 56, 789012), decimal.Decimal("1.5"), b"\x00\xff"),
             (2, None, None, None, None),
@@ -933,7 +935,7 @@ def _types_table(s: Session, t: str) -> None:
 
 def _check_type_texts(s: Session, t: str) -> None:
     exprs = ", ".join(_text_expr(c) for c in TYPE_TEXT_CHECKS)
-    got = dict(zip(TYPE_TEXT_CHECKS, _rows(s.execute(f"SELECT {exprs} FROM `{t}` WHERE id = 2"))[0]))
+    got = dict(zip(TYPE_TEXT_CHECKS, _rows(s.execute(f"SELECT {exprs} FROM `{t}` WHERE id = 2"))[0], strict=True))
     check(got == TYPE_TEXT_CHECKS, f"stored values differ: {got}")
     neg = s.scalar(f"SELECT CAST(c_time6 AS CHAR) FROM `{t}` WHERE id = 1")
     check(neg == "-01:02:03.456789", f"negative fractional TIME stored as {neg!r}")

@@ -144,7 +144,7 @@ class ServerError(Exception):
         self.errno, self.sqlstate, self.message = errno, sqlstate, message
 
     @classmethod
-    def parse(cls, payload: bytes) -> "ServerError":
+    def parse(cls, payload: bytes) -> ServerError:
         errno = struct.unpack_from("<H", payload, 1)[0]
         if payload[3:4] == b"#":
             return cls(errno, payload[4:9].decode("ascii", "replace"), payload[9:].decode("utf-8", "replace"))
@@ -160,7 +160,7 @@ class Ok:
     info: bytes
 
     @classmethod
-    def parse(cls, payload: bytes) -> "Ok":
+    def parse(cls, payload: bytes) -> Ok:
         affected, pos = _lenenc_int(payload, 1)
         insert_id, pos = _lenenc_int(payload, pos)
         status, warnings = struct.unpack_from("<HH", payload, pos)
@@ -193,7 +193,7 @@ class Handshake:
     auth_plugin: str
 
     @classmethod
-    def parse(cls, payload: bytes) -> "Handshake":
+    def parse(cls, payload: bytes) -> Handshake:
         if payload[:1] == b"\xff":
             raise ServerError.parse(payload)
         proto = payload[0]
@@ -240,7 +240,7 @@ class HandshakeResponse:
         return capability_names(self.capabilities, mariadb_ext=self.mariadb_capabilities)
 
     @classmethod
-    def parse(cls, payload: bytes) -> "HandshakeResponse":
+    def parse(cls, payload: bytes) -> HandshakeResponse:
         caps, max_packet, charset = struct.unpack_from("<IIB", payload, 0)
         filler = payload[9:32]
         mariadb_caps = 0 if caps & CLIENT.LONG_PASSWORD else struct.unpack_from("<I", filler, 19)[0]
@@ -288,7 +288,7 @@ class RawClient:
     def connect(
         cls, *, host: str | None = None, port: int | None = None, unix_socket: str | None = None,
         timeout: float = 5.0,
-    ) -> "RawClient":
+    ) -> RawClient:
         if unix_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -493,14 +493,14 @@ class RawClient:
                 packets.append(self.read_packet())
             except ConnectionClosed:
                 return packets
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:  # e.g. ECONNRESET surfacing from recv
                 return packets
             finally:
                 self.sock.settimeout(self.timeout)
 
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -537,7 +537,7 @@ class HandshakeRecorder:
         while not self._stop.is_set():
             try:
                 client, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -588,7 +588,7 @@ class HandshakeRecorder:
             except OSError:
                 pass
 
-    def __enter__(self) -> "HandshakeRecorder":
+    def __enter__(self) -> HandshakeRecorder:
         return self
 
     def __exit__(self, *exc: object) -> None:

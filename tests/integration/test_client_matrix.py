@@ -23,8 +23,18 @@ from pymysql.constants import CLIENT
 
 from tests.integration import raw_mysql
 from tests.integration.client_ops import (
-    DRIVERS, OPS, TRANSPORTS, IsolatedRunner, Target, Unsupported, canon, dbkeeper_target_of,
-    direct_target_of, driver_versions, pymysql_sqlstate_hook, upstream_prepared,
+    DRIVERS,
+    OPS,
+    TRANSPORTS,
+    IsolatedRunner,
+    Target,
+    Unsupported,
+    canon,
+    dbkeeper_target_of,
+    direct_target_of,
+    driver_versions,
+    pymysql_sqlstate_hook,
+    upstream_prepared,
 )
 
 RUN_ID = os.urandom(3).hex()  # table prefix: parallel runs and targets never share a table
@@ -87,7 +97,8 @@ class _MatrixSummary:
         tr.section("client matrix: passed / failed / skipped per driver")
         for key in sorted(self.counts):
             c = self.counts[key]
-            tr.write_line(f"{'-'.join(key):40} passed {c['passed']:3}  failed {c['failed']:3}  skipped {c['skipped']:3}")
+            tr.write_line(f"{'-'.join(key):40} passed {c['passed']:3}  failed {c['failed']:3}  "
+                          f"skipped {c['skipped']:3}")
         tr.write_line("versions: " + ", ".join(f"{k} {v}" for k, v in driver_versions().items()))
         for what, flags in sorted(self.handshakes.items()):
             tr.write_line(f"handshake response {what}: {' | '.join(flags)}")
@@ -155,7 +166,7 @@ def _differences(expected: Any, got: Any, path: str = "") -> list[str]:
         return out
     if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
         out = []
-        for i, (e, g) in enumerate(zip(expected, got)):
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
             out += _differences(e, g, f"{path}[{i}]")
         return out
     if expected == got:
@@ -198,13 +209,14 @@ def test_driver_handshake_flags_are_recorded(driver, direct, summary, runner):
                          direct.password, direct.database)
         # when the driver connects with its defaults, with multi-statements and with LOCAL INFILE
         variants = {"default": {}, "multi": {"multi": True}, "local_infile": {"local_infile": True}}
-        for name, kw in variants.items():
+        for kw in variants.values():
             assert _call(runner, driver, "connect_and_select_1", relayed, "tcp", kw) == 1
         responses = list(rec.responses)
     # then each handshake response was seen, speaks protocol 4.1 with plugin auth for app/appdb
     assert len(responses) >= len(variants), responses
-    for (name, _), resp in zip(variants.items(), responses[-len(variants):]):
-        summary.handshakes[f"{driver}/{name} (charset {resp.charset}, plugin {resp.auth_plugin})"] = resp.capability_names
+    for (name, _), resp in zip(variants.items(), responses[-len(variants):], strict=True):
+        label = f"{driver}/{name} (charset {resp.charset}, plugin {resp.auth_plugin})"
+        summary.handshakes[label] = resp.capability_names
         assert {"PROTOCOL_41", "SECURE_CONNECTION"} <= set(resp.capability_names), resp
         assert resp.user == direct.user and resp.database == direct.database, resp
     multi, infile = responses[-2], responses[-1]
@@ -216,7 +228,8 @@ def test_driver_handshake_flags_are_recorded(driver, direct, summary, runner):
 @pytest.mark.parametrize("target_name", TARGETS)
 def test_server_greeting_promises_nothing_the_upstream_lacks(target_name, transport, direct, summary, request):
     target = direct if target_name == "direct" else request.getfixturevalue("through_dbkeeper")
-    endpoint = {"unix_socket": target.unix_socket} if transport == "unix" else {"host": target.host, "port": target.port}
+    endpoint = ({"unix_socket": target.unix_socket} if transport == "unix"
+                else {"host": target.host, "port": target.port})
     # given the greetings of MariaDB and of the target
     with raw_mysql.RawClient.connect(host=direct.host, port=direct.port) as c:
         upstream_hello = c.read_handshake()

@@ -27,7 +27,8 @@ def extension_against(layer_tree, upstream, socket_path, next_status, next_body=
     env = {**upstream.db_env(), "AWS_LAMBDA_RUNTIME_API": api.address, "PATH": os.environ["PATH"],
            "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LISTEN_PORT": str(free_port()),
            "DBKEEPER_SOCKET": str(socket_path)}
-    process = subprocess.Popen([str(layer_tree / "extensions" / "dbkeeper")], env=env, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(layer_tree / "extensions" / "dbkeeper")], env=env, stdout=subprocess.PIPE,
+                               text=True)
     try:
         lines = []
         for line in process.stdout:  # until the upstream connection is up

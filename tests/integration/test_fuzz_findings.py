@@ -69,7 +69,7 @@ def test_a_client_leaving_while_its_upstream_connection_opens_leaks_no_pool_slot
             user = running.upstream
             client.send_packet(client.handshake_response(user.user, user.password, user.database), seq=1)
             # authenticated: dbkeeper now opens an upstream connection for it...
-            assert wait_until(lambda: _openings(running) > opening, timeout=5)
+            assert wait_until(lambda opening=opening: _openings(running) > opening, timeout=5)
             client.abort()            # ...and the client goes away meanwhile
     finally:
         os.kill(db.pid, signal.SIGCONT)

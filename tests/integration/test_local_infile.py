@@ -33,7 +33,8 @@ ROWS = 20_000  # about 200 KB: many of the drivers' file packets
 
 
 def connect(target: Target, transport: str = "tcp", **kw: Any) -> pymysql.connections.Connection:
-    endpoint = {"unix_socket": target.unix_socket} if transport == "unix" else {"host": target.host, "port": target.port}
+    endpoint = ({"unix_socket": target.unix_socket} if transport == "unix"
+                else {"host": target.host, "port": target.port})
     params: dict[str, Any] = dict(user=target.user, password=target.password, database=target.database,
                                   connect_timeout=10, read_timeout=30, autocommit=True)
     params.update(kw)
@@ -59,7 +60,7 @@ class Table:
         self.name = f"infile_{os.urandom(4).hex()}"
         self._target = direct_target_of(db)
 
-    def __enter__(self) -> "Table":
+    def __enter__(self) -> Table:
         with connect(self._target) as conn:
             conn.cursor().execute(f"CREATE TABLE `{self.name}` (id INT PRIMARY KEY, v VARCHAR(40))")
         return self

@@ -154,7 +154,8 @@ def test_a_flood_of_unfinished_handshakes_does_not_keep_a_real_client_out(dbkeep
             sock = socket.create_connection((running.host, running.port), timeout=5)
             flood.append(sock)  # reads nothing, answers nothing
         started = time.monotonic()
-        with pymysql.connect(**running.connect_kwargs(), connect_timeout=10) as connection, connection.cursor() as cursor:
+        with (pymysql.connect(**running.connect_kwargs(), connect_timeout=10) as connection,
+              connection.cursor() as cursor):
             cursor.execute("SELECT 1")
             assert cursor.fetchone() == (1,)
         print(f"real client's connect + SELECT 1 during the flood: {(time.monotonic() - started) * 1000:.1f} ms")

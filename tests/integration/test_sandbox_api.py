@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root (lambda_sandbox, tests.*)
 
-from tests.sandbox_fixtures.helpers import ext_events, wait_ext_event, http, make_opt, sandboxes  # noqa: E402,F401
+from tests.sandbox_fixtures.helpers import ext_events, http, make_opt, sandboxes, wait_ext_event  # noqa: E402,F401
 
 REG = "/2020-01-01/extension/register"
 NEXT = "/2020-01-01/extension/event/next"
@@ -95,7 +95,8 @@ def test_extensions_api_error_cases(tmp_path, sandboxes):
     assert (st, err["errorType"]) == (403, "Extension.InvalidExtensionState")
     # bad / missing / unknown identifiers
     assert call("GET", NEXT, {"Lambda-Extension-Identifier": "nope"}) == (
-        403, {"errorMessage": "Invalid Lambda-Extension-Identifier", "errorType": "Extension.InvalidExtensionIdentifier"})
+        403, {"errorMessage": "Invalid Lambda-Extension-Identifier",
+              "errorType": "Extension.InvalidExtensionIdentifier"})
     assert call("GET", NEXT)[1]["errorType"] == "Extension.MissingExtensionIdentifier"
     assert call("GET", NEXT, {"Lambda-Extension-Identifier": str(uuid.uuid4())})[1]["errorType"] == \
         "Extension.UnknownExtensionIdentifier"

@@ -178,9 +178,9 @@ def test_caller_is_answered_only_after_invoke_extension_called_next_again(tmp_pa
     # then the answer waited for its work and its next call (stdout lines are pumped
     # asynchronously, so they are waited for rather than expected to be there already)
     assert r.ok and time.monotonic() - t0 >= 0.4
-    sb.wait_for_log(lambda s, l: s == "testext" and '"invoke_done"' in l, since=mark)
-    done = next(i for i, (s, l) in enumerate(sb.logs) if i >= mark and s == "testext" and '"invoke_done"' in l)
-    sb.wait_for_log(lambda s, l: s == "testext" and '"next_call"' in l, since=done + 1)
+    sb.wait_for_log(lambda s, line: s == "testext" and '"invoke_done"' in line, since=mark)
+    done = next(i for i, (s, line) in enumerate(sb.logs) if i >= mark and s == "testext" and '"invoke_done"' in line)
+    sb.wait_for_log(lambda s, line: s == "testext" and '"next_call"' in line, since=done + 1)
 
 
 def test_shutdown_only_extension_gets_no_invoke_and_does_not_delay_it(tmp_path, sandboxes):
@@ -206,7 +206,7 @@ def test_overlapping_invokes_are_refused(tmp_path, sandboxes):
     mark = sb.log_mark()
     t = threading.Thread(target=sb.invoke, args=({"sleep_s": 0.5},))
     t.start()
-    sb.wait_for_log(lambda s, l: s == "runtime" and '"handler"' in l, since=mark)
+    sb.wait_for_log(lambda s, line: s == "runtime" and '"handler"' in line, since=mark)
     with pytest.raises(SandboxBusy):
         sb.invoke({})
     t.join()
@@ -237,7 +237,8 @@ def test_extension_crash_during_invoke_fails_it_at_once_and_the_next_invoke_rein
     # then the invoke fails at once with the RIE's Extension.Crash answer, not after the function
     assert time.monotonic() - t0 < 1.5
     assert (r.status, r.error_type) == (502, "Extension.Crash")
-    assert r.json() == {"errorType": "Extension.Crash", "errorMessage": f"RequestId: {r.request_id} Error: exit status 5"}
+    assert r.json() == {"errorType": "Extension.Crash",
+                        "errorMessage": f"RequestId: {r.request_id} Error: exit status 5"}
     # and the other extension got SHUTDOWN with the RIE's reason for a reset after a failure
     shutdown = wait_ext_event(sb, "other", "SHUTDOWN")
     assert json.loads(shutdown["body"])["shutdownReason"] == "ReleaseFail"
@@ -264,7 +265,8 @@ def test_extension_crash_while_idle_fails_the_next_invoke_then_reinits(tmp_path,
     # then the next invoke fails with Extension.Crash, the one after runs INIT again
     r = sb.invoke({})
     assert (r.status, r.error_type) == (502, "Extension.Crash")
-    assert r.json() == {"errorType": "Extension.Crash", "errorMessage": f"RequestId: {r.request_id} Error: exit status 7"}
+    assert r.json() == {"errorType": "Extension.Crash",
+                        "errorMessage": f"RequestId: {r.request_id} Error: exit status 7"}
     again = sb.invoke({})
     assert again.ok and again.init_duration_ms is not None and again.json()["pid"] != pid
 
@@ -288,7 +290,7 @@ def test_init_can_run_ahead_of_the_first_invoke_without_freezing_before_it(tmp_p
     assert set(sb.pids()) == {"runtime", "testext"}
     # like an on-demand INIT whose invoke is still to come: extensions keep running until then
     mark = sb.log_mark()
-    sb.wait_for_log(lambda s, l: s == "testext" and '"tick"' in l, timeout=2, since=mark)
+    sb.wait_for_log(lambda s, line: s == "testext" and '"tick"' in line, timeout=2, since=mark)
     assert not sb.frozen
     r = sb.invoke({})
     assert r.ok and r.init_duration_ms is None
@@ -384,7 +386,7 @@ def test_freeze_stops_every_process_between_invokes_and_thaws_for_the_next(tmp_p
     mark = sb.log_mark()
 
     def tick_after(since_ts):
-        return lambda s, l: s == "testext" and '"tick"' in l and json.loads(l)["ts"] > since_ts
+        return lambda s, line: s == "testext" and '"tick"' in line and json.loads(line)["ts"] > since_ts
 
     with pytest.raises(TimeoutError):
         sb.wait_for_log(tick_after(frozen_at), timeout=0.3)
@@ -399,7 +401,7 @@ def test_no_freeze_when_disabled(tmp_path, sandboxes):
     assert sb.invoke({}).ok
     assert not sb.wait_frozen(timeout=0.2)
     mark = sb.log_mark()
-    sb.wait_for_log(lambda s, l: s == "testext" and '"tick"' in l, timeout=2, since=mark)
+    sb.wait_for_log(lambda s, line: s == "testext" and '"tick"' in line, timeout=2, since=mark)
     assert all(proc_state(p) in ("S", "R") for p in sb.pids().values())
 
 

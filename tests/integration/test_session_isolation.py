@@ -29,7 +29,10 @@ import pytest
 from pymysql.constants import COMMAND
 
 from tests.integration.client_ops import (
-    OTHER_DB, TRANSPORTS, Target, dbkeeper_target_of,
+    OTHER_DB,
+    TRANSPORTS,
+    Target,
+    dbkeeper_target_of,
 )
 
 RUN_ID = os.urandom(3).hex()
@@ -190,7 +193,8 @@ def _vars_then(b, ctx):
     assert rows(b, _SESSION_VARS) == expected
 
 
-_CHARSET_VARS = "SELECT @@character_set_client, @@character_set_connection, @@character_set_results, @@collation_connection"
+_CHARSET_VARS = ("SELECT @@character_set_client, @@character_set_connection, @@character_set_results, "
+                 "@@collation_connection")
 
 
 def _charset_given(a, ctx):

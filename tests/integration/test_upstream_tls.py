@@ -19,7 +19,8 @@ def certificates(tmp_path_factory):
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=dbkeeper test CA",
             "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
             "-extfile", "san.ext", "-out", "server.pem")
@@ -30,7 +31,8 @@ def certificates(tmp_path_factory):
 
 @pytest.fixture
 def tls_mariadb(mariadb_factory, certificates):
-    return mariadb_factory(extra_args=[f"--ssl-ca={certificates / 'ca.pem'}", f"--ssl-cert={certificates / 'server.pem'}",
+    return mariadb_factory(extra_args=[f"--ssl-ca={certificates / 'ca.pem'}",
+                                       f"--ssl-cert={certificates / 'server.pem'}",
                                        f"--ssl-key={certificates / 'server.key'}"])
 
 
@@ -41,14 +43,16 @@ def tls_version_seen_by_the_server(running) -> str:
 
 
 @pytest.mark.parametrize("mode", ["preferred", "required"])
-def test_the_upstream_hop_uses_verified_tls_when_the_server_offers_it(dbkeeper_factory, tls_mariadb, certificates, mode):
+def test_the_upstream_hop_uses_verified_tls_when_the_server_offers_it(dbkeeper_factory, tls_mariadb, certificates,
+                                                                      mode):
     running = dbkeeper_factory(tls_mariadb, DBKEEPER_DB_TLS=mode, DBKEEPER_DB_TLS_CA=str(certificates / "ca.pem"))
     assert running.wait_for_event("upstream_connected")["tls"] is True
     assert tls_version_seen_by_the_server(running).startswith("TLSv1.")
 
 
 def test_a_certificate_from_an_unknown_ca_is_refused(dbkeeper_factory, tls_mariadb, certificates):
-    running = dbkeeper_factory(tls_mariadb, DBKEEPER_DB_TLS="required", DBKEEPER_DB_TLS_CA=str(certificates / "other.pem"),
+    running = dbkeeper_factory(tls_mariadb, DBKEEPER_DB_TLS="required",
+                               DBKEEPER_DB_TLS_CA=str(certificates / "other.pem"),
                                DBKEEPER_INIT_CONNECT_BUDGET_MS="0", DBKEEPER_BORROW_TIMEOUT_MS="300")
     failure = running.wait_for_event("upstream_connect_failed")
     assert "certificate verify failed" in failure["error"]

@@ -176,7 +176,8 @@ class Listener:
             # Seen once in ~20 full runs and never reproduced: say what the kernel holds on this port
             sockets = subprocess.run(["ss", "-tanoe", f"( sport = :{self.port} or dport = :{self.port} )"],
                                      capture_output=True, text=True).stdout
-            raise TimeoutError(f"no connection to port {self.port} within {timeout} s; sockets on it:\n{sockets}")
+            raise TimeoutError(
+                f"no connection to port {self.port} within {timeout} s; sockets on it:\n{sockets}") from None
         self.conns.append(c)
         return c
 

@@ -23,7 +23,8 @@ def err():
 
 
 def column(name=b"c"):
-    return b"\x03def\x00\x00\x00" + bytes((len(name),)) + name + b"\x00\x0c\x21\x00\x0b\x00\x00\x00\x08\x80\x00\x00\x00\x00"
+    return (b"\x03def\x00\x00\x00" + bytes((len(name),)) + name
+            + b"\x00\x0c\x21\x00\x0b\x00\x00\x00\x08\x80\x00\x00\x00\x00")
 
 
 def text_result(rows, columns=1, status=AUTOCOMMIT):

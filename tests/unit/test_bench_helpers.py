@@ -1,4 +1,5 @@
-"""The benchmark's own helpers (bench/stats.py, bench/rawclient.py): no servers, no processes."""
+"""The benchmark's own helpers (bench/stats.py, bench/rawclient.py, bench/cpushare.py's arithmetic,
+bench/report.py's verdicts): no servers, no processes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import socket
 
 import pytest
 
-from bench import stats
+from bench import cpushare, report, stats
 from bench.rawclient import Incomplete, RawQuery, com_query, walk_reply
 
 
@@ -20,7 +21,8 @@ def _eof(seq: int, status: int = 0x0002) -> bytes:
 
 
 def _select1_reply(status: int = 0x0002) -> bytes:
-    column = b"\x03def" + b"\x00" * 3 + b"\x011" + b"\x00" + b"\x0c" + b"\x3f\x00" + b"\x01\x00\x00\x00" + b"\x08\x81\x00\x00\x00\x00"
+    column = (b"\x03def" + b"\x00" * 3 + b"\x011" + b"\x00" + b"\x0c" + b"\x3f\x00" + b"\x01\x00\x00\x00"
+              + b"\x08\x81\x00\x00\x00\x00")
     return _packet(b"\x01", 1) + _packet(column, 2) + _eof(3) + _packet(b"\x011", 4) + _eof(5, status)
 
 
@@ -98,3 +100,74 @@ class TestRawClient:
         finally:
             server.close()
             client.close()
+
+
+class TestCpuShare:
+    def test_a_function_gets_its_memory_share_of_one_vcpu_per_1769_mb(self):
+        assert cpushare.quota_us(128) == 7236  # 100 ms x 128 / 1769
+        assert cpushare.quota_us(1769) == 100_000
+        assert cpushare.quota_us(3538) == 200_000  # two vCPUs
+        assert cpushare.quota_us(1) == 1000  # the kernel refuses a quota under 1 ms
+
+
+def _summary(values):
+    return stats.summary(values)
+
+
+def _connect_results(direct_connect_ms: float, dbk_connect_ms: float) -> dict:
+    def variant(connect_ms, wall_ms):
+        connect = [connect_ms * 1000] * 10
+        wall = [wall_ms * 1000] * 10
+        return {"wall_us": _summary(wall), "connect_us": _summary(connect), "cpu_us": _summary([200.0] * 10),
+                "samples_wall_us": wall, "samples_connect_us": connect, "tls_fraction": 0.0}
+    return {"net_rtt_ms": 1.0, "clients": {"1.1.1": "1.1.1"}, "variants": {
+        "1.1.1/defaults/direct_tcp_tlsdb_net": variant(direct_connect_ms, direct_connect_ms + 1),
+        "1.1.1/defaults/dbk_tcp_tlsdb_net": variant(dbk_connect_ms, dbk_connect_ms + 1)}}
+
+
+def _tlsreq_results(direct_ms, dbk_ms, direct_share_ms, dbk_share_ms) -> dict:
+    def full(ms):
+        wall = [ms * 1000] * 20
+        return {"wall_us": _summary(wall), "connect_us": _summary(wall), "cpu_us": _summary([300.0] * 20),
+                "samples_wall_us": wall, "tls_fraction": 1.0}
+
+    def share(ms):
+        wall = [ms * 1000] * 19 + [ms * 10_000]
+        return {"wall_us": _summary(wall), "samples_wall_us": wall, "cycles_per_s": 1000 / ms,
+                "cpu_us_per_cycle": 500.0, "throttled_periods": 3, "periods": 4, "throttled_ms": 100.0}
+    return {"net_rtt_ms": 1.0,
+            "full_cpu": {"extension_cpu_us_per_connect_cycle": 400.0,
+                         "paths": {"direct_tlsreq_net": full(direct_ms), "dbk_tlsreq_net": full(dbk_ms)}},
+            "cpu_share": {"memory_mb": 128, "paths": {"direct_tlsreq_net": share(direct_share_ms),
+                                                      "dbk_tlsreq_net": share(dbk_share_ms)}}}
+
+
+def _row(rows, starts):
+    (row,) = [r for r in rows if r["target"].startswith(starts)]
+    return row
+
+
+class TestTargets:
+    def test_connect_alone_must_be_ten_times_faster_across_the_network(self):
+        met = report.targets({"connect": _connect_results(6.0, 0.5)})
+        assert _row(met, "connect() alone across 1 ms RTT")["status"] == "met"
+        missed = report.targets({"connect": _connect_results(6.0, 0.7)})
+        row = _row(missed, "connect() alone across 1 ms RTT")
+        assert row["status"] == "not met" and row["ratio"] == pytest.approx(6.0 / 0.7)
+
+    def test_tls_required_must_be_five_times_faster_at_full_cpu_and_no_slower_at_128_mb(self):
+        rows = report.targets({"tlsreq": _tlsreq_results(11.0, 2.0, 20.0, 20.0)})
+        assert _row(rows, "connect+SELECT 1+close across 1 ms RTT, DB requires TLS")["status"] == "met"
+        share = _row(rows, "the same at a 128 MB CPU share")
+        assert share["status"].startswith("met") and share["ratio"] == pytest.approx(1.0)  # equal is no slower
+        assert "p99" in share["value"]
+        rows = report.targets({"tlsreq": _tlsreq_results(9.0, 2.0, 20.0, 21.0)})
+        assert _row(rows, "connect+SELECT 1+close across 1 ms RTT, DB requires TLS")["status"] == "not met"
+        assert _row(rows, "the same at a 128 MB CPU share")["status"] == "not met"
+
+    def test_without_a_cpu_quota_the_128_mb_target_says_not_measured(self):
+        results = _tlsreq_results(10.0, 2.0, 20.0, 20.0)
+        del results["cpu_share"]
+        results["cpu_share_unavailable"] = "a CPU quota needs root"
+        row = _row(report.targets({"tlsreq": results}), "the same at a 128 MB CPU share")
+        assert row["status"] == "not measured" and row["note"] == "a CPU quota needs root"

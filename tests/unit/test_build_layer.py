@@ -213,10 +213,12 @@ def bytecode_files(tree: Path) -> set[Path]:
     return set(tree.rglob("*.pyc"))
 
 
-def run_launcher(path: Path | str, env_extra: dict[str, str] | None = None, *, cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
+def run_launcher(path: Path | str, env_extra: dict[str, str] | None = None, *,
+                 cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DBKEEPER_PYTHON": sys.executable}
     env.update(env_extra or {})
-    return subprocess.run([str(path)], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run([str(path)], env=env, cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_launcher_runs_bootstrap_isolated_from_site_packages_and_python_env(probe_opt: Path) -> None:
@@ -236,7 +238,8 @@ def test_launcher_runs_bootstrap_isolated_from_site_packages_and_python_env(prob
     assert report["site_loaded"] is False
     assert report["dont_write_bytecode"] is True
     assert report["pymysql"].startswith(lib + "/") and report["uvloop"].startswith(lib + "/")
-    assert not any(p.name.startswith("main.") for p in (probe_opt / "dbkeeper" / "lib" / "dbkeeper" / "__pycache__").glob("*.pyc"))  # nothing written
+    pycache = probe_opt / "dbkeeper" / "lib" / "dbkeeper" / "__pycache__"
+    assert not any(p.name.startswith("main.") for p in pycache.glob("*.pyc"))  # nothing written
 
 
 def test_launcher_found_through_a_symlink_uses_its_real_directory(probe_opt: Path, tmp_path: Path) -> None:
@@ -287,7 +290,8 @@ def test_real_extension_imports_with_only_the_layer_on_sys_path(built_layer: Bui
         "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1]); "
         "import dbkeeper.main, pymysql, uvloop; "
         "assert callable(dbkeeper.main.main); "
-        "bad = [m.__file__ for m in list(sys.modules.values()) if 'site-packages' in (getattr(m, '__file__', '') or '')]; "
+        "bad = [m.__file__ for m in list(sys.modules.values()) "
+        "if 'site-packages' in (getattr(m, '__file__', '') or '')]; "
         "assert not bad, bad; print(dbkeeper.main.__file__)"
     )
     assert run_in_layer_python(probe, lib) == str(lib / "dbkeeper" / "main.py")
@@ -374,6 +378,7 @@ def test_layer_imports_and_runs_uvloop_on_each_lambda_python(built_layer: BuiltL
         + "async def f():\n    await asyncio.sleep(0)\n    return 42\n"
         "assert uvloop.run(f()) == 42\nprint(uvloop.loop.__file__)\n"
     )
-    proc = subprocess.run([python, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True, timeout=60, cwd="/")
+    proc = subprocess.run([python, "-I", "-S", "-c", probe, str(lib)], capture_output=True, text=True, timeout=60,
+                          cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f"loop.cpython-{version.replace('.', '')}-x86_64-linux-gnu.so")

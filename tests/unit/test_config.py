@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbkeeper.config import fail_mode_of, SETTINGS, Config
+from dbkeeper.config import SETTINGS, Config, fail_mode_of
 from dbkeeper.errors import ConfigError
 
 MINIMAL = {"DB_HOST": "db.example", "DB_USER": "app"}
@@ -33,7 +33,8 @@ def test_dbkeeper_names_win_over_the_functions_conventional_names():
     env = {**MINIMAL, "DB_PORT": "3307", "DBKEEPER_DB_HOST": "proxy-target", "DBKEEPER_DB_PORT": "3308",
            "DB_PASSWORD": "fn-secret", "DBKEEPER_DB_PASSWORD": "ext-secret", "DB_NAME": "fn", "DBKEEPER_DB_NAME": "ext"}
     config = Config.from_environ(env)
-    assert (config.db_host, config.db_port, config.db_password, config.db_name) == ("proxy-target", 3308, "ext-secret", "ext")
+    assert (config.db_host, config.db_port, config.db_password, config.db_name) == (
+        "proxy-target", 3308, "ext-secret", "ext")
 
 
 def test_every_setting_is_parsed():
@@ -65,7 +66,8 @@ def test_every_setting_is_parsed():
     assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
     assert config.listen_port == 0 and config.socket_path == "/tmp/x.sock"
     assert config.local_password == "local" and config.trust_unix_socket is True
-    assert (config.pool_size, config.borrow_timeout, config.connect_timeout, config.init_connect_budget) == (2, 0.25, 0.3, 0.0)
+    assert (config.pool_size, config.borrow_timeout, config.connect_timeout, config.init_connect_budget) == (
+        2, 0.25, 0.3, 0.0)
     assert config.log_level == "debug" and config.event_loop == "asyncio"
     assert config.client_handshake_timeout == 1.5
     assert config.client_flags == ("FOUND_ROWS", "MULTI_RESULTS")

@@ -44,7 +44,8 @@ def test_a_refused_registration_raises_with_the_error_type(fake):
 
 def test_next_event_sends_the_identifier_and_parses_a_text_plain_shutdown(fake):
     api, _ = registered(fake)
-    fake.answer("GET", "/event/next", 200, b'{"eventType":"SHUTDOWN","deadlineMs":42,"shutdownReason":"SandboxTerminated"}',
+    fake.answer("GET", "/event/next", 200,
+                b'{"eventType":"SHUTDOWN","deadlineMs":42,"shutdownReason":"SandboxTerminated"}',
                 content_type="text/plain")
     assert api.next_event() == ShutdownEvent("SandboxTerminated", 42)
     assert fake.requests[-1][2]["Lambda-Extension-Identifier"] == "ext-id-1"
@@ -52,7 +53,8 @@ def test_next_event_sends_the_identifier_and_parses_a_text_plain_shutdown(fake):
 
 def test_next_event_parses_an_invoke(fake):
     api, _ = registered(fake)
-    fake.answer("GET", "/event/next", 200, b'{"eventType":"INVOKE","deadlineMs":7,"requestId":"r1","invokedFunctionArn":"arn"}',
+    fake.answer("GET", "/event/next", 200,
+                b'{"eventType":"INVOKE","deadlineMs":7,"requestId":"r1","invokedFunctionArn":"arn"}',
                 {"Lambda-Extension-Event-Identifier": "e1"})
     assert api.next_event() == InvokeEvent("r1", 7, "arn")
 

@@ -2,7 +2,8 @@
 before a command dbkeeper answers itself without having forwarded any byte of it. A packet that
 does not start with sequence id 0 is no command: it is a LOCAL INFILE's file data (or its end)."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymysql.constants import COMMAND
 
 from dbkeeper.protocol.commands import COM_RESET_CONNECTION, EMPTY_PACKET, FILE_DATA, FILE_END, CommandScanner
@@ -27,7 +28,7 @@ def scan_all(scanner, pieces):
 def pieces_of(data, points):
     points = sorted({p % (len(data) + 1) for p in points})
     bounds = [0] + points + [len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,8 +10,8 @@ from dbkeeper.protocol.packets import MAX_FRAME, PacketBuffer, frame, lenenc_int
 
 
 def test_a_greeting_round_trips():
-    greeting = handshake.Greeting("5.5.5-10.11.19-MariaDB", 42, auth.new_scramble(),
-                                  CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH | CLIENT.LONG_PASSWORD,
+    capabilities = CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH | CLIENT.LONG_PASSWORD
+    greeting = handshake.Greeting("5.5.5-10.11.19-MariaDB", 42, auth.new_scramble(), capabilities,
                                   45, 2, handshake.NATIVE_PASSWORD)
     assert handshake.parse_greeting(handshake.build_greeting(greeting)) == greeting
 

@@ -1,12 +1,13 @@
 """ResponseTracker knows exactly where each reply ends, however the bytes are cut into chunks,
 LOAD DATA LOCAL INFILE exchanges included; what it cannot follow it calls broken, never idle."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mysql_replies import AUTOCOMMIT, MORE, column, eof, err, ok, query_reply, stream, text_result
 from pymysql.constants import COMMAND, SERVER_STATUS
 
 from dbkeeper.protocol.packets import MAX_FRAME, frame, lenenc_int
 from dbkeeper.protocol.responses import ResponseTracker, closes_reply
-from mysql_replies import AUTOCOMMIT, MORE, column, eof, err, ok, query_reply, stream, text_result
 
 
 def cut(data, points):
@@ -45,7 +46,8 @@ def test_pipelined_replies_are_followed_one_after_another(replies, points):
 
 
 def test_a_prepare_reply_with_params_and_columns_ends_after_the_second_eof():
-    prepare_ok = b"\x00" + (7).to_bytes(4, "little") + (2).to_bytes(2, "little") + (3).to_bytes(2, "little") + b"\x00\x00\x00"
+    prepare_ok = (b"\x00" + (7).to_bytes(4, "little") + (2).to_bytes(2, "little") + (3).to_bytes(2, "little")
+                  + b"\x00\x00\x00")
     packets = [prepare_ok] + [column()] * 3 + [eof()] + [column()] * 2 + [eof()]
     tracker = ResponseTracker()
     tracker.expect(COMMAND.COM_STMT_PREPARE)

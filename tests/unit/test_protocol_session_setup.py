@@ -3,14 +3,15 @@ server still receives exactly what the client sent, in order, with only the held
 replies removed from what the client sees."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mysql_replies import AUTOCOMMIT, err, ok, stream, text_result
 from pymysql.constants import COMMAND
+from relay_doubles import Side
 
 from dbkeeper.protocol import session_setup
 from dbkeeper.protocol.packets import PacketBuffer, frame
 from dbkeeper.relay import Relay
-from mysql_replies import AUTOCOMMIT, err, ok, stream, text_result
-from relay_doubles import Side
 
 SET_NAMES = b"\x03SET NAMES utf8mb4"
 AUTOCOMMIT_OFF = b"\x03SET AUTOCOMMIT = 0"

@@ -3,13 +3,14 @@ takes, knows at the end of a session whether the upstream is between replies: LO
 INFILE exchanges included, and a client packet that answers no server request makes the upstream
 one never lent again."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mysql_replies import AUTOCOMMIT, MORE, eof, err, ok, query_reply, stream, text_result
 from pymysql.constants import COMMAND
+from relay_doubles import Side
 
 from dbkeeper.protocol.packets import frame
 from dbkeeper.relay import Relay
-from mysql_replies import AUTOCOMMIT, MORE, eof, err, ok, query_reply, stream, text_result
-from relay_doubles import Side
 
 
 def relay():

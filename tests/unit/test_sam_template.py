@@ -101,7 +101,8 @@ def test_one_layer_per_architecture_from_the_built_zips(template, built_layer):
 
 
 def test_layer_names_differ(template):
-    names = [r["Properties"]["LayerName"] for r in resources_of_type(template, "AWS::Serverless::LayerVersion").values()]
+    layers = resources_of_type(template, "AWS::Serverless::LayerVersion").values()
+    names = [r["Properties"]["LayerName"] for r in layers]
     assert len(set(names)) == len(names) == 2
 
 

@@ -26,7 +26,7 @@ def test_log_store_waits_for_a_matching_line_from_another_thread():
     store.append("a", "stdout", "old")
     mark = len(store)
     threading.Timer(0.05, store.append, args=("ext", "stdout", '{"event":"x"}')).start()
-    assert store.wait_for(lambda s, l: s == "ext", timeout=2, since=mark) == ("ext", '{"event":"x"}')
+    assert store.wait_for(lambda s, line: s == "ext", timeout=2, since=mark) == ("ext", '{"event":"x"}')
     assert store.pairs() == [("a", "old"), ("ext", '{"event":"x"}')]
 
 
@@ -34,14 +34,14 @@ def test_log_store_times_out_with_the_last_lines_in_the_message():
     store = LogStore()
     store.append("ext", "stdout", "something else")
     with pytest.raises(TimeoutError, match="something else"):
-        store.wait_for(lambda s, l: "never" in l, timeout=0.05)
+        store.wait_for(lambda s, line: "never" in line, timeout=0.05)
 
 
 def test_log_store_since_skips_older_lines():
     store = LogStore()
     store.append("ext", "stdout", "match")
     with pytest.raises(TimeoutError):
-        store.wait_for(lambda s, l: l == "match", timeout=0.05, since=1)
+        store.wait_for(lambda s, line: line == "match", timeout=0.05, since=1)
 
 
 # ------------------------------------------------------------------------------------------- procs
@@ -112,7 +112,8 @@ class FakeSandbox:
         def call(*args):
             from lambda_sandbox.state import Resp
 
-            return Resp(299, json.dumps([name, *[a if not isinstance(a, bytes) else a.decode() for a in args]]).encode())
+            decoded = [a if not isinstance(a, bytes) else a.decode() for a in args]
+            return Resp(299, json.dumps([name, *decoded]).encode())
 
         return call
 

@@ -312,7 +312,8 @@ def test_the_path_of_lambdas_runtime_api_address():
 
 @pytest.mark.parametrize("runtime_api", [
     "127.0.0.1:9001", "localhost:36512", "[::1]:9001", "169.254.100.1:9001",
-    "a/../../etc/passwd", "with space\ttab", 'quote"back\\slash', "$(touch /tmp/dbkeeper-wrapper-pwned)`touch /tmp/dbkeeper-wrapper-pwned`;*?[a]",
+    "a/../../etc/passwd", "with space\ttab", 'quote"back\\slash',
+    "$(touch /tmp/dbkeeper-wrapper-pwned)`touch /tmp/dbkeeper-wrapper-pwned`;*?[a]",
     "ünïcødé:1", "x" * 200,
 ], ids=lambda v: v.encode("unicode_escape").decode()[:24])
 def test_the_wrapper_derives_the_same_path_as_the_extension(shell, runtime_api):
@@ -351,7 +352,8 @@ def _assert_one_passthrough_warning(run: Run, reason: str) -> dict:
 
 
 def test_given_no_state_file_then_every_variable_is_untouched_and_one_warning_printed(shell, absent):
-    env = {**APP_ENV, **absent.env, "DATABASE_URL": f"mysql://app:{SECRET.replace('#', '%23').replace('?', '%3F').replace('/', '%2F').replace('@', '%40')}@db:3307/appdb"}
+    encoded = SECRET.replace("#", "%23").replace("?", "%3F").replace("/", "%2F").replace("@", "%40")
+    env = {**APP_ENV, **absent.env, "DATABASE_URL": f"mysql://app:{encoded}@db:3307/appdb"}
     run = run_wrapper(env, shell=shell)
     assert run.returncode == 0
     assert_untouched(run, env)
@@ -690,6 +692,7 @@ def test_wrapper_internals_do_not_leak_into_the_runtime_environment(served):
     env = {**APP_ENV, **served.env, "DATABASE_URL": "mysql://u:pw@db/x"}
     run = run_wrapper(env)
     assert not [k for k in run.env if k.startswith("_dbk")]
-    added = set(run.env) - set(env) - {"PATH", "PWD", "SHLVL", "_", "OLDPWD", "LC_CTYPE"}  # LC_CTYPE: Python's own C-locale coercion
+    # LC_CTYPE: Python's own C-locale coercion
+    added = set(run.env) - set(env) - {"PATH", "PWD", "SHLVL", "_", "OLDPWD", "LC_CTYPE"}
     assert added == {"DBKEEPER_ORIGINAL_DB_HOST", "DBKEEPER_ORIGINAL_DB_PORT",
                      "DBKEEPER_ORIGINAL_DATABASE_URL_HOST"}

@@ -14,7 +14,6 @@ from pymysql import _auth
 from ..errors import UpstreamError
 from .handshake import CACHING_SHA2_PASSWORD, CLEAR_PASSWORD, NATIVE_PASSWORD, SCRAMBLE_LENGTH
 
-
 # NUL and '$' never appear in a scramble (clients NUL-terminate it); each becomes its successor,
 # which leaves ~159 bits of randomness in 20 bytes.
 _SCRAMBLE_BYTES = bytes(b + 1 if b in (0, 0x24) else b for b in range(256))

@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 
+
 def burn(cpu_ms):
     """Spin until this process has used cpu_ms of CPU; (cpu seconds, wall seconds) it took."""
     c0, w0 = time.process_time(), time.monotonic()
