@@ -123,7 +123,8 @@ def make_certificates() -> Path:
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench CA", "-keyout", "ca.key",
             "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")
     (directory / "san.ext").write_text("subjectAltName=DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
             "-extfile", "san.ext", "-out", "server.pem")
@@ -133,10 +134,9 @@ def make_certificates() -> Path:
 def lease_costs(layer: Path, db, env: dict, table: str, moto: MotoServer, connects: int) -> dict:
     """Per new upstream connection: budget_lease_taken -> upstream_connected, from the log (one
     extension; each connect forced by killing the previous upstream)."""
-    from tests.dbkeeper_process import start_dbkeeper
-
     import pymysql
 
+    from tests.dbkeeper_process import start_dbkeeper
     from tests.mariadb import free_port
     from tests.polling import wait_until
 
@@ -205,8 +205,10 @@ def main(argv=None) -> int:
             "after, budget": (after_layer, {**aws_env, "DBKEEPER_BUDGET_TABLE": "bench-budget",
                                             "DBKEEPER_BUDGET_MAX": "50"}),
             "after, IAM token (via TLS front)": (after_layer, iam_env),
-            "after, secret + budget": (after_layer, {**aws_env, "DBKEEPER_DB_SECRET": secret, "DBKEEPER_DB_PASSWORD": "",
-                                                     "DBKEEPER_BUDGET_TABLE": "bench-budget", "DBKEEPER_BUDGET_MAX": "50"}),
+            "after, secret + budget": (after_layer, {**aws_env, "DBKEEPER_DB_SECRET": secret,
+                                                     "DBKEEPER_DB_PASSWORD": "",
+                                                     "DBKEEPER_BUDGET_TABLE": "bench-budget",
+                                                     "DBKEEPER_BUDGET_MAX": "50"}),
         }
         print(f"cold starts: {args.runs} x {len(variants)}, interleaved ...", flush=True)
         for layer, env in variants.values():
@@ -234,23 +236,27 @@ def main(argv=None) -> int:
         shutil.rmtree(before_root, ignore_errors=True)
 
     print()
-    print(f"{'cold start (p50 of ' + str(args.runs) + ')':34} {'registered':>11} {'upstream ready':>15} {'CPU at ready':>13} {'VmHWM':>9} {'VmRSS':>9}")
+    title = f"cold start (p50 of {args.runs})"
+    print(f"{title:34} {'registered':>11} {'upstream ready':>15} {'CPU at ready':>13} {'VmHWM':>9} {'VmRSS':>9}")
     for name, row in results["cold_start"].items():
-        print(f"{name:34} {row['spawn_to_registered_ms']['p50']:9.1f}ms {row['spawn_to_upstream_ready_ms']['p50']:13.1f}ms "
-              f"{row['cpu_at_ready_ms']['p50']:11.1f}ms {row['vm_hwm_kb']['p50'] / 1024:7.1f}MB {row['vm_rss_kb']['p50'] / 1024:7.1f}MB")
+        p50 = {key: value["p50"] for key, value in row.items()}
+        print(f"{name:34} {p50['spawn_to_registered_ms']:9.1f}ms {p50['spawn_to_upstream_ready_ms']:13.1f}ms "
+              f"{p50['cpu_at_ready_ms']:11.1f}ms {p50['vm_hwm_kb'] / 1024:7.1f}MB {p50['vm_rss_kb'] / 1024:7.1f}MB")
     for name, row in results["imports"].items():
         print(f"imports {name:26} before registering {row['before_registering_ms']:.1f} ms, after "
               f"{row['after_registering_ms']:.1f} ms, no botocore/urllib3 loaded: {row['no_sdk_loaded']}")
     for label in ("sdk", "sdk_full_layer"):
         row = results[label]
-        print(f"{label}: import botocore {row['import_botocore_ms']['p50']:.0f} ms ({row['import_botocore_cpu_ms']['p50']:.0f} ms CPU), "
+        print(f"{label}: import botocore {row['import_botocore_ms']['p50']:.0f} ms "
+              f"({row['import_botocore_cpu_ms']['p50']:.0f} ms CPU), "
               f"clients: secretsmanager {row['client_secretsmanager_ms']['p50']:.0f} ms, dynamodb "
               f"{row['client_dynamodb_ms']['p50']:.0f} ms, rds {row['client_rds_ms']['p50']:.0f} ms; IAM token first "
               f"{row['first_iam_token_ms']['p50']:.2f} ms, then {row['iam_token_ms']['p50'] * 1000:.0f} us; +RSS "
               f"{row['rss_added_kb']['p50'] / 1024:.1f} MB")
     lease = results["lease"]
     print(f"lease per new upstream connection (moto, loopback): {lease['lease_acquire_ms']['p50']:.1f} ms p50 "
-          f"(max {lease['lease_acquire_ms']['max']:.1f}); the connect itself {lease['upstream_connect_ms']['p50']:.1f} ms")
+          f"(max {lease['lease_acquire_ms']['max']:.1f}); "
+          f"the connect itself {lease['upstream_connect_ms']['p50']:.1f} ms")
     print(f"EMF line: {results['emf']['emf_line_cpu_us']:.1f} us CPU")
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)

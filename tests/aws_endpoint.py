@@ -37,10 +37,10 @@ class MotoServer:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 break
-            except OSError:
+            except OSError as exc:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto server did not start on port {self.port}")
+                    raise RuntimeError(f"moto server did not start on port {self.port}") from exc
                 time.sleep(0.05)
         self._credentials = None
 

@@ -89,7 +89,8 @@ class RunningDbkeeper:
 
 def start_dbkeeper(layer_tree: Path, upstream, port: int, extra_env: dict | None = None,
                    task_dir: Path = NOOP_TASK, freeze: bool = False,
-                   before_init: Callable[[Sandbox], None] | None = None, without: tuple[str, ...] = ()) -> RunningDbkeeper:
+                   before_init: Callable[[Sandbox], None] | None = None,
+                   without: tuple[str, ...] = ()) -> RunningDbkeeper:
     """before_init(sandbox): runs once the sandbox has its Runtime API address, before any process starts.
     `without`: variables of upstream.db_env() to leave out (e.g. the password, when a secret has it)."""
     workdir = tempfile.mkdtemp(prefix="dbk-", dir="/tmp")  # short: Unix socket paths are limited to 107 bytes

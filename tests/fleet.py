@@ -1,5 +1,6 @@
 """Many sandboxes of one function: N extension processes from the built layer, each with its own
-scripted Extensions API that holds `event/next` until the test sends that extension SHUTDOWN. No runtime process: the test's threads are the functions.
+scripted Extensions API that holds `event/next` until the test sends that extension SHUTDOWN. No
+runtime process: the test's threads are the functions.
 
 A sandbox can also be *reclaimed* the way Lambda does it to a frozen sandbox: stopped (SIGSTOP)
 and never resumed nor shut down, so its sockets stay open and the database keeps its session

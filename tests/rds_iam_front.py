@@ -67,13 +67,15 @@ def check_token(token: str, host: str, port: int, user: str, region: str, creden
         return "unexpected signing algorithm or headers"
     access_key, _, scope = params.get("X-Amz-Credential", "").partition("/")
     date, scope_region, service, terminator = (scope.split("/") + ["", "", "", ""])[:4]
-    if access_key != credentials["AccessKeyId"] or (scope_region, service, terminator) != (region, "rds-db", "aws4_request"):
+    if access_key != credentials["AccessKeyId"] \
+            or (scope_region, service, terminator) != (region, "rds-db", "aws4_request"):
         return f"credential scope {params.get('X-Amz-Credential')!r} is not this role's for rds-db in {region}"
     if params.get("X-Amz-Security-Token") != credentials["SessionToken"]:
         return "session token missing or not STS's"
-    signed_at = datetime.datetime.strptime(params.get("X-Amz-Date", ""), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    if not signed_at.strftime("%Y%m%d") == date or not -300 <= (now - signed_at).total_seconds() <= int(params.get("X-Amz-Expires", 0)):
+    signed_at = datetime.datetime.strptime(params.get("X-Amz-Date", ""), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
+    age = (now - signed_at).total_seconds()
+    if signed_at.strftime("%Y%m%d") != date or not -300 <= age <= int(params.get("X-Amz-Expires", 0)):
         return "token expired or not yet valid"
     canonical_query = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
                                for k, v in sorted(params.items()))

@@ -99,9 +99,11 @@ SETTINGS: tuple[Setting, ...] = (
             "DynamoDB table (partition key pk, sort key sk, both strings; TTL attribute ttl) of the fleet-wide "
             "connection budget; empty: no budget, no AWS call."),
     Setting("DBKEEPER_BUDGET_MAX", "",
-            "Most upstream connections of the whole fleet: a number, or a percentage of the server's max_connections (e.g. 80%)."),
+            "Most upstream connections of the whole fleet: a number, or a percentage of the server's "
+            "max_connections (e.g. 80%)."),
     Setting("DBKEEPER_BUDGET_NAME", "",
-            "Key the fleet shares in the table; default: the database's host:port (every function using that database shares it)."),
+            "Key the fleet shares in the table; default: the database's host:port (every function using "
+            "that database shares it)."),
     Setting("DBKEEPER_BUDGET_LEASE_S", "300",
             "Lifetime of a lease; renewed when used and older than half of it. Must exceed twice the longest "
             "session (the function timeout); a vanished sandbox's connection is reclaimed after about 1.5 times it."),
@@ -150,7 +152,7 @@ class Config(NamedTuple):
     log_level: str
     event_loop: str
     enabled: bool
-    aws: "AwsConfig"
+    aws: AwsConfig
     fail_mode: str
     snap_start: bool  # no upstream connection (nor credential lookup) during INIT
 
@@ -214,7 +216,8 @@ class Config(NamedTuple):
         if values["listen_port"] == 0 and values["socket_path"] is None:
             problems.append("DBKEEPER_LISTEN_PORT=0 and DBKEEPER_SOCKET='' leave no listener")
         if values["aws"].iam_auth and values["db_tls"] != "required":
-            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_DB_TLS=required (the token crosses the network in clear text)")
+            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_DB_TLS=required "
+                            "(the token crosses the network in clear text)")
         if problems:
             raise ConfigError(problems)
         return cls(**values)
@@ -246,7 +249,7 @@ class AwsConfig(NamedTuple):
         return bool(self.db_secret or self.client_password_secret or self.iam_auth or self.budget_table)
 
     @classmethod
-    def parse(cls, env: Mapping[str, str], raw: dict, parsed: Callable, problems: list[str]) -> "AwsConfig":
+    def parse(cls, env: Mapping[str, str], raw: dict, parsed: Callable, problems: list[str]) -> AwsConfig:
         budget_max, budget_percent = parsed("DBKEEPER_BUDGET_MAX", _count_or_percent) or (None, None)
         table = raw["DBKEEPER_BUDGET_TABLE"] or None
         if table and budget_max is None and budget_percent is None:
@@ -254,7 +257,8 @@ class AwsConfig(NamedTuple):
         function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
         iam_auth = parsed("DBKEEPER_DB_IAM_AUTH", _boolean)
         if iam_auth and not (raw["DBKEEPER_CLIENT_PASSWORD"] or raw["DBKEEPER_CLIENT_PASSWORD_SECRET"]):
-            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_CLIENT_PASSWORD or DBKEEPER_CLIENT_PASSWORD_SECRET "
+            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_CLIENT_PASSWORD or "
+                            "DBKEEPER_CLIENT_PASSWORD_SECRET "
                             "(the password the function presents locally)")
         dimensions = parsed("DBKEEPER_METRICS_DIMENSIONS", _pairs)
         return cls(
@@ -269,7 +273,8 @@ class AwsConfig(NamedTuple):
             budget_lease=parsed("DBKEEPER_BUDGET_LEASE_S", _integer(2, 86_400)),
             metrics=parsed("DBKEEPER_METRICS", _boolean),
             metrics_namespace=raw["DBKEEPER_METRICS_NAMESPACE"] or "dbkeeper",
-            metrics_dimensions=dimensions or ((("service", function_name or "dbkeeper"),) if dimensions is not None else ()),
+            metrics_dimensions=dimensions or (
+                (("service", function_name or "dbkeeper"),) if dimensions is not None else ()),
             metrics_every=parsed("DBKEEPER_METRICS_EVERY", _integer(1, 1_000_000)),
             metrics_interval=parsed("DBKEEPER_METRICS_INTERVAL_S", _integer(1, 86_400)),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,

@@ -20,7 +20,8 @@ def rds_secret(db, password: str) -> str:
 @pytest.fixture
 def secret(moto_server, fresh_mariadb, request):
     name = f"e2e-{request.node.name[:40]}"
-    moto_server.client("secretsmanager").create_secret(Name=name, SecretString=rds_secret(fresh_mariadb, fresh_mariadb.password))
+    moto_server.client("secretsmanager").create_secret(
+        Name=name, SecretString=rds_secret(fresh_mariadb, fresh_mariadb.password))
     return name
 
 
@@ -40,13 +41,14 @@ def extension_events(sandbox, name: str) -> list[dict]:
 def test_secret_only_rotated_mid_run_with_no_failed_invocation(lambda_function, fresh_mariadb, moto_server, secret):
     fresh_mariadb.set_global("wait_timeout", 1)  # idle upstreams die between phases: each phase reconnects
     manager = moto_server.client("secretsmanager")
-    sandbox = lambda_function(fresh_mariadb, DB_SECRET_ID=secret, DBKEEPER_DB_SECRET=secret, **moto_server.extension_env())
+    sandbox = lambda_function(fresh_mariadb, DB_SECRET_ID=secret, DBKEEPER_DB_SECRET=secret,
+                              **moto_server.extension_env())
     del sandbox.env["DB_PASSWORD"]
     assert not [name for name, value in sandbox.env.items() if fresh_mariadb.password in value]
     results = []
 
     def phase(invocations: int = 10):
-        for i in range(invocations):
+        for _ in range(invocations):
             results.append(sandbox.invoke({"page": f"/rotation/{len(results)}"}))
         assert wait_until(lambda: not fresh_mariadb.processlist(user=fresh_mariadb.user), timeout=10)
 

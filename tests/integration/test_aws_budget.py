@@ -104,7 +104,8 @@ def test_a_percentage_budget_is_taken_of_the_servers_max_connections(built_layer
         outcomes = [invoke(sandbox, db) for sandbox in sandboxes]
         assert [o[0] for o in outcomes] == ["ok", "ok", "error"]
         assert outcomes[2][1] == 1040 and "2 of 2" in outcomes[2][2]
-        meta = [item for item in moto_server.client("dynamodb").scan(TableName=table)["Items"] if item["sk"]["S"] == "meta"]
+        items = moto_server.client("dynamodb").scan(TableName=table)["Items"]
+        meta = [item for item in items if item["sk"]["S"] == "meta"]
         assert meta[0]["max_connections"]["N"] == "20"
     finally:
         for sandbox in sandboxes:
@@ -139,8 +140,9 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
     threads = []
     try:
         # every sandbox started, and its INIT-time connect done (a lease, or the budget was full)
-        assert wait_until(lambda: all(serving(s) and (s.events("upstream_connected") or s.events("upstream_unavailable"))
-                                      for s in sandboxes), timeout=90)
+        assert wait_until(lambda: all(serving(s) and (s.events("upstream_connected")
+                                                      or s.events("upstream_unavailable")) for s in sandboxes),
+                          timeout=90)
         sampler = threading.Thread(target=sample)
         sampler.start()
         threads = {s.index: threading.Thread(target=function, args=(s,)) for s in sandboxes}
@@ -195,8 +197,10 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
     for line in metrics_lines:
         emf.validate(line)
     emf_opened = sum(emf.metric(line, "UpstreamConnectionsOpened") for line in metrics_lines)
-    reaped_by = [line for s in sandboxes for line in s.events("budget_lease_reaped") + s.events("budget_lease_taken_over")]
-    figures = {"sandboxes": 20, "budget": 8, "invocations": len(outcomes), "ok": len(oks), "rejected_1040": len(rejected),
+    reaped_by = [line for s in sandboxes
+                 for line in s.events("budget_lease_reaped") + s.events("budget_lease_taken_over")]
+    figures = {"sandboxes": 20, "budget": 8, "invocations": len(outcomes), "ok": len(oks),
+               "rejected_1040": len(rejected),
                "max_sessions_sampled": max(samples), "samples": len(samples),
                "min_1040_wait_s": round(min((o[4] for o in rejected if o[2] == 1040), default=0), 3),
                "borrow_timeout_s": BORROW_S,

@@ -27,7 +27,8 @@ def certificates(tmp_path_factory):
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test RDS CA",
             "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")
     (directory / "san.ext").write_text("subjectAltName=DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
             "-extfile", "san.ext", "-out", "server.pem")
@@ -112,8 +113,8 @@ def test_the_checker_refuses_what_rds_would_refuse(moto_server):
     assert check_token(tampered, "localhost", 3306, "app", REGION, credentials)
 
 
-def test_a_layer_built_with_the_rds_ca_bundle_verifies_rds_without_a_ca_setting(built_layer, fresh_mariadb, moto_server,
-                                                                                front, certificates, free_port, tmp_path):
+def test_a_layer_built_with_the_rds_ca_bundle_verifies_rds_without_a_ca_setting(
+        built_layer, fresh_mariadb, moto_server, front, certificates, free_port, tmp_path):
     # given the layer as build.sh makes it with RDS_CA_BUNDLE (here the test CA stands for RDS's)
     import shutil
 

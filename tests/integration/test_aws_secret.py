@@ -22,7 +22,8 @@ def rds_secret(db, password: str) -> str:
 @pytest.fixture
 def secret(moto_server, fresh_mariadb, request):
     name = f"db-{request.node.name[:40]}"
-    moto_server.client("secretsmanager").create_secret(Name=name, SecretString=rds_secret(fresh_mariadb, fresh_mariadb.password))
+    moto_server.client("secretsmanager").create_secret(
+        Name=name, SecretString=rds_secret(fresh_mariadb, fresh_mariadb.password))
     return name
 
 

@@ -61,7 +61,8 @@ def test_the_first_connect_reads_only_the_current_version_and_takes_every_field_
 def test_a_field_the_secret_lacks_comes_from_the_settings(provider):
     credentials, _ = provider(Versions(AWSCURRENT={"password": "only"}), DB_HOST="from-env", DB_USER="u", DB_NAME="d")
     target = run(credentials.get())
-    assert (target.host, target.port, target.user, target.database, target.password) == ("from-env", 3306, "u", "d", "only")
+    assert (target.host, target.port, target.user, target.database, target.password) == (
+        "from-env", 3306, "u", "d", "only")
 
 
 def test_a_refusal_reads_the_secret_again_once_then_tries_each_version(provider):
@@ -140,7 +141,8 @@ def test_without_aws_settings_nothing_of_aws_is_imported():
     from pathlib import Path
 
     probe = ("import sys; sys.path.insert(0, sys.argv[1])\n"
-             "from dbkeeper.config import Config; from dbkeeper.credentials import make; from dbkeeper.log import Logger\n"
+             "from dbkeeper.config import Config; from dbkeeper.credentials import make\n"
+             "from dbkeeper.log import Logger\n"
              "make(Config.from_environ({'DB_HOST': 'h', 'DB_USER': 'u'}), Logger())\n"
              "import dbkeeper.server\n"
              "loaded = sorted(m for m in sys.modules if m.startswith(('botocore', 'boto3', 'dbkeeper.aws.credentials', "

@@ -47,7 +47,8 @@ CLIENTS = (
     "import botocore.session\n"
     "session = botocore.session.get_session()\n"
     "for service in ('secretsmanager', 'dynamodb', 'rds', 'sts'):\n"
-    "    client = session.create_client(service, region_name='eu-west-1', aws_access_key_id='a', aws_secret_access_key='b')\n"
+    "    client = session.create_client(service, region_name='eu-west-1', aws_access_key_id='a',\n"
+    "                                   aws_secret_access_key='b')\n"
     "token = session.create_client('rds', region_name='eu-west-1', aws_access_key_id='a', aws_secret_access_key='b')"
     ".generate_db_auth_token('db.example', 3306, 'app')\n"
     "assert token.startswith('db.example:3306/?Action=connect&DBUser=app'), token\n"
@@ -56,7 +57,8 @@ CLIENTS = (
 
 
 @pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
-def test_the_full_variant_makes_every_client_dbkeeper_needs_on_each_lambda_python(built_layer: BuiltLayer, version: str):
+def test_the_full_variant_makes_every_client_dbkeeper_needs_on_each_lambda_python(built_layer: BuiltLayer,
+                                                                                  version: str):
     from tests.unit.test_build_layer import find_python
 
     python = find_python(version)

@@ -97,7 +97,7 @@ class Budget:
         call = self._aws.run(lambda: self._aws.call("dynamodb", operation, TableName=self._table, **params))
         try:
             return await asyncio.wait_for(call, max(timeout, 0.01))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AwsError(f"dynamodb.{operation} took longer than {timeout * 1000:.0f} ms", "Timeout") from None
 
     def _key(self, slot: int | str) -> dict:
@@ -365,9 +365,10 @@ async def kill_sessions(connection, tokens, log) -> int:
     if not quoted:
         return 0
     try:
-        rows = await select(connection, "SELECT DISTINCT PROCESSLIST_ID FROM performance_schema.session_account_connect_attrs "
+        rows = await select(connection, "SELECT DISTINCT PROCESSLIST_ID "
+                                        "FROM performance_schema.session_account_connect_attrs "
                                         f"WHERE ATTR_NAME = 'dbkeeper_lease' AND ATTR_VALUE IN ({quoted})")
-        if not rows and not (await select(connection, "SELECT @@performance_schema"))[0][0] in ("1", "ON"):
+        if not rows and (await select(connection, "SELECT @@performance_schema"))[0][0] not in ("1", "ON"):
             log.warning("budget_orphans_not_found", reason="performance_schema is off: the server keeps them "
                         "until wait_timeout")
             return 0

@@ -4,7 +4,8 @@ password from Secrets Manager.
 Secret (DBKEEPER_DB_SECRET, RDS shape {"username","password","host","port","dbname","engine"}):
 fetched at the first connect (AWSCURRENT) and cached. When the server answers 1045 with it, the
 secret is fetched again and its versions are tried in turn, newest first, skipping what the server
-refused: AWSCURRENT, AWSPREVIOUS, AWSPENDING (while it refuses them all: one read per 10 s). That covers every moment of a rotation: the database changed
+refused: AWSCURRENT, AWSPREVIOUS, AWSPENDING (while it refuses them all: one read per 10 s).
+That covers every moment of a rotation: the database changed
 and the secret not yet (AWSPENDING), the secret changed and this sandbox's copy is old
 (AWSCURRENT), the secret changed before the database (AWSPREVIOUS).
 
@@ -49,7 +50,8 @@ class SecretVersions:
         values = {}
         for stage in stages:
             try:
-                reply = self._aws.call("secretsmanager", "get_secret_value", SecretId=self.secret_id, VersionStage=stage)
+                reply = self._aws.call("secretsmanager", "get_secret_value", SecretId=self.secret_id,
+                                       VersionStage=stage)
             except AwsError as exc:
                 if stage != "AWSCURRENT" and exc.code == "ResourceNotFoundException":
                     continue  # no such version (no rotation yet, or none in progress)
