@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
             "max_connections (e.g. 80%)."),
     Setting("DBKEEPER_BUDGET_NAME", "",
             "Key the fleet shares in the table; default: the database's host:port (every function using "
-            "that database shares it)."),
+            "that database shares it), or the secret's name when only the secret names the host."),
     Setting("DBKEEPER_BUDGET_LEASE_S", "300",
             "Lifetime of a lease; renewed when used and older than half of it. Must exceed twice the longest "
             "session (the function timeout); a vanished sandbox's connection is reclaimed after about 1.5 times it."),
