@@ -30,6 +30,7 @@ class Janitor:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._queued: list[int] = []
+        self._in_progress: list[int] = []  # the batch the queue's task is killing now
         self._task: asyncio.Task | None = None
         self.killed = 0
 
@@ -43,8 +44,19 @@ class Janitor:
 
     async def _drain(self) -> None:
         while self._queued:
-            ids, self._queued = self._queued, []
-            await self.kill_now(ids, self._loop.time() + 2 * self._config.connect_timeout)
+            self._in_progress, self._queued = self._queued, []
+            await self.kill_now(self._in_progress, self._loop.time() + 2 * self._config.connect_timeout)
+            self._in_progress = []
+
+    def take_pending(self) -> list[int]:
+        """At SHUTDOWN: every id queued or being killed, taken over by the caller (a SHUTDOWN
+        right after a client vanished must not drop its KILL with the queue; a second KILL of the
+        same id is answered "unknown thread" and does no harm)."""
+        ids = self._in_progress + self._queued
+        self._in_progress, self._queued = [], []
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        return ids
 
     async def kill_now(self, connection_ids: list[int], deadline: float) -> int:
         """KILL every id before `deadline` (loop time) if at all possible. Returns how many the

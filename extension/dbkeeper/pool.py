@@ -518,6 +518,8 @@ class Pool:
             if connection.resetting is not None:
                 connection.resetting.cancel()  # its COM_QUIT (or KILL) below ends it on the server
         killed = 0
+        if self.janitor is not None:
+            to_kill += self.janitor.take_pending()
         if to_kill and self.janitor is not None:
             killed = await self.janitor.kill_now(to_kill, deadline)
         for connection in members:

@@ -228,3 +228,22 @@ def test_a_sandbox_reclaimed_without_shutdown_leaves_its_idle_upstream_only_for_
     assert wait_until(lambda: not app_connections(db), timeout=2 + 5), app_connections(db)
     print(f"upstream gone {time.monotonic() - reclaimed_at:.1f} s after a reclaim without SHUTDOWN "
           f"(DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S=2)")
+
+
+def test_a_statement_running_at_a_function_timeout_is_stopped_within_two_seconds(lambda_function, fresh_mariadb):
+    """Without the layer the function's socket dies with its process and MariaDB aborts a SLEEP
+    ~5 s later (most statements never notice); through dbkeeper the upstream lives on, so the
+    SHUTDOWN (reason Timeout) must KILL the statement."""
+    tag = f"timeout-{time.monotonic_ns()}"
+    sandbox = lambda_function(fresh_mariadb, handler="app.handler", task_dir=SLOW_FUNCTION, timeout_s=3)
+    timed_out = sandbox.invoke({"sql_sleep": 20, "tag": tag})
+    ended = time.monotonic()
+    assert timed_out.timed_out, timed_out.text
+    running = lambda: [p for p in fresh_mariadb.processlist() if tag in (p.get("INFO") or "")]  # noqa: E731
+    assert wait_until(lambda: not running(), timeout=2.0), running()
+    print(f"statement gone {(time.monotonic() - ended) * 1000:.0f} ms after the timeout answer")
+    complete = wait_event(sandbox, "shutdown_complete")
+    # killed when the runtime's socket closed mid-query, or at the SHUTDOWN, whichever came first
+    orphans = [line for _src, line in sandbox.logs
+               if '"orphans_killed"' in line and '"killed":1' in line.replace(" ", "")]
+    assert complete["reason"].lower() == "timeout" and complete["statements_killed"] + len(orphans) >= 1

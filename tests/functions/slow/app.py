@@ -1,4 +1,5 @@
-"""Queries through DB_HOST/DB_PORT, then sleeps past the function timeout when asked to."""
+"""Queries through DB_HOST/DB_PORT, then sleeps past the function timeout when asked to: in
+Python (`sleep`) or in the database (`sql_sleep`, tagged so a test can find the statement)."""
 
 import os
 import time
@@ -14,5 +15,8 @@ def handler(event, context):
         (connection_id,) = cur.fetchone()
     if event.get("sleep"):
         time.sleep(event["sleep"])
+    if event.get("sql_sleep"):
+        with conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(%s), %s", (event["sql_sleep"], event.get("tag", "")))
     conn.close()
     return {"connection_id": connection_id}
