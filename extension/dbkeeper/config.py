@@ -7,7 +7,7 @@ collected and raised together, each naming its setting, so one failed INIT tells
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -171,9 +171,9 @@ class Config(NamedTuple):
         problems: list[str] = []
         raw = {s.name: _lookup(env, s) for s in SETTINGS}
 
-        def parsed(name: str, parse: Callable[[str], object]):
+        def parsed(name: str, parse: Callable[[str], object]) -> Any:
             try:
-                return parse(raw[name])
+                return parse(raw[name] or "")  # every parsed setting has a default: never None here
             except ValueError as exc:
                 problems.append(f"{name}={_shown(name, raw[name])!s}: {exc}")
                 return None

@@ -29,6 +29,7 @@ import random
 import time
 from collections import deque
 from enum import Enum
+from typing import Protocol, TypedDict
 
 from pymysql.constants import CLIENT
 
@@ -48,6 +49,24 @@ _BACKOFF_CAP = 1.0
 # restore from a snapshot): check the connection as after a long pause.
 _CLOCK_JUMP = 5.0
 ER_ACCESS_DENIED = 1045
+
+
+class OrphanKiller(Protocol):
+    """What the pool needs of the janitor (janitor.Janitor), which in turn borrows from the pool."""
+
+    def kill_later(self, connection_id: int, reason: str) -> None: ...
+
+    def take_pending(self) -> list[int]: ...
+
+    async def kill_now(self, connection_ids: list[int], deadline: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class CloseReport(TypedDict):
+    """What Pool.close did, for the shutdown_complete log line."""
+    upstreams_closed: int
+    statements_killed: int
 
 
 class MemberState(Enum):
@@ -77,14 +96,15 @@ class Pool:
         self._identity = identity or SandboxIdentity(config.aws.function_name, config.aws.function_version)
         self._lendable: deque[UpstreamConnection] = deque()  # IDLE and RESETTING, oldest first
         self._members: set[UpstreamConnection] = set()       # every state but CLOSED
-        self._changed: asyncio.Future | None = None
+        self._changed: asyncio.Future[None] | None = None
         self._closing = False
-        self._warm_task: asyncio.Task | None = None
-        self._warm_attempt: asyncio.Future | None = None  # done (True: connected) when the INIT-time attempt ends
-        self.janitor = None  # janitor.Janitor: kills the statements of connections nobody waits for
+        self._warm_task: asyncio.Task[None] | None = None
+        self._warm_attempt: asyncio.Future[bool] | None = None  # done (True: connected) when the INIT-time attempt ends
+        # janitor.Janitor: kills the statements of connections nobody waits for
+        self.janitor: OrphanKiller | None = None
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
-        self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
+        self.profile: int = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
         self.proven_setup = ProvenSetup()  # setup statements the server accepted (relay.py holds them)
         self.identity: Greeting | None = None  # the server's greeting, for greeting clients
@@ -451,6 +471,7 @@ class Pool:
         self._slow_failure_at = None
         self.profile = profile
         greeting = self.identity = connection.greeting
+        assert greeting is not None  # the connection is open: the server has greeted it
         self._log.info("upstream_connected", reason=reason, attempt=attempt,
                        ms=round((time.monotonic() - started) * 1000, 3),
                        connection_id=greeting.connection_id, server_version=greeting.server_version,
@@ -500,7 +521,7 @@ class Pool:
             self._changed = self._loop.create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
 
-    async def close(self, busy: set[UpstreamConnection], deadline: float) -> dict:
+    async def close(self, busy: set[UpstreamConnection], deadline: float) -> CloseReport:
         """Shut down: KILL what runs on `busy` connections (and on any still resetting), bounded
         by `deadline` (loop time), then COM_QUIT every connection. Returns counts for the log."""
         self._closing = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from . import credentials
 from .aws.metrics import Counters, EmfWriter
@@ -13,7 +14,13 @@ from .config import Config
 from .janitor import Janitor
 from .listeners import BoundListeners
 from .log import Logger
-from .pool import Pool
+from .pool import CloseReport, Pool
+
+
+class ShutdownReport(CloseReport):
+    """What Server.shutdown did, for the shutdown_complete log line."""
+    clients_closed: int
+    ms: float
 
 
 class Server:
@@ -44,7 +51,7 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        def factory(over_unix: bool):
+        def factory(over_unix: bool) -> Callable[[], ClientConnection]:
             return lambda: ClientConnection(self._config, self.pool, self._log, self._clients,
                                             local_auth=self.local_auth, over_unix=over_unix,
                                             pending=self._pending)
@@ -62,7 +69,7 @@ class Server:
         self._log.info("serving", tcp=f"127.0.0.1:{self._config.listen_port}" if self._listeners.tcp else None,
                        socket=self._listeners.unix_path)
 
-    async def shutdown(self, deadline: float) -> dict:
+    async def shutdown(self, deadline: float) -> ShutdownReport:
         """Stop accepting; KILL the statements of sessions still running one (their clients are
         about to be dropped, and a COM_QUIT is read only after the statement ends), within
         `deadline` (loop time); COM_QUIT every other upstream; drop the clients."""
