@@ -249,7 +249,8 @@ class AwsConfig(NamedTuple):
         return bool(self.db_secret or self.client_password_secret or self.iam_auth or self.budget_table)
 
     @classmethod
-    def parse(cls, env: Mapping[str, str], raw: dict, parsed: Callable, problems: list[str]) -> AwsConfig:
+    def parse(cls, env: Mapping[str, str], raw: Mapping[str, str | None],
+              parsed: Callable[[str, Callable[[str], object]], Any], problems: list[str]) -> AwsConfig:
         budget_max, budget_percent = parsed("DBKEEPER_BUDGET_MAX", _count_or_percent) or (None, None)
         table = raw["DBKEEPER_BUDGET_TABLE"] or None
         if table and budget_max is None and budget_percent is None:

@@ -11,9 +11,12 @@ Two small interfaces the pool and the client side call:
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .log import Logger
 from .protocol.auth import native_password_hash, verify_native
 
 
@@ -89,7 +92,7 @@ class SandboxIdentity:
         return attributes
 
 
-def make(config: Config, log) -> tuple[Credentials, LocalAuth]:
+def make(config: Config, log: Logger) -> tuple[Credentials, LocalAuth]:
     """The providers the settings ask for; botocore is loaded only by those that need it."""
     aws = config.aws
     if not (aws.db_secret or aws.iam_auth or aws.client_password_secret):

@@ -19,6 +19,7 @@ import asyncio
 from typing import Protocol
 
 from .config import Config
+from .credentials import Target
 from .errors import UpstreamError
 from .log import Logger
 from .upstream import UpstreamConnection
@@ -36,6 +37,8 @@ class IdleConnections(Protocol):
     def give_back_clean(self, connection: UpstreamConnection) -> None: ...
 
     def discard(self, connection: UpstreamConnection, reason: str) -> None: ...
+
+    async def side_login(self) -> tuple[Target, dict[str, str]]: ...
 
 
 class Janitor:

@@ -28,19 +28,23 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
-from typing import Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 from pymysql.constants import CLIENT
 
 from .aws.metrics import Counters
 from .config import Config
-from .credentials import Credentials, SandboxIdentity
+from .credentials import Credentials, SandboxIdentity, Target
 from .errors import DbkeeperError, PoolTimeout, UpstreamError
 from .log import Logger
 from .protocol.handshake import Greeting
 from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .aws.budget import Budget, Lease
 
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
@@ -67,6 +71,7 @@ class CloseReport(TypedDict):
     """What Pool.close did, for the shutdown_complete log line."""
     upstreams_closed: int
     statements_killed: int
+    leases_released: NotRequired[int]  # with a fleet budget
 
 
 class MemberState(Enum):
@@ -81,18 +86,19 @@ _LENDABLE = (MemberState.IDLE, MemberState.RESETTING)
 
 
 class Pool:
-    def __init__(self, config: Config, log: Logger, credentials: Credentials | None = None, budget=None,
-                 counters: Counters | None = None, identity: SandboxIdentity | None = None):
+    def __init__(self, config: Config, log: Logger, credentials: Credentials | None = None,
+                 budget: Budget | None = None, counters: Counters | None = None,
+                 identity: SandboxIdentity | None = None) -> None:
         self._loop = asyncio.get_running_loop()  # made inside the loop; asking again costs a getpid()
         self._config = config
         self._log = log
         # hooks (credentials.py, aws/): where a connect logs in, the fleet budget, the metrics' counters
         self._credentials = credentials or Credentials(config)
         self._budget = budget  # aws.budget.Budget or None: a lease around every upstream connection
-        self._leases: dict[UpstreamConnection, object] = {}
-        self._releases: set[asyncio.Task] = set()
+        self._leases: dict[UpstreamConnection, Lease] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self.counters = counters or Counters()
-        self.counters_session_ended = None  # called after every client session (metrics: no timer)
+        self.counters_session_ended: Callable[[], None] | None = None  # after every client session (metrics)
         self._identity = identity or SandboxIdentity(config.aws.function_name, config.aws.function_version)
         self._lendable: deque[UpstreamConnection] = deque()  # IDLE and RESETTING, oldest first
         self._members: set[UpstreamConnection] = set()       # every state but CLOSED
@@ -279,6 +285,7 @@ class Pool:
 
     async def _lease_still_held(self, connection: UpstreamConnection) -> bool:
         """The connection's budget lease, renewed when due; False when it was lost."""
+        assert self._budget is not None
         try:
             lease = await self._budget.check(self._leases.get(connection), connection)
         except DbkeeperError as exc:  # DynamoDB unreachable: keep serving on the lease we have
@@ -478,7 +485,7 @@ class Pool:
                        tls=connection.secure, opened_total=self.opened)
         return connection
 
-    async def _login(self):
+    async def _login(self) -> Target:
         """The provider's target (settings, secret, IAM token); its failures are connect failures."""
         try:
             return await self._credentials.get()
@@ -487,11 +494,12 @@ class Pool:
         except DbkeeperError as exc:
             raise UpstreamError(f"credentials unavailable: {exc}") from exc
 
-    async def side_login(self):
+    async def side_login(self) -> tuple[Target, dict[str, str]]:
         """Target and connection attributes for a connection outside the pool (the janitor's KILLs)."""
         return await self._login(), self._identity.attributes()
 
-    async def _take_lease(self, deadline: float):
+    async def _take_lease(self, deadline: float) -> Lease:
+        assert self._budget is not None
         try:
             return await self._budget.acquire(deadline)
         except PoolTimeout:
@@ -499,13 +507,15 @@ class Pool:
         except DbkeeperError as exc:  # DynamoDB unreachable: fail like an unreachable database
             raise UpstreamError(f"the fleet connection budget is unavailable: {exc}") from exc
 
-    async def _budget_opened(self, lease, connection: UpstreamConnection) -> None:
+    async def _budget_opened(self, lease: Lease, connection: UpstreamConnection) -> None:
+        assert self._budget is not None
         try:
             await self._budget.opened(lease, connection)
         except DbkeeperError as exc:
             self._log.warning("budget_call_failed", operation="opened", error=str(exc))
 
-    def _give_back(self, lease) -> None:
+    def _give_back(self, lease: Lease) -> None:
+        assert self._budget is not None
         task = self._loop.create_task(self._budget.release(lease))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
@@ -551,7 +561,7 @@ class Pool:
                 connection.quit()
         if self.janitor is not None:
             self.janitor.close()
-        report = {"upstreams_closed": len(members), "statements_killed": killed}
+        report: CloseReport = {"upstreams_closed": len(members), "statements_killed": killed}
         self.counters.killed_at_shutdown += killed
         if self._budget is not None:  # after every COM_QUIT: the server never holds more sessions than leases
             timeout = max(0.05, min(1.0, deadline - self._loop.time()))

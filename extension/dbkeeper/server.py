@@ -40,7 +40,7 @@ class Server:
             budget = self.counters.leases = Budget(config, log, shared(config, log), self.identity)
         self.pool = Pool(config, log, self.credentials, budget, self.counters, self.identity)
         self.pool.janitor = Janitor(config, log, self.pool)
-        self.metrics = None
+        self.metrics: EmfWriter | None = None
         if aws.metrics:
             self.metrics = EmfWriter(self.counters, aws.metrics_namespace, aws.metrics_dimensions,
                                      aws.metrics_every, aws.metrics_interval)
@@ -78,11 +78,12 @@ class Server:
             server.close()
         self._listeners.remove_socket_file()
         busy = {upstream for upstream in (client.upstream_busy() for client in self._clients) if upstream is not None}
-        report = await self.pool.close(busy, deadline)
+        closed = await self.pool.close(busy, deadline)
         clients = len(self._clients)
         for client in list(self._clients):
             client.close()
-        report = {"clients_closed": clients, **report, "ms": round((time.monotonic() - started) * 1000, 3)}
+        report: ShutdownReport = {"clients_closed": clients, **closed,
+                                  "ms": round((time.monotonic() - started) * 1000, 3)}
         if self.metrics is not None:
             self.metrics.flush()
         return report

@@ -32,7 +32,8 @@ import asyncio
 import os
 import random
 import time
-from typing import NamedTuple
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pymysql.constants import COMMAND
 
@@ -40,6 +41,14 @@ from ..errors import PoolTimeout, UpstreamError
 from ..protocol import messages
 from ..protocol.packets import read_lenenc_int
 from .sdk import Aws, AwsError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..credentials import SandboxIdentity
+    from ..log import Logger
+    from ..upstream import UpstreamConnection
+
+Item = dict[str, Any]  # a DynamoDB item in the low-level client's typed form
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _WAIT_FIRST = 0.05
@@ -70,7 +79,7 @@ def _ms(seconds: float) -> int:
 
 
 class Budget:
-    def __init__(self, config, log, aws: Aws, identity):
+    def __init__(self, config: Config, log: Logger, aws: Aws, identity: SandboxIdentity) -> None:
         settings = config.aws
         self._aws = aws
         self._log = log
@@ -90,7 +99,7 @@ class Budget:
         self._last_seen = (0, self._fixed or 1)  # (leases held, limit) at the last read
 
     # --- DynamoDB, on a worker thread ----------------------------------------------------------
-    async def _call(self, operation: str, timeout: float = _CALL_TIMEOUT, **params):
+    async def _call(self, operation: str, timeout: float = _CALL_TIMEOUT, **params: Any) -> Any:
         """One DynamoDB call on a worker thread, abandoned after `timeout` s: a slow DynamoDB must
         not hold a client past its borrow timeout. (An abandoned put may still land: that lease
         then expires unused and is reclaimed like a vanished sandbox's.)"""
@@ -100,11 +109,11 @@ class Budget:
         except TimeoutError:
             raise AwsError(f"dynamodb.{operation} took longer than {timeout * 1000:.0f} ms", "Timeout") from None
 
-    def _key(self, slot: int | str) -> dict:
+    def _key(self, slot: int | str) -> Item:
         sk = slot if isinstance(slot, str) else f"slot#{slot:05d}"
         return {"pk": {"S": self._name}, "sk": {"S": sk}}
 
-    async def _read(self, timeout: float = _CALL_TIMEOUT) -> tuple[dict[int, dict], int | None]:
+    async def _read(self, timeout: float = _CALL_TIMEOUT) -> tuple[dict[int, Item], int | None]:
         """Every slot item of this budget (strongly consistent), and the meta item's max_connections."""
         slots, meta, start = {}, None, None
         while True:
@@ -123,7 +132,7 @@ class Budget:
             if not start:
                 return slots, meta
 
-    def _item(self, slot: int, token: str, now: float, orphans: tuple[str, ...]) -> dict:
+    def _item(self, slot: int, token: str, now: float, orphans: tuple[str, ...]) -> Item:
         item = {**self._key(slot), "token": {"S": token}, "sandbox": {"S": self._identity.sandbox_id},
                 "function": {"S": self._identity.function_name or "-"},
                 "expires": {"N": str(_ms(now + self._life))}, "ttl": {"N": str(int(now + 2 * self._life))}}
@@ -131,7 +140,7 @@ class Budget:
             item["orphans"] = {"L": [{"S": t} for t in orphans]}
         return item
 
-    async def _put(self, slot: int, orphans: tuple[str, ...], condition: str, values: dict | None = None,
+    async def _put(self, slot: int, orphans: tuple[str, ...], condition: str, values: Item | None = None,
                    timeout: float = _CALL_TIMEOUT) -> Lease | None:
         token = os.urandom(9).hex()
         now = _now()
@@ -157,7 +166,7 @@ class Budget:
             self._max_connections = meta
         if self._max_connections is None:
             return 1  # the server's max_connections is learnt over the first connection
-        self.max = max(1, int(self._max_connections * self._percent / 100))
+        self.max = max(1, int(self._max_connections * (self._percent or 100.0) / 100))
         return self.max
 
     # --- the pool's side ----------------------------------------------------------------------
@@ -233,12 +242,12 @@ class Budget:
         self._last_seen = (sum(1 for slot in slots if slot < limit), limit)
         return None
 
-    async def opened(self, lease: Lease, connection) -> None:
+    async def opened(self, lease: Lease, connection: UpstreamConnection) -> None:
         """Right after the connection opened, before anyone uses it: kill the sessions of a lease
         taken over, and learn the server's max_connections in percent mode."""
         if self._percent is not None and self._max_connections is None:
             rows = await select(connection, "SELECT @@max_connections")
-            self._max_connections = int(rows[0][0])
+            self._max_connections = int(rows[0][0] or 0)
             self._limit(self._max_connections)
             try:
                 await self._call("put_item", Item={**self._key("meta"),
@@ -249,7 +258,7 @@ class Budget:
             killed = await kill_sessions(connection, lease.orphans, self._log)
             self._log.info("budget_orphans_killed", slot=lease.slot, sessions=killed)
 
-    async def check(self, lease: Lease | None, connection) -> Lease | None:
+    async def check(self, lease: Lease | None, connection: UpstreamConnection) -> Lease | None:
         """At borrow: the lease (renewed when older than half its lifetime), or None when it was
         lost (expired and reaped while this sandbox was frozen): the connection must go."""
         if lease is None:
@@ -302,7 +311,7 @@ class Budget:
         self._leases.discard(lease)
         self.held = len(self._leases)
 
-    def release(self, lease: Lease):
+    def release(self, lease: Lease) -> Coroutine[Any, Any, None]:
         """Give a lease back (its connection is closed): no longer counted as held from now on;
         the returned coroutine deletes it from the table if it is still ours."""
         self._forget(lease)
@@ -317,7 +326,7 @@ class Budget:
             if exc.code != _CONDITION_FAILED:  # not ours any more: nothing to give back
                 self._log.warning("budget_call_failed", operation="delete_item", error=str(exc))
 
-    async def close(self, timeout: float, pending: list) -> int:
+    async def close(self, timeout: float, pending: list[asyncio.Task[None]]) -> int:
         """SHUTDOWN: give every lease back, in parallel (with the releases already under way),
         within `timeout` seconds. Returns how many releases finished."""
         tasks = [asyncio.ensure_future(self.release(lease)) for lease in list(self._leases)] + pending
@@ -328,7 +337,7 @@ class Budget:
 
 
 # --- SQL over an upstream connection nobody else uses at that moment ----------------------------
-async def select(connection, sql: str) -> list[list[str | None]]:
+async def select(connection: UpstreamConnection, sql: str) -> list[list[str | None]]:
     """Rows of a text-protocol result set (the connection has no CLIENT_DEPRECATE_EOF)."""
     connection.write_packet(bytes((COMMAND.COM_QUERY,)) + sql.encode(), 0)
     first = (await connection.read_packet()).payload
@@ -337,29 +346,30 @@ async def select(connection, sql: str) -> list[list[str | None]]:
         raise UpstreamError(f"{sql!r} failed: ({error.errno}) {error.message}", error.errno)
     if messages.is_ok(first):
         return []
-    columns, _ = read_lenenc_int(first, 0)
+    columns = read_lenenc_int(first, 0)[0] or 0
     for _ in range(columns + 1):  # column definitions, then EOF
         await connection.read_packet()
-    rows = []
+    rows: list[list[str | None]] = []
     while True:
         payload = (await connection.read_packet()).payload
         if payload[:1] == b"\xfe" and len(payload) < 9:
             return rows
         if messages.is_err(payload):
             raise UpstreamError(f"{sql!r} failed: {messages.parse_err(payload).message}")
-        row, position = [], 0
+        row: list[str | None] = []
+        position = 0
         for _ in range(columns):
             if payload[position] == 0xFB:
                 row.append(None)
                 position += 1
                 continue
             length, position = read_lenenc_int(payload, position)
-            row.append(payload[position:position + length].decode())
-            position += length
+            row.append(payload[position:position + (length or 0)].decode())
+            position += length or 0
         rows.append(row)
 
 
-async def kill_sessions(connection, tokens, log) -> int:
+async def kill_sessions(connection: UpstreamConnection, tokens: tuple[str, ...], log: Logger) -> int:
     """KILL every session of this account whose dbkeeper_lease attribute is one of `tokens`."""
     quoted = ",".join("'" + token + "'" for token in tokens if token.isalnum())
     if not quoted:
@@ -375,4 +385,4 @@ async def kill_sessions(connection, tokens, log) -> int:
     except UpstreamError as exc:
         log.warning("budget_orphans_not_found", reason=str(exc))
         return 0
-    return await connection.kill([int(thread_id) for (thread_id,) in rows]) if rows else 0
+    return await connection.kill([int(thread_id or 0) for (thread_id,) in rows]) if rows else 0

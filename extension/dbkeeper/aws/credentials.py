@@ -20,11 +20,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..credentials import Credentials, LocalAuth, Target
 from ..protocol.auth import native_password_hash, verify_native
 from .sdk import Aws, AwsError, shared
+
+if TYPE_CHECKING:
+    from ..log import Logger
+
+SecretValue = dict[str, Any]  # one version of a secret, as its JSON object
 
 STAGES = ("AWSCURRENT", "AWSPREVIOUS", "AWSPENDING")
 MIN_REFETCH_INTERVAL = 1.0  # never more than one Secrets Manager read a second
@@ -36,18 +42,18 @@ class SecretVersions:
     `started` is when the fetch behind `values` began: a caller that must see what the secret
     held at some moment asks for a fetch started after it (`refresh`)."""
 
-    def __init__(self, aws: Aws, secret_id: str, log):
+    def __init__(self, aws: Aws, secret_id: str, log: Logger) -> None:
         self._aws = aws
         self.secret_id = secret_id
         self._log = log
-        self.values: dict[str, dict] = {}
+        self.values: dict[str, SecretValue] = {}
         self.generation = 0
         self.started = float("-inf")  # monotonic start of the fetch behind `values`
-        self._fetching: asyncio.Future | None = None
+        self._fetching: asyncio.Future[None] | None = None
         self._fetching_started = 0.0
 
-    def _fetch_stages(self, stages: tuple[str, ...]) -> dict[str, dict]:
-        values = {}
+    def _fetch_stages(self, stages: tuple[str, ...]) -> dict[str, SecretValue]:
+        values: dict[str, SecretValue] = {}
         for stage in stages:
             try:
                 reply = self._aws.call("secretsmanager", "get_secret_value", SecretId=self.secret_id,
@@ -113,15 +119,15 @@ class SecretVersions:
 
 
 class SecretCredentials(Credentials):
-    def __init__(self, config: Config, log, aws: Aws):
+    def __init__(self, config: Config, log: Logger, aws: Aws) -> None:
         self._config = config
         self._log = log
-        self.versions = SecretVersions(aws, config.aws.db_secret, log)
+        self.versions = SecretVersions(aws, config.aws.db_secret or "", log)
         self._failed: set[tuple[str, str]] = set()  # (user, password) the server refused
         self._refetch_from: float | None = None      # a 1045 asked for a fetch started after this
         self._refetched_at: float | None = None      # when a 1045 last caused a read
 
-    def _target(self, stage: str, value: dict) -> Target:
+    def _target_of(self, stage: str, value: SecretValue) -> Target:
         config = self._config
         port = value.get("port") or config.db_port
         return Target(host=str(value.get("host") or config.db_host), port=int(port),
@@ -135,7 +141,7 @@ class SecretCredentials(Credentials):
             value = self.versions.values.get(stage)
             if value is None:
                 continue
-            target = self._target(stage, value)
+            target = self._target_of(stage, value)
             if (target.user, target.password) not in seen:
                 seen.add((target.user, target.password))
                 targets.append(target)
@@ -172,7 +178,7 @@ class IamCredentials(Credentials):
     """Host, port, user and database from `base` (the settings or the secret); the password is a
     fresh RDS IAM authentication token for every connect."""
 
-    def __init__(self, config: Config, log, aws: Aws, base: Credentials):
+    def __init__(self, config: Config, log: Logger, aws: Aws, base: Credentials) -> None:
         self._config = config
         self._aws = aws
         self._base = base
@@ -181,8 +187,8 @@ class IamCredentials(Credentials):
     def _token(self, target: Target) -> str:
         client = self._aws.client("rds")
         try:
-            return client.generate_db_auth_token(DBHostname=target.host, Port=target.port, DBUsername=target.user,
-                                                 Region=self._config.aws.region)
+            return str(client.generate_db_auth_token(DBHostname=target.host, Port=target.port,
+                                                     DBUsername=target.user, Region=self._config.aws.region))
         except Exception as exc:  # no credentials, no region
             raise AwsError(f"generating an RDS IAM token failed: {exc}") from exc
 
@@ -244,12 +250,12 @@ class AwsLocalAuth(LocalAuth):
         return self._matches(await self._known(), user, scramble, proof, trusted)
 
     @staticmethod
-    def _matches(pairs, user: str, scramble: bytes, proof: bytes, trusted: bool) -> bool:
+    def _matches(pairs: list[tuple[str, bytes]], user: str, scramble: bytes, proof: bytes, trusted: bool) -> bool:
         return any(user == known and (trusted or verify_native(password_hash, scramble, proof))
                    for known, password_hash in pairs)
 
 
-def make_aws_credentials(config: Config, log) -> tuple[Credentials, LocalAuth]:
+def make_aws_credentials(config: Config, log: Logger) -> tuple[Credentials, LocalAuth]:
     settings = config.aws
     aws = shared(config, log)
     secret = SecretCredentials(config, log, aws) if settings.db_secret else None

@@ -17,9 +17,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Protocol
 
 COUNT, MILLISECONDS = "Count", "Milliseconds"
 _MAX_SAMPLES = 1000  # borrow waits kept per line for p50/max (a uniform sample beyond that)
+
+
+class LeaseGauge(Protocol):
+    """The budget's gauges (aws.budget.Budget)."""
+
+    held: int
+    max: int | None
 
 
 class Counters:
@@ -28,7 +36,7 @@ class Counters:
     __slots__ = ("upstreams_opened", "upstreams_closed", "sessions", "resets", "rejected_too_many",
                  "killed_at_shutdown", "moves", "pins", "borrow_waits", "_seen_waits", "leases")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.upstreams_opened = 0
         self.upstreams_closed: dict[str, int] = {}
         self.sessions = 0
@@ -39,7 +47,7 @@ class Counters:
         self.pins: dict[str, int] = {}
         self.borrow_waits: list[float] = []
         self._seen_waits = 0
-        self.leases = None  # the budget, when there is one: .held and .max
+        self.leases: LeaseGauge | None = None  # the budget, when there is one
 
     def closed(self, reason: str) -> None:
         self.upstreams_closed[reason] = self.upstreams_closed.get(reason, 0) + 1
@@ -157,7 +165,7 @@ class _Snapshot:
     __slots__ = ("upstreams_opened", "upstreams_closed", "sessions", "resets", "rejected_too_many",
                  "killed_at_shutdown", "moves", "pins")
 
-    def __init__(self, counters: Counters):
+    def __init__(self, counters: Counters) -> None:
         self.upstreams_opened = counters.upstreams_opened
         self.upstreams_closed = dict(counters.upstreams_closed)
         self.sessions = counters.sessions

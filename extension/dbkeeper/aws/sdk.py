@@ -16,12 +16,23 @@ All calls are blocking (botocore is synchronous): callers run them in a worker t
 
 from __future__ import annotations
 
+import asyncio
 import importlib.machinery
 import os
 import sys
 import threading
+import types
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DbkeeperError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..log import Logger
+
+T = TypeVar("T")
 
 # botocore and what it imports (boto3 and s3transfer are not needed: clients come from botocore)
 SDK_PACKAGES = frozenset(("botocore", "jmespath", "dateutil", "six", "urllib3"))
@@ -43,10 +54,11 @@ def runtime_sdk_dirs() -> list[str]:
 class _AllowListFinder:
     """Finds only the SDK's top-level packages, and only in `directory`."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None or name not in SDK_PACKAGES:
             return None  # submodules resolve through their package's __path__
         return importlib.machinery.PathFinder.find_spec(name, [self.directory])
@@ -89,26 +101,23 @@ class Aws:
     _TIMEOUTS = {"dynamodb": (1, 2, 1)}
     _DEFAULT_TIMEOUTS = (2, 3, 2)
 
-    def __init__(self, config, log):
+    def __init__(self, config: Config, log: Logger) -> None:
         self._aws = config.aws
         self._log = log
-        self._session = None
-        self._clients: dict[str, object] = {}
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._executor = None
+        self._executor: ThreadPoolExecutor | None = None
         self.source: str | None = None
 
-    def run(self, function, *args):
+    def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """`function(*args)` on one of the SDK's own worker threads (not the event loop's default
         executor: a call the caller stopped waiting for must not hold up anything else)."""
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
-
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dbkeeper-aws")
         return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    def client(self, service: str):
+    def client(self, service: str) -> Any:
         with self._lock:
             client = self._clients.get(service)
             if client is not None:
@@ -129,7 +138,7 @@ class Aws:
             self._clients[service] = client
             return client
 
-    def call(self, service: str, operation: str, **params):
+    def call(self, service: str, operation: str, **params: Any) -> Any:
         """client.<operation>(**params); botocore's errors become AwsError with the AWS error code."""
         try:
             client = self.client(service)
@@ -149,7 +158,7 @@ class Aws:
 _shared: Aws | None = None
 
 
-def shared(config, log) -> Aws:
+def shared(config: Config, log: Logger) -> Aws:
     """One Aws per process: the credentials and the budget share its session and clients."""
     global _shared
     if _shared is None:
