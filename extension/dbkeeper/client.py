@@ -279,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
         # all set when the relay started and when it handed this command back (_intercept)
         assert relay is not None and self._upstream is not None and self.transport is not None
         assert self._intercepted is not None and self._settings is not None
-        if not relay.settle(after_command=True):
+        if not relay.settle():
             # A pipelining client: replies it asked for are still on their way. Rare enough to end
             # the session cleanly rather than wait for them.
             self.close()

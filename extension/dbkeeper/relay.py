@@ -263,17 +263,14 @@ class Relay:
         self._last = None
         self._simple = tracker.idle and self.scanner.at_boundary
 
-    def settle(self, after_command: bool = False) -> bool:
-        """At the end of a session (or before an intercepted command): is the upstream between
-        replies, so it can be reset and reused? `after_command`: the client sent a command that
-        expects a reply (COM_RESET_CONNECTION, COM_CHANGE_USER), so, like any next command, it has
-        read the replies before and the cheap proof applies. Not COM_QUIT: a client may quit in the
-        middle of a result (an unbuffered cursor closed early), where the last chunk relayed can end
-        with the column definitions' EOF; the end of a session always gets the exact walk."""
+    def settle(self) -> bool:
+        """At the end of a session, or before a command dbkeeper answers itself
+        (COM_RESET_CONNECTION, COM_CHANGE_USER, COM_QUIT): is the upstream between replies, so it
+        can be reset and reused? Always the exact walk of what was relayed since the last proof:
+        a last chunk that ends with an EOF may end the column definitions, not the rows (a client
+        that quits or resets in the middle of a result; found by the in-process fuzzer)."""
         if self._swallow:
             return False
-        if after_command and self.scanner.at_boundary and self._replies_ended():
-            return True
         self._feed_tracker()
         return self.tracker.idle and self.scanner.at_boundary
 
