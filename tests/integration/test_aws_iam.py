@@ -5,12 +5,11 @@ issued (RDS's IAM policy evaluation is not emulated; MariaDB itself cannot verif
 
 from __future__ import annotations
 
-import subprocess
-
 import pymysql
 import pytest
 
 from tests.aws_endpoint import REGION
+from tests.certificates import make_test_certificates
 from tests.dbkeeper_process import start_dbkeeper
 from tests.polling import wait_until
 from tests.rds_iam_front import RdsIamFront, check_token
@@ -20,21 +19,8 @@ LOCAL_PASSWORD = "what-the-function-presents"
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("iam-tls")
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test RDS CA",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr")
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.pem")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=some other CA",
-            "-keyout", "other.key", "-out", "other.pem")
-    return directory
+    """A private CA and a server certificate for localhost, made with openssl."""
+    return make_test_certificates(tmp_path_factory.mktemp("iam-tls"), "localhost", "DNS:localhost")
 
 
 @pytest.fixture
