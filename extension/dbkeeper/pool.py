@@ -148,6 +148,8 @@ class Pool:
         the janitor KILLs it."""
         if connection.pool_state is MemberState.CLOSED:
             return
+        # a connection the server already dropped runs nothing: no KILL (nor its side connection)
+        orphaned = orphaned and not connection.closed
         self._change_state(connection, MemberState.CLOSED, reason)
         if orphaned and self.janitor is not None and connection.greeting is not None:
             self.janitor.kill_later(connection.connection_id, reason)
