@@ -2,6 +2,9 @@
 # Build the dbkeeper Lambda layer:
 #   dist/dbkeeper-layer-x86_64.zip   dist/layer-x86_64/   (unpacked tree; tests use it as /opt)
 #   dist/dbkeeper-layer-arm64.zip    dist/layer-arm64/
+#   dist/dbkeeper-layer-full-x86_64.zip, dist/dbkeeper-layer-full-arm64.zip (+ dist/layer-full-*/):
+#   the same plus botocore and its dependencies (extension/requirements-full.txt), for images whose
+#   Python has no AWS SDK; botocore's service models are cut to the services dbkeeper calls
 #
 # Layout (zip root = /opt), see docs/CONVENTIONS.md:
 #   extensions/dbkeeper  dbkeeper/bootstrap.py  dbkeeper/lib/{dbkeeper,pymysql,uvloop,...}
@@ -15,6 +18,9 @@
 #
 # Usage: ./build.sh            (from any directory; idempotent)
 # Env:   PYTHON=...            interpreter used to run pip and build the zips
+#        RDS_CA_BUNDLE=...     a copy of Amazon RDS's global-bundle.pem to ship as
+#                              /opt/dbkeeper/rds-ca-bundle.pem (the CA of DBKEEPER_DB_IAM_AUTH=true
+#                              when DBKEEPER_DB_TLS_CA is unset); not fetched here
 #        SOURCE_DATE_EPOCH=... timestamp for zip entries (default 1980-01-01, the zip minimum)
 set -euo pipefail
 
@@ -33,6 +39,7 @@ PY_VERSIONS=(3.11 3.12 3.13)
 # layer arch name : manylinux machine name
 ARCHES=(x86_64:x86_64 arm64:aarch64)
 REQS="$ROOT/extension/requirements.txt"
+FULL_REQS="$ROOT/extension/requirements-full.txt"
 CACHE="$ROOT/.cache/wheels"
 DIST="$ROOT/dist"
 
@@ -70,6 +77,18 @@ for arch_pair in "${ARCHES[@]}"; do
     done
 done
 
+# pure-Python wheels of the full variant: one set for every architecture and Python version
+full_hash="$("$PY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest()[:16])' "$FULL_REQS")"
+FULL_WHEELS="$CACHE/full-py3"
+if [[ ! -f "$FULL_WHEELS/.complete-$full_hash" ]]; then
+    log "downloading wheels for the full variant"
+    rm -rf "$FULL_WHEELS"
+    mkdir -p "$FULL_WHEELS"
+    "$PY" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
+        --dest "$FULL_WHEELS" -r "$FULL_REQS" 2> >(grep -v "is neither a file nor a directory" >&2)
+    touch "$FULL_WHEELS/.complete-$full_hash"
+fi
+
 # ---------------------------------------------------------------- 2. unpacked trees + zips
 mkdir -p "$DIST"
 for arch_pair in "${ARCHES[@]}"; do
@@ -79,7 +98,10 @@ for arch_pair in "${ARCHES[@]}"; do
     for pyv in "${PY_VERSIONS[@]}"; do
         wheel_dirs+=("$CACHE/${machine}-cp${pyv/./}")
     done
-    "$PY" - "$ROOT" "$arch" "$machine" "${wheel_dirs[@]}" <<'PYEOF'
+    for variant in default full; do
+    extra=()
+    [[ $variant == full ]] && extra=("$FULL_WHEELS")
+    "$PY" - "$ROOT" "$arch" "$machine" "$variant" "${wheel_dirs[@]}" "${extra[@]}" <<'PYEOF'
 import os
 import platform
 import shutil
@@ -89,10 +111,13 @@ import sys
 import time
 import zipfile
 
-root, arch, machine, *wheel_dirs = sys.argv[1:]
+root, arch, machine, variant, *wheel_dirs = sys.argv[1:]
 dist = os.path.join(root, "dist")
-final_tree = os.path.join(dist, f"layer-{arch}")
-final_zip = os.path.join(dist, f"dbkeeper-layer-{arch}.zip")
+suffix = "" if variant == "default" else f"{variant}-"
+final_tree = os.path.join(dist, f"layer-{suffix}{arch}")
+final_zip = os.path.join(dist, f"dbkeeper-layer-{suffix}{arch}.zip")
+# botocore's service models: only those of the services the extension calls (aws/), and the shared files
+BOTOCORE_SERVICES = {"secretsmanager", "dynamodb", "rds", "sts"}
 tree = f"{final_tree}.tmp-{os.getpid()}"  # unique: builds may run side by side
 shutil.rmtree(tree, ignore_errors=True)
 lib = os.path.join(tree, "dbkeeper", "lib")
@@ -106,6 +131,10 @@ DROP_FILES = {"_testbase.py"}  # uvloop's test helper
 def dropped(relpath: str) -> bool:
     parts = relpath.split("/")
     if any(p in DROP_DIRS for p in parts[:-1]):
+        return True
+    if parts[0].endswith(".data"):
+        return True  # a wheel's scripts/headers (jmespath's jp.py): nothing the extension imports
+    if parts[:2] == ["botocore", "data"] and len(parts) > 3 and parts[2] not in BOTOCORE_SERVICES:
         return True
     name = parts[-1]
     return name in DROP_FILES or name.endswith(DROP_SUFFIXES)
@@ -125,6 +154,8 @@ def copy_tree(src: str, dst: str) -> None:
 
 
 copy_tree(os.path.join(root, "layer"), tree)
+if os.environ.get("RDS_CA_BUNDLE"):
+    shutil.copyfile(os.environ["RDS_CA_BUNDLE"], os.path.join(tree, "dbkeeper", "rds-ca-bundle.pem"))
 
 # --- vendored wheels: all Python versions into one lib/ (extension modules differ by name)
 owner: dict[str, tuple[str, bytes]] = {}
@@ -253,15 +284,21 @@ if os.path.exists(final_tree):
 os.rename(tree, final_tree)
 shutil.rmtree(old, ignore_errors=True)
 PYEOF
+    done
 done
 
 # ---------------------------------------------------------------- 3. report
+if [[ -n "${RDS_CA_BUNDLE:-}" ]]; then
+    printf 'RDS CA bundle in the layers: dbkeeper/rds-ca-bundle.pem, %d bytes\n' "$(stat -c %s "$RDS_CA_BUNDLE")"
+fi
+for name in "" full-; do
 for arch_pair in "${ARCHES[@]}"; do
     arch="${arch_pair%%:*}"
-    z="$DIST/dbkeeper-layer-${arch}.zip"
+    z="$DIST/dbkeeper-layer-${name}${arch}.zip"
     size=$(stat -c %s "$z")
-    unpacked=$(du -sb "$DIST/layer-${arch}" | cut -f1)
+    unpacked=$(du -sb "$DIST/layer-${name}${arch}" | cut -f1)
     printf '%-42s %9d bytes (%.2f MiB zipped, %.2f MiB unpacked)\n' \
-        "dist/dbkeeper-layer-${arch}.zip" "$size" \
+        "dist/dbkeeper-layer-${name}${arch}.zip" "$size" \
         "$(awk "BEGIN{print $size/1048576}")" "$(awk "BEGIN{print $unpacked/1048576}")"
+done
 done

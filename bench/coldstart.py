@@ -95,11 +95,12 @@ def _json_lines(sandbox: Sandbox) -> list[tuple[float, dict]]:
     return out
 
 
-def one_cold_start(layer: Path, db, log_level: str = "info") -> dict:
+def one_cold_start(layer: Path, db, log_level: str = "info", extra_env: dict | None = None) -> dict:
+    """`extra_env`: settings on top of the database's (bench/aws.py: the AWS features)."""
     workdir = tempfile.mkdtemp(prefix="dbkc-", dir="/tmp")
     env = {**db.db_env(), "DBKEEPER_LISTEN_PORT": str(free_port()),
            "DBKEEPER_SOCKET": os.path.join(workdir, "dbkeeper.sock"),
-           "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LOG_LEVEL": log_level}
+           "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LOG_LEVEL": log_level, **(extra_env or {})}
     sandbox = Sandbox(str(layer), str(NOOP_TASK), "app.handler", env=env, freeze=False, timeout_s=15)
     result: dict = {}
     try:

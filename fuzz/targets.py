@@ -460,7 +460,7 @@ def target_relay(draw: Draw) -> None:
                 if rest is not None:
                     check(bytes(sent).endswith(rest) and rest[4] in INTERCEPTED, "intercepted bytes altered")
                     # client.py: COM_QUIT ends the session; a reset or change of user settles first
-                    reusable = relay.settle(after_command=rest[4] != COMMAND.COM_QUIT)
+                    reusable = relay.settle()
             elif step <= 6 and server.pending:  # the server's reply bytes arrive
                 piece = server.take(draw.int_in(1, 96))
                 delivered += piece

@@ -111,13 +111,7 @@ class ApiHandlers:
             if err:
                 return err
             g.runtime.state = "responded"
-            etype = error_type or "Unhandled"
-            try:
-                parsed = json.loads(body)
-                if isinstance(parsed, dict) and parsed.get("errorType"):
-                    etype = str(parsed["errorType"])
-            except ValueError:
-                pass
+            etype = _error_type(body, error_type or "Unhandled")
             inv.response = (200, body, content_type or "application/json", etype)
             self._cv.notify_all()
             return ACCEPTED
@@ -130,13 +124,7 @@ class ApiHandlers:
                 return forbidden("InvalidStateTransition", "State transition from Ready to InitError failed for "
                                   "runtime. Error: State transition is not allowed")
             rt.state = "init_error"
-            etype = error_type or "Runtime.Unknown"
-            try:
-                parsed = json.loads(body)
-                if isinstance(parsed, dict) and parsed.get("errorType"):
-                    etype = str(parsed["errorType"])
-            except ValueError:
-                pass
+            etype = _error_type(body, error_type or "Runtime.Unknown")
             # the RIE answers the invoke with the runtime's error document (502)
             rt.init_error = Failure(502, body, etype)
             if g.failure is None:
@@ -266,3 +254,13 @@ class ApiHandlers:
     def ext_exit_error(self, ident: Optional[str], error_type: Optional[str], body: bytes) -> Resp:
         return self._ext_error(ident, error_type, body, "exit")
 
+
+def _error_type(body: bytes, default: str) -> str:
+    """The errorType of a runtime's error document, else `default` (its header or the RIE's)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return default
+    if isinstance(parsed, dict) and parsed.get("errorType"):
+        return str(parsed["errorType"])
+    return default

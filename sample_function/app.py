@@ -3,7 +3,9 @@
 Nothing here knows about dbkeeper. It reads the usual settings from the environment:
 DB_HOST, DB_PORT (default 3306), DB_USER, DB_PASSWORD, DB_NAME, and DB_SSL_CA (optional: a CA
 bundle, e.g. the RDS one shipped with the function; when set, the connection uses TLS and checks
-the server's certificate and host name against it). With the dbkeeper layer and
+the server's certificate and host name against it); or, instead of DB_PASSWORD, DB_SECRET_ID: a
+Secrets Manager secret whose `password` it reads at every connect (so a rotated password is
+picked up; boto3 is part of Lambda's Python runtimes). With the dbkeeper layer and
 AWS_LAMBDA_EXEC_WRAPPER=/opt/dbkeeper-wrapper, DB_HOST/DB_PORT point at the extension instead.
 
 Two handlers, the two patterns found in the wild:
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS visits (
 _schema_ready = False  # per sandbox: CREATE TABLE IF NOT EXISTS once
 _conn = None  # handler_global_connection's connection, reused across invocations
 _cold = True
+_secrets = None  # the Secrets Manager client, made at the first connect that needs it
 
 
 def _tls():
@@ -50,7 +53,7 @@ def _connect():
         host=os.environ["DB_HOST"],
         port=int(os.environ.get("DB_PORT", "3306")),
         user=os.environ["DB_USER"],
-        password=os.environ.get("DB_PASSWORD", ""),
+        password=_password(),
         database=os.environ["DB_NAME"],
         connect_timeout=5,
         read_timeout=30,
@@ -59,6 +62,20 @@ def _connect():
         charset="utf8mb4",
         **_tls(),
     )
+
+
+def _password():
+    global _secrets
+    secret_id = os.environ.get("DB_SECRET_ID")
+    if not secret_id:
+        return os.environ.get("DB_PASSWORD", "")
+    import json
+
+    import boto3
+
+    if _secrets is None:
+        _secrets = boto3.client("secretsmanager")
+    return json.loads(_secrets.get_secret_value(SecretId=secret_id)["SecretString"])["password"]
 
 
 def _record_visit(conn, event, context):

@@ -109,3 +109,12 @@ def built_layer() -> BuiltLayer:
         tree_arm64=dist / "layer-arm64",
         output=proc.stdout,
     )
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto in server mode on a free loopback port (Secrets Manager, DynamoDB, STS): tests/aws_endpoint.py."""
+    from tests.aws_endpoint import MotoServer
+
+    with MotoServer() as server:
+        yield server

@@ -89,13 +89,17 @@ class RunningDbkeeper:
 
 def start_dbkeeper(layer_tree: Path, upstream, port: int, extra_env: dict | None = None,
                    task_dir: Path = NOOP_TASK, freeze: bool = False,
-                   before_init: Callable[[Sandbox], None] | None = None) -> RunningDbkeeper:
-    """before_init(sandbox): runs once the sandbox has its Runtime API address, before any process starts."""
+                   before_init: Callable[[Sandbox], None] | None = None,
+                   without: tuple[str, ...] = ()) -> RunningDbkeeper:
+    """before_init(sandbox): runs once the sandbox has its Runtime API address, before any process starts.
+    `without`: variables of upstream.db_env() to leave out (e.g. the password, when a secret has it)."""
     workdir = tempfile.mkdtemp(prefix="dbk-", dir="/tmp")  # short: Unix socket paths are limited to 107 bytes
     socket_path = os.path.join(workdir, "dbkeeper.sock")
     env = {**upstream.db_env(), "DBKEEPER_LISTEN_PORT": str(port), "DBKEEPER_SOCKET": socket_path,
            "DBKEEPER_PYTHON": extension_python(), "DBKEEPER_LOG_LEVEL": "debug"}
     env.update(extra_env or {})
+    for name in without:
+        env.pop(name, None)
     sandbox = Sandbox(str(layer_tree), str(task_dir), "app.handler", env=env, freeze=freeze, timeout_s=15)
     sandbox.start()
     try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from .config import Config
+from .credentials import LocalAuth
 from .errors import DbkeeperError, PoolTimeout, ProtocolError, UpstreamError
 from .log import Logger
 from .pool import Pool
@@ -43,24 +45,24 @@ class PacketsOutOfOrder(ProtocolError):
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set, *, password_hash: bytes,
-                 over_unix: bool, pending: dict):
+    def __init__(self, config: Config, pool: Pool, log: Logger, registry: set[ClientConnection], *,
+                 local_auth: LocalAuth, over_unix: bool, pending: dict[ClientConnection, None]) -> None:
         self._config = config
-        self._password_hash = password_hash
+        self._local_auth = local_auth
         self._over_unix = over_unix
         self._pool = pool
         self._log = log
         self._registry = registry
         self._pending = pending  # clients in their handshake, oldest first (shared by the server)
         self.transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by connection_made, before anything uses it
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
         self._inbox: list[Packet] = []
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._relay: Relay | None = None
         self._upstream: UpstreamConnection | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._intercepted: bytes | None = None
         self._scramble = b""
         self._settings: SessionSettings | None = None
@@ -70,9 +72,10 @@ class ClientConnection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._loop = asyncio.get_running_loop()
-        self.transport = transport
+        # a stream connection's transport (asyncio's or uvloop's); the cast is for the type checker only
+        self.transport = cast(asyncio.Transport, transport)
         self._registry.add(self)
         self._pending[self] = None
         if len(self._pending) > self._config.max_pending_clients:
@@ -88,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
         self._arm_deadline()
         self._task = self._loop.create_task(self._serve())
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         relay = self._relay
         if relay is not None:
             rest = relay.client_data(data)
@@ -102,10 +105,10 @@ class ClientConnection(asyncio.Protocol):
             return
         self._wake()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False  # a half-closed client is gone: close both directions
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._registry.discard(self)
         self._pending.pop(self, None)
@@ -115,11 +118,11 @@ class ClientConnection(asyncio.Protocol):
             self._task.cancel()
         self._end_session("client_closed")
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         if self._relay is not None:
             self._relay.client_congested(True)
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         if self._relay is not None:
             self._relay.client_congested(False)
 
@@ -135,19 +138,23 @@ class ClientConnection(asyncio.Protocol):
 
     # --- called by the Relay ------------------------------------------------------------------
     def set_reading(self, reading: bool) -> None:
+        transport = self.transport
         if not self._closed:
-            (self.transport.resume_reading if reading else self.transport.pause_reading)()
+            assert transport is not None  # connected: a relay exists
+            (transport.resume_reading if reading else transport.pause_reading)()
 
     def setup_failed(self, reply: bytes) -> None:
-        fields = {}
+        fields: dict[str, object] = {}
         if messages.is_err(reply):
             error = messages.parse_err(reply)
             fields = {"errno": error.errno, "error": error.message}
+        assert self._upstream is not None  # called by the session's relay
         self._log.warning("session_setup_failed", connection_id=self._upstream.connection_id, **fields)
         self.close()
 
     def upstream_lost(self) -> None:
         # The client sees the connection drop, as it would if the server died (CR 2013 on its side).
+        assert self._upstream is not None  # called by the session's relay
         self._log.warning("upstream_lost_mid_session", connection_id=self._upstream.connection_id)
         self.close()
 
@@ -192,7 +199,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError("TLS requested, but the local hop does not offer it")
         sequence = packet.sequence_id
         proof, sequence = await self._switch_to_native(response.auth_plugin, response.auth_response, sequence)
-        if not self._verify(response.user, proof):
+        if not await self._verify(response.user, proof):
             self._deny(response.user, bool(proof), sequence + 1)
             return
         capabilities = response.capabilities & offered
@@ -225,10 +232,8 @@ class ClientConnection(asyncio.Protocol):
         packet = await self._read_packet(expected_sequence=(sequence + 2) & 0xFF)
         return packet.payload, packet.sequence_id
 
-    def _verify(self, user: str, proof: bytes) -> bool:
-        if user != self._config.db_user:
-            return False
-        return self._trusted or auth.verify_native(self._password_hash, self._scramble, proof)
+    async def _verify(self, user: str, proof: bytes) -> bool:
+        return await self._local_auth.verify(user, self._scramble, proof, trusted=self._trusted)
 
     def _reject_for_upstream(self, error: PoolTimeout | UpstreamError, sequence_id: int) -> None:
         if isinstance(error, PoolTimeout):
@@ -250,9 +255,11 @@ class ClientConnection(asyncio.Protocol):
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
         self._pending.pop(self, None)
-        self._relay = Relay(self, self._upstream, self._pool.proven_setup if self._config.hold_setup else None,
-                            prefix=self._upstream.restore_wait_timeout())
-        self._upstream.attach(self._relay)
+        upstream = self._upstream
+        assert upstream is not None  # borrowed and prepared
+        self._relay = Relay(self, upstream, self._pool.proven_setup if self._config.hold_setup else None,
+                            prefix=upstream.restore_wait_timeout())
+        upstream.attach(self._relay)
         self._write(ok, sequence_id)
         if pending:
             self.data_received(pending)
@@ -260,6 +267,7 @@ class ClientConnection(asyncio.Protocol):
     # --- commands dbkeeper answers itself -----------------------------------------------------
     def _intercept(self, rest: bytes) -> None:
         self._intercepted = rest
+        assert self.transport is not None  # the relay saw the command on it
         self.transport.pause_reading()
         if rest[4] == COMMAND.COM_QUIT:
             self.close()
@@ -268,7 +276,10 @@ class ClientConnection(asyncio.Protocol):
 
     async def _answer_intercepted(self) -> None:
         relay = self._relay
-        if not relay.settle(after_command=True):
+        # all set when the relay started and when it handed this command back (_intercept)
+        assert relay is not None and self._upstream is not None and self.transport is not None
+        assert self._intercepted is not None and self._settings is not None
+        if not relay.settle():
             # A pipelining client: replies it asked for are still on their way. Rare enough to end
             # the session cleanly rather than wait for them.
             self.close()
@@ -329,9 +340,10 @@ class ClientConnection(asyncio.Protocol):
         except IndexError as exc:
             raise ProtocolError("truncated COM_CHANGE_USER") from exc
         proof, sequence = await self._switch_to_native(plugin, proof, packet.sequence_id)
-        if not self._verify(user.decode("utf-8", "replace"), proof):
+        if not await self._verify(user.decode("utf-8", "replace"), proof):
             self._deny(user.decode("utf-8", "replace"), bool(proof), sequence + 1)
             return False, sequence
+        assert self._settings is not None  # set by the handshake, before any command was intercepted
         self._settings = SessionSettings(collation_id or self._settings.collation_id,
                                          database.decode("utf-8", "replace") or None,
                                          self._settings.multi_statements)
@@ -370,9 +382,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _write(self, payload: bytes, sequence_id: int) -> None:
         if not self._closed:
+            assert self.transport is not None  # connection_made came first
             self.transport.write(frame(payload, sequence_id))
 
-    def _reject(self, errno: int, sqlstate: str, message: str, event: str, sequence_id: int = 2, **fields) -> None:
+    def _reject(self, errno: int, sqlstate: str, message: str, event: str, sequence_id: int = 2,
+                **fields: object) -> None:
         self._log.warning(event, errno=errno, error=message, **fields)
         self._write(messages.err_payload(errno, sqlstate, message), sequence_id)
         self.close()

@@ -7,7 +7,7 @@ collected and raised together, each naming its setting, so one failed INIT tells
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -81,6 +81,40 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBKEEPER_LOG_LEVEL", "info", "debug, info, warning or error."),
     Setting("DBKEEPER_EVENT_LOOP", "auto", "auto (uvloop when it imports, else asyncio), uvloop or asyncio."),
     Setting("DBKEEPER_ENABLED", "true", "false: register and stay idle; never touch the database."),
+    # --- AWS features (extension/dbkeeper/aws/): botocore is imported only when one of them is on
+    Setting("DBKEEPER_DB_SECRET", "",
+            "Secrets Manager secret (ARN or name, RDS shape: username, password, host, port, dbname) holding the "
+            "upstream credentials; fetched at first need, again on error 1045 (rotation). Fields it lacks come "
+            "from the settings above."),
+    Setting("DBKEEPER_CLIENT_PASSWORD_SECRET", "",
+            "The local password from Secrets Manager: `secret-id` (its `password` key) or `secret-id#key`. "
+            "Default with DBKEEPER_DB_SECRET and no DBKEEPER_CLIENT_PASSWORD: the DB secret's own password."),
+    Setting("DBKEEPER_DB_IAM_AUTH", "false",
+            "true: a new RDS IAM authentication token for every upstream connect, sent with mysql_clear_password "
+            "over verified TLS only (needs DBKEEPER_DB_TLS=required and a local password)."),
+    Setting("DBKEEPER_AWS_SDK_PATH", "",
+            "Directory holding botocore when neither the layer nor the Lambda runtime provides it; only the "
+            "SDK's own packages are imported from it."),
+    Setting("DBKEEPER_BUDGET_TABLE", "",
+            "DynamoDB table (partition key pk, sort key sk, both strings; TTL attribute ttl) of the fleet-wide "
+            "connection budget; empty: no budget, no AWS call."),
+    Setting("DBKEEPER_BUDGET_MAX", "",
+            "Most upstream connections of the whole fleet: a number, or a percentage of the server's "
+            "max_connections (e.g. 80%)."),
+    Setting("DBKEEPER_BUDGET_NAME", "",
+            "Key the fleet shares in the table; default: the database's host:port (every function using "
+            "that database shares it), or the secret's name when only the secret names the host."),
+    Setting("DBKEEPER_BUDGET_LEASE_S", "300",
+            "Lifetime of a lease; renewed when used and older than half of it. Must exceed twice the longest "
+            "session (the function timeout); a vanished sandbox's connection is reclaimed after about 1.5 times it."),
+    Setting("DBKEEPER_METRICS", "on", "on: CloudWatch Embedded Metric Format lines in the log; off: none."),
+    Setting("DBKEEPER_METRICS_NAMESPACE", "dbkeeper", "CloudWatch namespace of the metrics."),
+    Setting("DBKEEPER_METRICS_DIMENSIONS", "",
+            "name=value pairs, comma separated, of the metrics' dimensions; default: service=<function name>."),
+    Setting("DBKEEPER_METRICS_EVERY", "100",
+            "A metrics line is written after this many client sessions (and at SHUTDOWN)."),
+    Setting("DBKEEPER_METRICS_INTERVAL_S", "60",
+            "... or at the first session end this many seconds after the last line (no timer runs across a freeze)."),
     Setting("DBKEEPER_FAIL_MODE", "open",
             "open: a problem at INIT (an invalid setting, a listener that cannot bind) leaves the function as "
             "it is without the layer (the extension registers, logs init_failed and serves nothing; the wrapper "
@@ -118,6 +152,7 @@ class Config(NamedTuple):
     log_level: str
     event_loop: str
     enabled: bool
+    aws: AwsConfig
     fail_mode: str
     snap_start: bool  # no upstream connection (nor credential lookup) during INIT
 
@@ -136,16 +171,16 @@ class Config(NamedTuple):
         problems: list[str] = []
         raw = {s.name: _lookup(env, s) for s in SETTINGS}
 
-        def parsed(name: str, parse: Callable[[str], object]):
+        def parsed(name: str, parse: Callable[[str], object]) -> Any:
             try:
-                return parse(raw[name])
+                return parse(raw[name] or "")  # every parsed setting has a default: never None here
             except ValueError as exc:
                 problems.append(f"{name}={_shown(name, raw[name])!s}: {exc}")
                 return None
 
         enabled = parsed("DBKEEPER_ENABLED", _boolean)
         for required in ("DBKEEPER_DB_HOST", "DBKEEPER_DB_USER"):
-            if enabled is not False and not raw[required]:
+            if enabled is not False and not raw[required] and not raw["DBKEEPER_DB_SECRET"]:
                 problems.append(f"{required} (or {required.removeprefix('DBKEEPER_')}) is required")
 
         values = dict(
@@ -174,16 +209,79 @@ class Config(NamedTuple):
             log_level=parsed("DBKEEPER_LOG_LEVEL", _choice(LOG_LEVELS)),
             event_loop=parsed("DBKEEPER_EVENT_LOOP", _choice(EVENT_LOOPS)),
             enabled=enabled,
+            aws=AwsConfig.parse(env, raw, parsed, problems),
             fail_mode=parsed("DBKEEPER_FAIL_MODE", _choice(FAIL_MODES)),
             snap_start=(env.get(INITIALIZATION_TYPE) or "").strip().lower() == "snap-start",
         )
         if values["listen_port"] == 0 and values["socket_path"] is None:
             problems.append("DBKEEPER_LISTEN_PORT=0 and DBKEEPER_SOCKET='' leave no listener")
+        if values["aws"].iam_auth and values["db_tls"] != "required":
+            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_DB_TLS=required "
+                            "(the token crosses the network in clear text)")
         if problems:
             raise ConfigError(problems)
         return cls(**values)
 
 
+class AwsConfig(NamedTuple):
+    """The AWS features' settings and the Lambda facts they need (all off by default)."""
+
+    db_secret: str | None
+    client_password_secret: str | None
+    iam_auth: bool
+    sdk_path: str | None
+    budget_table: str | None
+    budget_max: int | None        # a number of connections, or
+    budget_percent: float | None  # a percentage of the server's max_connections
+    budget_name: str | None
+    budget_lease: float
+    metrics: bool
+    metrics_namespace: str
+    metrics_dimensions: tuple[tuple[str, str], ...]
+    metrics_every: int
+    metrics_interval: float
+    region: str | None
+    function_name: str
+    function_version: str
+
+    @property
+    def needs_sdk(self) -> bool:
+        return bool(self.db_secret or self.client_password_secret or self.iam_auth or self.budget_table)
+
+    @classmethod
+    def parse(cls, env: Mapping[str, str], raw: Mapping[str, str | None],
+              parsed: Callable[[str, Callable[[str], object]], Any], problems: list[str]) -> AwsConfig:
+        budget_max, budget_percent = parsed("DBKEEPER_BUDGET_MAX", _count_or_percent) or (None, None)
+        table = raw["DBKEEPER_BUDGET_TABLE"] or None
+        if table and budget_max is None and budget_percent is None:
+            problems.append("DBKEEPER_BUDGET_TABLE is set but DBKEEPER_BUDGET_MAX is not")
+        function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        iam_auth = parsed("DBKEEPER_DB_IAM_AUTH", _boolean)
+        if iam_auth and not (raw["DBKEEPER_CLIENT_PASSWORD"] or raw["DBKEEPER_CLIENT_PASSWORD_SECRET"]):
+            problems.append("DBKEEPER_DB_IAM_AUTH=true needs DBKEEPER_CLIENT_PASSWORD or "
+                            "DBKEEPER_CLIENT_PASSWORD_SECRET "
+                            "(the password the function presents locally)")
+        dimensions = parsed("DBKEEPER_METRICS_DIMENSIONS", _pairs)
+        return cls(
+            db_secret=raw["DBKEEPER_DB_SECRET"] or None,
+            client_password_secret=raw["DBKEEPER_CLIENT_PASSWORD_SECRET"] or None,
+            iam_auth=iam_auth,
+            sdk_path=raw["DBKEEPER_AWS_SDK_PATH"] or None,
+            budget_table=table,
+            budget_max=budget_max,
+            budget_percent=budget_percent,
+            budget_name=raw["DBKEEPER_BUDGET_NAME"] or None,
+            budget_lease=parsed("DBKEEPER_BUDGET_LEASE_S", _integer(2, 86_400)),
+            metrics=parsed("DBKEEPER_METRICS", _boolean),
+            metrics_namespace=raw["DBKEEPER_METRICS_NAMESPACE"] or "dbkeeper",
+            metrics_dimensions=dimensions or (
+                (("service", function_name or "dbkeeper"),) if dimensions is not None else ()),
+            metrics_every=parsed("DBKEEPER_METRICS_EVERY", _integer(1, 1_000_000)),
+            metrics_interval=parsed("DBKEEPER_METRICS_INTERVAL_S", _integer(1, 86_400)),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            function_name=function_name,
+            function_version=env.get("AWS_LAMBDA_FUNCTION_VERSION", ""),
+        )
 def fail_mode_of(env: Mapping[str, str]) -> str:
     """DBKEEPER_FAIL_MODE alone, for when the whole Config cannot be built: an unreadable value
     means the default (open), the safe side for a function that worked before."""
@@ -250,6 +348,32 @@ def _flag_names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
             raise ValueError(f"unknown flag(s) {', '.join(unknown)}; expected some of {', '.join(allowed)}")
         return names
     return parse
+
+
+def _count_or_percent(text: str) -> tuple[int | None, float | None] | None:
+    if not text:
+        return None
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError("expected a number of connections or a percentage such as 80%") from None
+        if not 0 < percent <= 100:
+            raise ValueError("expected a percentage above 0 and at most 100")
+        return None, percent
+    return _integer(1, 100_000)(text), None
+
+
+def _pairs(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ValueError("expected name=value pairs separated by commas")
+        pairs.append((name.strip(), value.strip()))
+    if len(pairs) > 30:
+        raise ValueError("CloudWatch allows at most 30 dimensions")
+    return tuple(pairs)
 
 
 def _socket_path(text: str) -> str | None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from .errors import ExtensionsApiError
 from .events import InvokeEvent, LifecycleEvent
 from .extensions_api import ExtensionsApi
+
+if TYPE_CHECKING:  # asyncio is imported only once the loop runs (see above)
+    import asyncio
 
 
 class EventPump:
@@ -20,14 +24,15 @@ class EventPump:
         self._api = api
         self._items: deque[LifecycleEvent | ExtensionsApiError] = deque()
         self._lock = threading.Lock()
-        self._loop = None
-        self._waiter = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._pump, name="dbkeeper-events", daemon=True).start()
 
     def _pump(self) -> None:
         while True:
+            item: LifecycleEvent | ExtensionsApiError
             try:
                 item = self._api.next_event()
             except ExtensionsApiError as exc:
@@ -36,7 +41,7 @@ class EventPump:
             if not isinstance(item, InvokeEvent):
                 return  # SHUTDOWN or a broken API: nothing more will come
 
-    def _deliver(self, item) -> None:
+    def _deliver(self, item: LifecycleEvent | ExtensionsApiError) -> None:
         with self._lock:
             self._items.append(item)
             loop = self._loop

@@ -112,7 +112,7 @@ def encode_request(method: str, path: str, host: str, headers: dict[str, str], b
 
 
 def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         chunk = sock.recv(65536)
@@ -150,7 +150,7 @@ def parse_response(raw: bytes) -> HttpResponse:
 
 
 def _dechunk(data: bytes) -> bytes:
-    body = []
+    body: list[bytes] = []
     position = 0
     while True:
         line_end = data.find(b"\r\n", position)

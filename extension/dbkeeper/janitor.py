@@ -16,22 +16,40 @@ exists for one round trip, while the connection it kills is on its way out).
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from .config import Config
+from .credentials import Target
 from .errors import UpstreamError
 from .log import Logger
 from .upstream import UpstreamConnection
 
 
+class IdleConnections(Protocol):
+    """What the janitor needs of the pool (pool.Pool): an idle connection to send its KILLs over,
+    and a way to hand it back."""
+
+    @property
+    def profile(self) -> int: ...
+
+    def take_idle(self) -> UpstreamConnection | None: ...
+
+    def give_back_clean(self, connection: UpstreamConnection) -> None: ...
+
+    def discard(self, connection: UpstreamConnection, reason: str) -> None: ...
+
+    async def side_login(self) -> tuple[Target, dict[str, str]]: ...
+
+
 class Janitor:
-    def __init__(self, config: Config, log: Logger, pool):
+    def __init__(self, config: Config, log: Logger, pool: IdleConnections):
         self._config = config
         self._log = log
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._queued: list[int] = []
         self._in_progress: list[int] = []  # the batch the queue's task is killing now
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.killed = 0
 
     def kill_later(self, connection_id: int, reason: str) -> None:
@@ -70,7 +88,7 @@ class Janitor:
         try:
             if connection is None:
                 connection = UpstreamConnection(self._config, self._log, self._pool.profile)
-                await asyncio.wait_for(connection.open(), remaining)
+                await asyncio.wait_for(connection.open(*await self._pool.side_login()), remaining)
             killed = await asyncio.wait_for(connection.kill(connection_ids), max(deadline - self._loop.time(), 0.001))
         except (TimeoutError, UpstreamError) as exc:
             self._log.warning("kill_failed", connection_ids=connection_ids, error=str(exc) or "timed out")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 from .config import Config
 from .event_pump import EventPump
@@ -55,7 +56,7 @@ async def _serve(config: Config, log: Logger, listeners: BoundListeners, events:
         raise
 
 
-def _loop_factory(config: Config, log: Logger):
+def _loop_factory(config: Config, log: Logger) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if config.event_loop in ("auto", "uvloop"):
         try:
             import uvloop

@@ -24,19 +24,19 @@ class Logger:
     def enabled(self, level: str) -> bool:
         return _LEVELS[level] >= self._threshold
 
-    def debug(self, event: str, **fields) -> None:
+    def debug(self, event: str, **fields: object) -> None:
         self._emit("debug", event, fields)
 
-    def info(self, event: str, **fields) -> None:
+    def info(self, event: str, **fields: object) -> None:
         self._emit("info", event, fields)
 
-    def warning(self, event: str, **fields) -> None:
+    def warning(self, event: str, **fields: object) -> None:
         self._emit("warning", event, fields)
 
-    def error(self, event: str, **fields) -> None:
+    def error(self, event: str, **fields: object) -> None:
         self._emit("error", event, fields)
 
-    def _emit(self, level: str, event: str, fields: dict) -> None:
+    def _emit(self, level: str, event: str, fields: dict[str, object]) -> None:
         if _LEVELS[level] < self._threshold:
             return
         record = {"ts": round(time.time(), 6), "level": level, "event": event, "ext": "dbkeeper"}

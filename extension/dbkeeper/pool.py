@@ -28,16 +28,23 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 from pymysql.constants import CLIENT
 
+from .aws.metrics import Counters
 from .config import Config
-from .errors import PoolTimeout, UpstreamError
+from .credentials import Credentials, SandboxIdentity, Target
+from .errors import DbkeeperError, PoolTimeout, UpstreamError
 from .log import Logger
 from .protocol.handshake import Greeting
 from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .aws.budget import Budget, Lease
 
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
@@ -45,6 +52,26 @@ _BACKOFF_CAP = 1.0
 # last used means the process was not running meanwhile in a way the monotonic clock hides (a
 # restore from a snapshot): check the connection as after a long pause.
 _CLOCK_JUMP = 5.0
+ER_ACCESS_DENIED = 1045
+
+
+class OrphanKiller(Protocol):
+    """What the pool needs of the janitor (janitor.Janitor), which in turn borrows from the pool."""
+
+    def kill_later(self, connection_id: int, reason: str) -> None: ...
+
+    def take_pending(self) -> list[int]: ...
+
+    async def kill_now(self, connection_ids: list[int], deadline: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class CloseReport(TypedDict):
+    """What Pool.close did, for the shutdown_complete log line."""
+    upstreams_closed: int
+    statements_killed: int
+    leases_released: NotRequired[int]  # with a fleet budget
 
 
 class MemberState(Enum):
@@ -59,20 +86,31 @@ _LENDABLE = (MemberState.IDLE, MemberState.RESETTING)
 
 
 class Pool:
-    def __init__(self, config: Config, log: Logger):
+    def __init__(self, config: Config, log: Logger, credentials: Credentials | None = None,
+                 budget: Budget | None = None, counters: Counters | None = None,
+                 identity: SandboxIdentity | None = None) -> None:
         self._loop = asyncio.get_running_loop()  # made inside the loop; asking again costs a getpid()
         self._config = config
         self._log = log
+        # hooks (credentials.py, aws/): where a connect logs in, the fleet budget, the metrics' counters
+        self._credentials = credentials or Credentials(config)
+        self._budget = budget  # aws.budget.Budget or None: a lease around every upstream connection
+        self._leases: dict[UpstreamConnection, Lease] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        self.counters = counters or Counters()
+        self.counters_session_ended: Callable[[], None] | None = None  # after every client session (metrics)
+        self._identity = identity or SandboxIdentity(config.aws.function_name, config.aws.function_version)
         self._lendable: deque[UpstreamConnection] = deque()  # IDLE and RESETTING, oldest first
         self._members: set[UpstreamConnection] = set()       # every state but CLOSED
-        self._changed: asyncio.Future | None = None
+        self._changed: asyncio.Future[None] | None = None
         self._closing = False
-        self._warm_task: asyncio.Task | None = None
-        self._warm_attempt: asyncio.Future | None = None  # done (True: connected) when the INIT-time attempt ends
-        self.janitor = None  # janitor.Janitor: kills the statements of connections nobody waits for
+        self._warm_task: asyncio.Task[None] | None = None
+        self._warm_attempt: asyncio.Future[bool] | None = None  # done (True: connected) when the INIT-time attempt ends
+        # janitor.Janitor: kills the statements of connections nobody waits for
+        self.janitor: OrphanKiller | None = None
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
-        self.profile = sum(getattr(CLIENT, name) for name in config.client_flags)
+        self.profile: int = sum(getattr(CLIENT, name) for name in config.client_flags)
         self.opened = 0  # connections opened over the sandbox's life
         self.proven_setup = ProvenSetup()  # setup statements the server accepted (relay.py holds them)
         self.identity: Greeting | None = None  # the server's greeting, for greeting clients
@@ -92,7 +130,11 @@ class Pool:
         if new is MemberState.CLOSED:
             self._members.discard(connection)
             if old is not MemberState.OPENING:
+                self.counters.closed(reason)
                 self._log.info("upstream_closed", connection_id=connection.connection_id, reason=reason)
+            lease = self._leases.pop(connection, None)
+            if lease is not None:  # a task: it runs after the caller's COM_QUIT (or abort) is written
+                self._give_back(lease)
         else:
             self._members.add(connection)
         if self._log.enabled("debug"):
@@ -106,6 +148,8 @@ class Pool:
         the janitor KILLs it."""
         if connection.pool_state is MemberState.CLOSED:
             return
+        # a connection the server already dropped runs nothing: no KILL (nor its side connection)
+        orphaned = orphaned and not connection.closed
         self._change_state(connection, MemberState.CLOSED, reason)
         if orphaned and self.janitor is not None and connection.greeting is not None:
             self.janitor.kill_later(connection.connection_id, reason)
@@ -158,6 +202,16 @@ class Pool:
         (an error, the client's task cancelled) leaves every member counted where it is.
         `prefer`: the connection id the client was greeted with, taken when it is still free (a
         driver's thread_id() then names the session's own connection, e.g. for KILL QUERY)."""
+        started = self._loop.time()
+        try:
+            connection = await self._borrow(profile, prefer)
+        except PoolTimeout:
+            self.counters.rejected_too_many += 1  # the client gets 1040
+            raise
+        self.counters.waited((self._loop.time() - started) * 1000)
+        return connection
+
+    async def _borrow(self, profile: int, prefer: int) -> UpstreamConnection:
         loop = self._loop
         deadline = loop.time() + self._config.borrow_timeout
         while True:
@@ -188,9 +242,11 @@ class Pool:
                 if self._lendable or warming.done() and warming.result():
                     continue
             if len(self._members) < self._config.pool_size:
-                return await self._open_for_client(profile)
+                return await self._open_for_client(profile, deadline)
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if self._budget is not None and self._budget.waiting:
+                    raise self._budget.full()  # the open under way waits for a lease: say so
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
@@ -214,6 +270,8 @@ class Pool:
             reason = "profile_changed"
         elif self._paused(connection) and not await connection.ping(self._config.connect_timeout):
             reason = "ping_failed"  # silently gone: a restore from a snapshot, a failover
+        elif self._budget is not None and not await self._lease_still_held(connection):
+            reason = "lease_lost"  # reaped while this sandbox was frozen: the server may have killed it
         else:
             return True
         self._close(connection, reason)
@@ -227,9 +285,26 @@ class Pool:
         return max(mono_idle, wall_idle) > self._config.verify_after_idle or wall_idle - mono_idle > _CLOCK_JUMP \
             or mono_idle < 0 or wall_idle < -_CLOCK_JUMP
 
+    async def _lease_still_held(self, connection: UpstreamConnection) -> bool:
+        """The connection's budget lease, renewed when due; False when it was lost."""
+        assert self._budget is not None
+        try:
+            lease = await self._budget.check(self._leases.get(connection), connection)
+        except DbkeeperError as exc:  # DynamoDB unreachable: keep serving on the lease we have
+            self._log.warning("budget_call_failed", operation="renew", error=str(exc))
+            return True
+        if lease is None:
+            self._leases.pop(connection, None)
+            return False
+        self._leases[connection] = lease
+        return True
+
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         """The session that borrowed `connection` is over. Not `reusable`: something may still
         run on it, or its stream is lost: closed, its statement killed."""
+        self.counters.sessions += 1
+        if self.counters_session_ended is not None:
+            self.counters_session_ended()
         connection.detach()
         if connection.pool_state is not MemberState.LENT:
             return
@@ -257,6 +332,7 @@ class Pool:
             self._log.warning("upstream_reset_failed", connection_id=connection.connection_id, error=str(exc))
             self._close(connection, "reset_failed", orphaned=True)
         else:
+            self.counters.resets += 1
             connection.mark_used()
             if connection.pool_state is MemberState.RESETTING:
                 self._change_state(connection, MemberState.IDLE)
@@ -296,7 +372,7 @@ class Pool:
             attempt += 1
             attempt_done = self._warm_attempt = self._loop.create_future()
             try:
-                connection = await self._open(self.profile, "init", attempt)
+                connection = await self._open(self.profile, "init", attempt, deadline)
             except UpstreamError as exc:
                 attempt_done.set_result(False)
                 backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))
@@ -306,6 +382,11 @@ class Pool:
                     return
                 await asyncio.sleep(backoff)
                 continue
+            except PoolTimeout as exc:  # the fleet budget stayed full for the whole INIT budget
+                attempt_done.set_result(False)
+                self._log.warning("upstream_unavailable", error=str(exc), errno=None,
+                                  detail="will connect again when a client needs it")
+                return
             except BaseException:
                 attempt_done.set_result(False)
                 raise
@@ -337,26 +418,51 @@ class Pool:
         assert self.identity is not None
         return self.identity
 
-    async def _open_for_client(self, profile: int) -> UpstreamConnection:
+    async def _open_for_client(self, profile: int, deadline: float) -> UpstreamConnection:
         slow_at = self._slow_failure_at
         if slow_at is not None and self.last_error is not None \
                 and time.monotonic() - slow_at < self._config.connect_timeout:
             # the last attempt hung until its timeout a moment ago: don't make this client wait too
             raise self.last_error
-        return await self._open(profile, "borrow", 1)
+        return await self._open(profile, "borrow", 1, deadline)
 
-    async def _open(self, profile: int, reason: str, attempt: int) -> UpstreamConnection:
-        """One connect attempt. The new member is LENT to the caller, or CLOSED on any exception."""
+    async def _open(self, profile: int, reason: str, attempt: int, deadline: float) -> UpstreamConnection:
+        """One connect attempt (with the fleet budget's lease, when there is one; `deadline`, loop
+        time, bounds the wait for it). A refusal (1045) of credentials the provider can replace
+        (a rotated secret) is retried at once with the new ones. The new member is LENT to the
+        caller, or CLOSED on any exception."""
         connection = UpstreamConnection(self._config, self._log, profile)
         self._change_state(connection, MemberState.OPENING)
         started = time.monotonic()
+        lease = None
         try:
-            await connection.open()
+            if self._budget is not None:
+                try:
+                    lease = await self._take_lease(deadline)
+                finally:
+                    started = time.monotonic()  # waiting for a lease (or for DynamoDB) is not a slow connect
+            while True:
+                target = await self._login()
+                try:
+                    await connection.open(target, self._identity.attributes(lease.token if lease else None))
+                    break
+                except UpstreamError as exc:
+                    if exc.errno != ER_ACCESS_DENIED or not self._credentials.invalidate(target):
+                        raise
+                    self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
+                                      errno=exc.errno, credentials=target.source, retrying=True)
+                    replaced, connection = connection, UpstreamConnection(self._config, self._log, profile)
+                    self._change_state(connection, MemberState.OPENING)
+                    self._change_state(replaced, MemberState.CLOSED, "connect_failed")
             if self._closing:
                 raise UpstreamError("dbkeeper is shutting down")
+            if lease is not None:
+                await self._budget_opened(lease, connection)
         except BaseException as exc:
             self._change_state(connection, MemberState.CLOSED, "connect_failed")
             connection.abort()
+            if lease is not None:  # taken, but no connection came of it
+                self._give_back(lease)
             if isinstance(exc, UpstreamError):
                 self.last_error = exc
                 took = time.monotonic() - started
@@ -364,18 +470,57 @@ class Pool:
                 self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
                                   errno=exc.errno, ms=round(took * 1000, 3))
             raise
+        if lease is not None:
+            self._leases[connection] = lease  # given back when the connection closes
         self._change_state(connection, MemberState.LENT)
         connection.mark_used()
         self.opened += 1
+        self.counters.upstreams_opened += 1
         self.last_error = None
         self._slow_failure_at = None
         self.profile = profile
         greeting = self.identity = connection.greeting
+        assert greeting is not None  # the connection is open: the server has greeted it
         self._log.info("upstream_connected", reason=reason, attempt=attempt,
                        ms=round((time.monotonic() - started) * 1000, 3),
                        connection_id=greeting.connection_id, server_version=greeting.server_version,
                        tls=connection.secure, opened_total=self.opened)
         return connection
+
+    async def _login(self) -> Target:
+        """The provider's target (settings, secret, IAM token); its failures are connect failures."""
+        try:
+            return await self._credentials.get()
+        except UpstreamError:
+            raise
+        except DbkeeperError as exc:
+            raise UpstreamError(f"credentials unavailable: {exc}") from exc
+
+    async def side_login(self) -> tuple[Target, dict[str, str]]:
+        """Target and connection attributes for a connection outside the pool (the janitor's KILLs)."""
+        return await self._login(), self._identity.attributes()
+
+    async def _take_lease(self, deadline: float) -> Lease:
+        assert self._budget is not None
+        try:
+            return await self._budget.acquire(deadline)
+        except PoolTimeout:
+            raise
+        except DbkeeperError as exc:  # DynamoDB unreachable: fail like an unreachable database
+            raise UpstreamError(f"the fleet connection budget is unavailable: {exc}") from exc
+
+    async def _budget_opened(self, lease: Lease, connection: UpstreamConnection) -> None:
+        assert self._budget is not None
+        try:
+            await self._budget.opened(lease, connection)
+        except DbkeeperError as exc:
+            self._log.warning("budget_call_failed", operation="opened", error=str(exc))
+
+    def _give_back(self, lease: Lease) -> None:
+        assert self._budget is not None
+        task = self._loop.create_task(self._budget.release(lease))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -388,7 +533,7 @@ class Pool:
             self._changed = self._loop.create_future()
         await asyncio.wait((self._changed,), timeout=timeout)
 
-    async def close(self, busy: set[UpstreamConnection], deadline: float) -> dict:
+    async def close(self, busy: set[UpstreamConnection], deadline: float) -> CloseReport:
         """Shut down: KILL what runs on `busy` connections (and on any still resetting), bounded
         by `deadline` (loop time), then COM_QUIT every connection. Returns counts for the log."""
         self._closing = True
@@ -418,4 +563,9 @@ class Pool:
                 connection.quit()
         if self.janitor is not None:
             self.janitor.close()
-        return {"upstreams_closed": len(members), "statements_killed": killed}
+        report: CloseReport = {"upstreams_closed": len(members), "statements_killed": killed}
+        self.counters.killed_at_shutdown += killed
+        if self._budget is not None:  # after every COM_QUIT: the server never holds more sessions than leases
+            timeout = max(0.05, min(1.0, deadline - self._loop.time()))
+            report["leases_released"] = await self._budget.close(timeout, pending=list(self._releases))
+        return report

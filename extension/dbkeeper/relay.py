@@ -15,6 +15,8 @@ upstream; their replies are dropped from the upstream stream before anything rea
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from pymysql.constants import COMMAND
 
@@ -28,8 +30,36 @@ _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to boun
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 
+if TYPE_CHECKING:
+    import asyncio
 
-def enable_nodelay(sock) -> None:
+
+class RelayClient(Protocol):
+    """The client side of a relayed session (client.ClientConnection)."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def set_reading(self, reading: bool) -> None: ...
+
+    def setup_failed(self, reply: bytes) -> None: ...
+
+    def upstream_lost(self) -> None: ...
+
+
+class RelayUpstream(Protocol):
+    """The upstream side of a relayed session (upstream.UpstreamConnection)."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    def forget_options(self) -> None: ...
+
+
+def enable_nodelay(sock: socket.socket | None) -> None:
     """Small request/response packets must not wait for Nagle + delayed ACK (a 40 ms stall per
     large result). For the upstream connection; accepted clients inherit it from the listening
     socket (listeners.py). `sock` is a transport's socket (get_extra_info("socket")), or None."""
@@ -42,8 +72,8 @@ def _discard(data: bytes) -> None:
 
 
 class Relay:
-    def __init__(self, client, upstream, proven: session_setup.ProvenSetup | None = None,
-                 prefix: bytes | None = None):
+    def __init__(self, client: RelayClient, upstream: RelayUpstream, proven: session_setup.ProvenSetup | None = None,
+                 prefix: bytes | None = None) -> None:
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -57,8 +87,10 @@ class Relay:
         # memory a path touches costs more than the instructions it runs, so the fast path
         # reads only this flag, the chunk it forwards and the last reply chunk.
         self._simple = True
-        self._client_write = client.transport.write
-        self._upstream_write = upstream.transport.write
+        client_transport, upstream_transport = client.transport, upstream.transport
+        assert client_transport is not None and upstream_transport is not None  # a relay joins two open connections
+        self._client_write: Callable[[bytes], None] = client_transport.write
+        self._upstream_write: Callable[[bytes], None] = upstream_transport.write
         self.commands = 0
         # Session setup: statements answered here, not yet sent (None once a command went upstream)
         self._proven = proven
@@ -113,6 +145,7 @@ class Relay:
             statement = self._proven.get(command) if self._proven is not None else None
             if statement is not None:
                 reply, self._status = session_setup.answer(statement, self._status)
+                assert self._held is not None  # client_data calls this only while statements are held
                 self._held.append(data)
                 self._client_write(frame(reply, 1))
                 self.commands += 1
@@ -136,6 +169,7 @@ class Relay:
         last = self._last
         if last is not None and not self._older and len(self._expected) == 1 and len(last) > HEADER_SIZE \
                 and (last[0] | last[1] << 8 | last[2] << 16) == len(last) - HEADER_SIZE:
+            assert self._proven is not None and command is not None  # a candidate is set only when proven is
             self._proven.learn(command, last[HEADER_SIZE:])
 
     def _drop_setup_replies(self, data: bytes) -> bytes:
@@ -229,17 +263,14 @@ class Relay:
         self._last = None
         self._simple = tracker.idle and self.scanner.at_boundary
 
-    def settle(self, after_command: bool = False) -> bool:
-        """At the end of a session (or before an intercepted command): is the upstream between
-        replies, so it can be reset and reused? `after_command`: the client sent a command that
-        expects a reply (COM_RESET_CONNECTION, COM_CHANGE_USER), so, like any next command, it has
-        read the replies before and the cheap proof applies. Not COM_QUIT: a client may quit in the
-        middle of a result (an unbuffered cursor closed early), where the last chunk relayed can end
-        with the column definitions' EOF; the end of a session always gets the exact walk."""
+    def settle(self) -> bool:
+        """At the end of a session, or before a command dbkeeper answers itself
+        (COM_RESET_CONNECTION, COM_CHANGE_USER, COM_QUIT): is the upstream between replies, so it
+        can be reset and reused? Always the exact walk of what was relayed since the last proof:
+        a last chunk that ends with an EOF may end the column definitions, not the rows (a client
+        that quits or resets in the middle of a result; found by the in-process fuzzer)."""
         if self._swallow:
             return False
-        if after_command and self.scanner.at_boundary and self._replies_ended():
-            return True
         self._feed_tracker()
         return self.tracker.idle and self.scanner.at_boundary
 

@@ -11,19 +11,23 @@ import asyncio
 import os
 import socket
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
 
 from . import __version__
 from .config import SESSION_FLAGS, Config
+from .credentials import Target
 from .errors import ProtocolError, UpstreamError
 from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame
-from .relay import enable_nodelay
+from .relay import Relay, enable_nodelay
+
+if TYPE_CHECKING:  # pool imports this module
+    from .pool import MemberState
 
 # Capability bits that change what a session means (affected-rows semantics, parser flags,
 # multi-result framing). The upstream must have the same ones as its client, so they form the
@@ -53,33 +57,36 @@ class UpstreamConnection(asyncio.Protocol):
         self._log = log
         self.profile = profile
         self.transport: asyncio.Transport | None = None
-        self._probe_args: tuple | None = None
+        self._probe_args: tuple[int, int, int, int] | None = None
         self._packets = PacketBuffer(max_packet=MAX_PACKET)
         self._inbox: list[Packet] = []
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._lost: Exception | None = None
-        self._relay = None  # the Relay of the session that owns this connection
+        self._relay: Relay | None = None  # the Relay of the session that owns this connection
         self.greeting: handshake.Greeting | None = None
         self.secure = False
         self.collation_id = UTF8MB4_GENERAL_CI
         self.database: str | None = config.db_name
+        self._target = Target(config.db_host, config.db_port, config.db_user, config.db_password, config.db_name)
+        self._attributes = {"program_name": "dbkeeper"}
         self.multi_statements: bool | None = True
-        self.status = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
-        self.resetting: asyncio.Task | None = None
-        self.pool_state = None  # pool.MemberState, changed only by the pool's _change_state
+        self.status: int = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+        self.resetting: asyncio.Task[None] | None = None
+        self.pool_state: MemberState | None = None  # pool.MemberState, changed only by the pool's _change_state
         self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
         self.reset_started = 0.0
         self.short_wait = False  # session wait_timeout is DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S (idle in the pool)
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
-    def connection_made(self, transport):
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream connection's transport (asyncio's or uvloop's); the cast is for the type checker only
+        self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         enable_nodelay(sock)
         # the descriptor outlives a start_tls; looks_dead probes it directly
         self._probe_args = (sock.family, sock.type, 0, sock.fileno()) if sock is not None else None
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         relay = self._relay
         if relay is not None:
             relay.upstream_data(data)
@@ -91,21 +98,21 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._wake()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False  # a half-closed upstream is a closed upstream
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self._lost = UpstreamError(f"upstream connection lost: {exc or 'closed by server'}")
         relay = self._relay
         if relay is not None:
             relay.upstream_lost()
         self._wake()
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         if self._relay is not None:
             self._relay.upstream_congested(True)
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         if self._relay is not None:
             self._relay.upstream_congested(False)
 
@@ -141,7 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
     def mark_used(self) -> None:
         self.last_used = (time.monotonic(), time.time())
 
-    def attach(self, relay) -> None:
+    def attach(self, relay: Relay) -> None:
         if self._inbox or self._packets.take_rest():
             raise UpstreamError("upstream sent unsolicited data")
         self._relay = relay
@@ -150,31 +157,39 @@ class UpstreamConnection(asyncio.Protocol):
         self._relay = None
 
     # --- opening ------------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, target: Target | None = None, attributes: dict[str, str] | None = None) -> None:
+        """`target`: where and as whom (credentials.py; default: the settings); `attributes`: the
+        connection attributes the server shows in performance_schema (credentials.SandboxIdentity)."""
         config = self._config
         loop = self._loop
+        if target is not None:
+            self._target = target
+            self.database = target.database
+        if attributes is not None:
+            self._attributes = attributes
+        target = self._target
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
         except TimeoutError as exc:
             self.abort()
-            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} timed out "
+            raise UpstreamError(f"connect to {target.host}:{target.port} timed out "
                                 f"after {config.connect_timeout * 1000:.0f} ms") from exc
         except (UpstreamError, ProtocolError) as exc:
             self.abort()
             raise UpstreamError(str(exc), getattr(exc, "errno", None), getattr(exc, "sqlstate", None)) from exc
         except OSError as exc:
             self.abort()
-            raise UpstreamError(f"connect to {config.db_host}:{config.db_port} failed: {exc.strerror or exc}") from exc
+            raise UpstreamError(f"connect to {target.host}:{target.port} failed: {exc.strerror or exc}") from exc
 
-    async def _open(self, loop) -> None:
-        config = self._config
-        await loop.create_connection(lambda: self, config.db_host, config.db_port)
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        config, target = self._config, self._target
+        await loop.create_connection(lambda: self, target.host, target.port)
         packet = await self.read_packet()
         if messages.is_err(packet.payload):
             raise _server_error("upstream refused the connection", packet.payload)
         greeting = self.greeting = handshake.parse_greeting(packet.payload)
         capabilities = (_BASE_CAPABILITIES | self.profile) & (greeting.capabilities | CLIENT.LONG_PASSWORD)
-        if config.db_name:
+        if target.database:
             capabilities |= CLIENT.CONNECT_WITH_DB
         sequence = 1
         if config.db_tls != "disabled" and greeting.capabilities & CLIENT.SSL:
@@ -189,28 +204,39 @@ class UpstreamConnection(asyncio.Protocol):
             plugin = handshake.NATIVE_PASSWORD  # the server will switch us to what it wants
         response = handshake.HandshakeResponse(
             capabilities=capabilities, max_packet=MAX_PACKET, collation_id=UTF8MB4_GENERAL_CI,
-            user=config.db_user,
-            auth_response=auth.upstream_proof(plugin, config.db_password, greeting.scramble, self.secure),
-            database=config.db_name, auth_plugin=plugin,
-            attributes={"_client_name": "dbkeeper", "_client_version": __version__, "program_name": "dbkeeper"},
+            user=target.user,
+            auth_response=auth.upstream_proof(plugin, target.password, greeting.scramble, self.secure),
+            database=target.database, auth_plugin=plugin,
+            attributes={"_client_name": "dbkeeper", "_client_version": __version__, **self._attributes},
         )
         self.write_packet(handshake.build_handshake_response(response), sequence)
         await self._finish_authentication(plugin, greeting.scramble)
         self.capabilities = capabilities
 
-    async def _start_tls(self, loop) -> None:
+    async def _start_tls(self, loop: asyncio.AbstractEventLoop) -> None:
         import ssl  # only when the server offers TLS: it costs start-up time
 
-        context = ssl.create_default_context(cafile=self._config.db_tls_ca)
+        context = ssl.create_default_context(cafile=self._config.db_tls_ca or self._default_ca())
+        transport = self.transport
+        assert transport is not None  # connected: _open has awaited create_connection
         try:
-            self.transport = await loop.start_tls(self.transport, self, context,
-                                                  server_hostname=self._config.db_host)
+            self.transport = await loop.start_tls(transport, self, context,
+                                                  server_hostname=self._target.host)
         except ssl.SSLError as exc:
             raise UpstreamError(f"TLS with the upstream failed: {exc}") from exc
         self.secure = True
 
+    def _default_ca(self) -> str | None:
+        """With IAM authentication (RDS) and no DBKEEPER_DB_TLS_CA: the RDS CA bundle, if the layer
+        was built with one (build.sh RDS_CA_BUNDLE=...); else the system trust store."""
+        if not self._config.aws.iam_auth:
+            return None
+        bundle = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "rds-ca-bundle.pem")
+        return bundle if os.path.exists(bundle) else None
+
     async def _finish_authentication(self, plugin: str, scramble: bytes) -> None:
-        password = self._config.db_password
+        password = self._target.password
         while True:
             packet = await self.read_packet()
             payload = packet.payload
@@ -237,7 +263,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- control-phase I/O --------------------------------------------------------------------
     def write_packet(self, payload: bytes, sequence_id: int) -> None:
-        self.transport.write(frame(payload, sequence_id))
+        transport = self.transport
+        assert transport is not None  # control-phase packets go only over an open connection
+        transport.write(frame(payload, sequence_id))
 
     async def read_packet(self) -> Packet:
         while not self._inbox:
@@ -321,7 +349,7 @@ class UpstreamConnection(asyncio.Protocol):
         # step and the nonce does not match, so the connection is never lent in that state.
         nonce = os.urandom(8).hex().encode()
         self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
-        default = self._config.db_name
+        default = self._target.database
         if default:
             self.write_packet(bytes((COMMAND.COM_INIT_DB,)) + default.encode(), 0)
         else:

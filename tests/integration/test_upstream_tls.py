@@ -3,30 +3,16 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pymysql
 import pytest
+
+from tests.certificates import make_test_certificates
 
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory):
     """A private CA and a server certificate for 127.0.0.1, made with openssl."""
-    directory = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=dbkeeper test CA",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-            "-out", "server.csr")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.pem")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=someone else",
-            "-keyout", "other.key", "-out", "other.pem")
-    return directory
+    return make_test_certificates(tmp_path_factory.mktemp("tls"), "127.0.0.1", "IP:127.0.0.1,DNS:localhost")
 
 
 @pytest.fixture

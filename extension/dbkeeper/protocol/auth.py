@@ -28,7 +28,8 @@ def native_proof(password: str, scramble: bytes) -> bytes:
     """SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password))); empty for an empty password."""
     if not password:
         return b""
-    return _auth.scramble_native_password(password.encode(), scramble[:SCRAMBLE_LENGTH])
+    proof: bytes = _auth.scramble_native_password(password.encode(), scramble[:SCRAMBLE_LENGTH])
+    return proof
 
 
 def native_password_hash(password: str) -> bytes:

@@ -50,7 +50,7 @@ class CommandScanner:
             return data, [], None
         position = self._remaining
         self._remaining = 0
-        commands = []
+        commands: list[int] = []
         while position < size:
             if position + HEADER_SIZE > size:  # header not here yet
                 self._held = data[position:]

@@ -47,7 +47,7 @@ _FILE_SENT = "file_sent"    # the client's empty packet ended it: OK or ERR foll
 class ResponseTracker:
     def __init__(self) -> None:
         self._pending: deque[int] = deque()  # commands whose reply has not ended
-        self._state: str | None = None
+        self._state: str | int | None = None  # a phase name, or the code of a command of unknown shape
         self._after_params = 0               # prepare: columns that follow the parameters
         self._binary = False                 # rows of COM_STMT_EXECUTE / FETCH
         self._header = b""
