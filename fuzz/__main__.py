@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default .cache/fuzz/inprocess: kept between runs)")
     parser.add_argument("--target", help="in-process: fuzz only this target (packets, handshake, auth, messages, "
                         "scanner, responses, session_setup, relay)")
+    parser.add_argument("--findings", type=Path, help="in-process: where inputs that fail an oracle are kept "
+                        "(default fuzz/corpus/inprocess-findings)")
     parser.add_argument("--no-coverage", action="store_true", help="in-process: skip the coverage measurement")
     parser.add_argument("--stop-at-first", action="store_true", help="stop at the first finding")
     parser.add_argument("--layer", type=Path, help="live: the unpacked layer to run (default dist/layer-x86_64)")
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["DBKEEPER_FUZZ_TARGET"] = args.target
 
         work = args.work or fuzz.REPO / ".cache" / "fuzz" / "inprocess"
-        outcome = inprocess.run(seconds, args.runs, seed, work, restart=not args.stop_at_first,
+        outcome = inprocess.run(seconds, args.runs, seed, work, crash_dir=args.findings or inprocess.FINDINGS,
+                                restart=not args.stop_at_first,
                                 measure_coverage=not args.no_coverage, log=lambda m: print(m, flush=True))
         inprocess.report(outcome)
         return 1 if outcome.findings else 0

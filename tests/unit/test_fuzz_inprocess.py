@@ -33,7 +33,8 @@ def test_a_kept_input_passes_every_oracle(path):
 def test_a_short_coverage_guided_run_finds_nothing(tmp_path):
     pytest.importorskip("atheris")
     run = subprocess.run([sys.executable, "-m", "fuzz", "--mode", "inprocess", "--runs", "12000", "--seed", "20261201",
-                          "--work", str(tmp_path), "--no-coverage", "--stop-at-first"],
+                          "--work", str(tmp_path / "work"), "--findings", str(tmp_path / "findings"),
+                          "--no-coverage", "--stop-at-first"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "12000 inputs" in run.stdout and "0 finding(s)" in run.stdout
