@@ -50,7 +50,6 @@ class Janitor:
         self._queued: list[int] = []
         self._in_progress: list[int] = []  # the batch the queue's task is killing now
         self._task: asyncio.Task[None] | None = None
-        self.killed = 0
 
     def kill_later(self, connection_id: int, reason: str) -> None:
         """Queue a KILL; one task works the queue, so a burst of broken sessions costs one side
@@ -106,7 +105,6 @@ class Janitor:
             self._pool.give_back_clean(connection)
         else:
             connection.quit()
-        self.killed += killed
         self._log.info("orphans_killed", connection_ids=connection_ids, killed=killed)
         return killed
 

@@ -164,10 +164,6 @@ class Pool:
         if connection.pool_state is MemberState.LENT:
             self._close(connection, reason)
 
-    @property
-    def size(self) -> int:
-        return len(self._members)
-
     def _next_lendable(self, prefer: int = 0) -> UpstreamConnection:
         """The preferred one if it is lendable, else the most recently used IDLE connection (the
         others age out under DBKEEPER_IDLE_TIMEOUT_S), else the one whose reset began first."""
@@ -183,9 +179,6 @@ class Pool:
     def likely_connection_id(self) -> int:
         """For a greeting, before the session has a connection: the one it will most likely get."""
         return self._next_lendable().connection_id if self._lendable else 0
-
-    def lent(self) -> list[UpstreamConnection]:
-        return [c for c in self._members if c.pool_state is MemberState.LENT]
 
     def take_idle(self) -> UpstreamConnection | None:
         """An IDLE connection, LENT to the caller (the janitor runs its KILLs on one)."""
