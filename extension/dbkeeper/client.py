@@ -5,12 +5,23 @@ which a loopback hop does not need), verifies the client's password, borrows an 
 connection, makes its session match what the client asked for, then hands both to a Relay.
 Commands dbkeeper must answer itself (COM_QUIT, COM_RESET_CONNECTION, COM_CHANGE_USER) come back
 here. Whatever a client does, only that client is affected.
+
+The session outlives its upstream connection when it can move (protocol/session.py): if the
+connection dies while the client is idle (KILL, a freeze past wait_timeout, a database restart or
+failover), or another client needs it and every pooled one is lent (connection sharing), the
+client is DETACHED; its next command gets a connection again, its state replayed first.
+
+    HANDSHAKE ──> ATTACHED <──> DETACHED          (ANSWERING: a command dbkeeper answers itself)
+                     │  ^
+                     v  │
+                  ANSWERING                       any state ──> CLOSED
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from enum import Enum
 from typing import cast
 
 from pymysql.constants import CLIENT, COMMAND, SERVER_STATUS
@@ -22,7 +33,8 @@ from .log import Logger
 from .pool import Pool
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
-from .protocol.packets import Packet, PacketBuffer, frame, read_nul_bytes
+from .protocol.packets import HEADER_SIZE, Packet, PacketBuffer, frame, read_nul_bytes
+from .protocol.session import Pin, SessionModel
 from .relay import Relay
 from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
@@ -38,6 +50,20 @@ _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
 _MAX_CONTROL_PACKET = 1 << 16
 CR_CONN_HOST_ERROR = 2003
+# A client quiet this long may have been frozen: its upstream connection is checked (one recv
+# syscall) before the next command goes on it, since the close the server sent meanwhile may not
+# have been read yet when the client's command is.
+_QUIET = 0.05
+_CLOCK_JUMP = 5.0  # as in pool.py: wall time ran ahead of the monotonic clock (a restore)
+
+
+class ClientState(Enum):
+    HANDSHAKE = "handshake"
+    ATTACHED = "attached"    # a relay joins the session to its upstream connection
+    DETACHED = "detached"    # the session has no upstream connection; its next command gets one
+    MOVING = "moving"        # getting one (or checking the old one after a pause)
+    ANSWERING = "answering"  # a command dbkeeper answers itself
+    CLOSED = "closed"
 
 
 class PacketsOutOfOrder(ProtocolError):
@@ -70,6 +96,15 @@ class ClientConnection(asyncio.Protocol):
         self._started = 0.0
         self._upstream_in_use = False  # a command of dbkeeper's own is in flight upstream
         self._deadline: asyncio.TimerHandle | None = None
+        self.state = ClientState.HANDSHAKE
+        self._session: SessionModel | None = None
+        self._profile = 0
+        self._carried: tuple[list[bytes], int] | None = None  # for the relay of the next upstream
+        self._stash = b""  # what the client sent while it had no relay (DETACHED, MOVING)
+        self._active_at = 0.0  # monotonic and wall time the client last sent something
+        self._active_wall = 0.0
+        self._moved_from = 0  # the connection the session left, and why (for the session_moved line)
+        self._move_reason = ""
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,9 +129,18 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         relay = self._relay
         if relay is not None:
+            now = time.monotonic()
+            if now - self._active_at > _QUIET and self._check_upstream(now, data):
+                return
+            self._active_at = now
             rest = relay.client_data(data)
             if rest is not None:
                 self._intercept(rest)
+            return
+        if self.state is ClientState.DETACHED or self.state is ClientState.MOVING:
+            self._stash += data
+            if self.state is ClientState.DETACHED:
+                self._move()
             return
         try:
             self._inbox += self._packets.feed(data)
@@ -110,6 +154,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self.state = ClientState.CLOSED
         self._registry.discard(self)
         self._pending.pop(self, None)
         self._disarm_deadline()
@@ -153,10 +198,199 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def upstream_lost(self) -> None:
+        relay, upstream = self._relay, self._upstream
+        assert relay is not None and upstream is not None  # called by the session's relay
+        blockers = relay.blockers()
+        if blockers is not None and not blockers:
+            # idle and movable: its next command gets another connection, state replayed
+            self._log.info("upstream_lost_while_idle", connection_id=upstream.connection_id)
+            self._detach(reusable=False)
+            return
         # The client sees the connection drop, as it would if the server died (CR 2013 on its side).
-        assert self._upstream is not None  # called by the session's relay
-        self._log.warning("upstream_lost_mid_session", connection_id=self._upstream.connection_id)
+        self._log.warning("upstream_lost_mid_session", connection_id=upstream.connection_id,
+                          pinned=sorted(pin.value for pin in blockers) if blockers else None)
         self.close()
+
+    def session_pinned(self, pins: list[Pin]) -> None:
+        for pin in pins:
+            self._pool.counters.pinned(pin.value)
+        if self._log.enabled("debug"):
+            self._log.debug("session_pinned", reasons=[pin.value for pin in pins],
+                            connection_id=self._upstream.connection_id if self._upstream else None)
+
+    # --- moving a session between upstream connections ---------------------------------------
+    @property
+    def idle_since(self) -> float | None:
+        """For connection sharing (pool.py): when this ATTACHED client last sent something."""
+        return self._active_at if self.state is ClientState.ATTACHED and not self._upstream_in_use else None
+
+    def give_up_upstream(self) -> UpstreamConnection | None:
+        """Connection sharing: hand the upstream connection to the pool if the session is idle and
+        can move (the pool resets it and lends it); the session gets another at its next command."""
+        relay, upstream = self._relay, self._upstream
+        if relay is None or upstream is None or self.state is not ClientState.ATTACHED or upstream.looks_dead():
+            return None
+        blockers = relay.blockers()
+        if blockers is None or blockers:
+            return None
+        self._carried = relay.carry()
+        self._relay = None
+        self._upstream = None
+        upstream.detach()
+        self.state = ClientState.DETACHED
+        self._moved_from = upstream.connection_id
+        self._move_reason = "shared"
+        return upstream
+
+    def _detach(self, reusable: bool) -> None:
+        relay, upstream = self._relay, self._upstream
+        assert relay is not None and upstream is not None
+        self._carried = relay.carry()
+        self._relay = None
+        self._upstream = None
+        self.state = ClientState.DETACHED
+        self._moved_from = upstream.connection_id
+        self._move_reason = "upstream_lost"
+        self._pool.release(upstream, reusable=reusable, session_ended=False)
+
+    def _check_upstream(self, now: float, data: bytes) -> bool:
+        """After a quiet spell: is the upstream connection still there? If it is gone (or must be
+        asked, after a long pause), the command waits (True) while that is settled."""
+        upstream = self._upstream
+        assert upstream is not None  # ATTACHED
+        wall = time.time()
+        quiet, quiet_wall = now - self._active_at, wall - self._active_wall
+        self._active_at, self._active_wall = now, wall
+        dead = upstream.looks_dead()
+        paused = quiet > self._config.verify_after_idle or quiet_wall - quiet > _CLOCK_JUMP or quiet_wall < -_CLOCK_JUMP
+        if not dead and not paused:
+            return False
+        self._stash = data
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.state = ClientState.MOVING
+        self._task = self._loop.create_task(self._verify_or_move(dead))
+        return True
+
+    async def _verify_or_move(self, dead: bool) -> None:
+        relay, upstream = self._relay, self._upstream
+        assert relay is not None and upstream is not None and self.transport is not None
+        if not dead:
+            upstream.detach()  # the ping's reply comes to the connection, not the relay
+            dead = not await upstream.ping(self._config.connect_timeout)
+            if self._closed:
+                return
+            if not dead:
+                upstream.attach(relay)
+                self._resume_relay()
+                return
+        blockers = relay.blockers()
+        if blockers is None or blockers:
+            self._log.warning("upstream_lost_mid_session", connection_id=upstream.connection_id,
+                              pinned=sorted(pin.value for pin in blockers) if blockers else None)
+            self.close()
+            return
+        self._log.info("upstream_lost_while_idle", connection_id=upstream.connection_id)
+        self._detach(reusable=False)
+        self.state = ClientState.MOVING
+        await self._reattach()
+
+    def _move(self) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.state = ClientState.MOVING
+        self._task = self._loop.create_task(self._reattach())
+
+    async def _reattach(self) -> None:
+        """A DETACHED session's next command came: get a connection, prepare it for the session's
+        handshake settings, replay what the session set, then relay as before."""
+        settings, session = self._settings, self._session
+        assert settings is not None and session is not None  # set by the handshake
+        started = time.monotonic()
+        try:
+            upstream = await self._pool.borrow(self._profile)
+        except (PoolTimeout, UpstreamError) as exc:
+            self._answer_stash_with(exc)
+            return
+        except asyncio.CancelledError:
+            return
+        self._upstream = upstream
+        self._upstream_in_use = True
+        try:
+            error = await upstream.prepare(settings)
+            replayed = 0
+            if error is None:
+                for command in session.replay(settings.database):
+                    reply = await upstream.command(command[0], command[1:])
+                    if messages.is_err(reply):
+                        error = reply
+                        break
+                    replayed += 1
+        except asyncio.CancelledError:
+            return
+        except DbkeeperError as exc:
+            self._log.warning("session_move_failed", error=str(exc))
+            self.close()
+            return
+        self._upstream_in_use = False
+        if error is not None:
+            # the session's state cannot be rebuilt here: it ends, as it would have directly
+            fields = messages.parse_err(error) if messages.is_err(error) else None
+            self._log.warning("session_move_failed", connection_id=upstream.connection_id,
+                              errno=fields.errno if fields else None, error=fields.message if fields else None)
+            self.close()
+            return
+        if self._closed:
+            return
+        if not upstream.tracked:
+            session.pins.add(Pin.UNTRACKED)
+        reason = self._move_reason
+        self._pool.counters.moved(reason)
+        if self._log.enabled("debug"):
+            self._log.debug("session_moved", reason=reason, from_connection_id=self._moved_from,
+                            to_connection_id=upstream.connection_id, replayed=replayed,
+                            ms=round((time.monotonic() - started) * 1000, 3))
+        carried, self._carried = self._carried, None
+        self._relay = Relay(self, upstream, self._pool.proven_setup if carried is not None and self._config.hold_setup
+                            else None, prefix=upstream.restore_wait_timeout(), session=session, carried=carried,
+                            demand=self._pool.demand)
+        upstream.attach(self._relay)
+        self._resume_relay()
+
+    def _resume_relay(self) -> None:
+        self.state = ClientState.ATTACHED
+        self._active_at, self._active_wall = time.monotonic(), time.time()
+        stash, self._stash = self._stash, b""
+        assert self.transport is not None
+        self.transport.resume_reading()
+        if stash:
+            relay = self._relay
+            assert relay is not None
+            rest = relay.client_data(stash)
+            if rest is not None:
+                self._intercept(rest)
+
+    def _answer_stash_with(self, error: PoolTimeout | UpstreamError) -> None:
+        """No connection for a DETACHED session's command: that command gets the error (1040, or
+        the connect error) and the session stays, as long as it was one whole command."""
+        stash = self._stash
+        size = len(stash)
+        whole = size > HEADER_SIZE and stash[3] == 0 \
+            and (stash[0] | stash[1] << 8 | stash[2] << 16) == size - HEADER_SIZE
+        if isinstance(error, PoolTimeout):
+            errno, sqlstate, message = messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})"
+        else:
+            errno, sqlstate = error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000"
+            message = f"Can't connect to MySQL server through dbkeeper: {error}"
+        self._log.warning("session_move_failed", errno=errno, error=message)
+        if not whole or stash[HEADER_SIZE] == COMMAND.COM_QUIT:
+            self.close()
+            return
+        self._stash = b""
+        self._write(messages.err_payload(errno, sqlstate, message), 1)
+        self.state = ClientState.DETACHED
+        assert self.transport is not None
+        self.transport.resume_reading()
 
     # --- the session --------------------------------------------------------------------------
     async def _serve(self) -> None:
@@ -205,8 +439,9 @@ class ClientConnection(asyncio.Protocol):
         capabilities = response.capabilities & offered
         database = response.database if capabilities & CLIENT.CONNECT_WITH_DB else None
         settings = SessionSettings(response.collation_id, database, bool(capabilities & CLIENT.MULTI_STATEMENTS))
+        self._profile = capabilities & PROFILE_BITS
         try:
-            upstream = self._upstream = await self._pool.borrow(capabilities & PROFILE_BITS, prefer=greeted_id)
+            upstream = self._upstream = await self._pool.borrow(self._profile, prefer=greeted_id)
         except (PoolTimeout, UpstreamError) as exc:
             self._reject_for_upstream(exc, sequence_id=sequence + 1)
             return
@@ -255,11 +490,16 @@ class ClientConnection(asyncio.Protocol):
         follows at once, and must not wait for dbkeeper's bookkeeping."""
         self._disarm_deadline()
         self._pending.pop(self, None)
-        upstream = self._upstream
-        assert upstream is not None  # borrowed and prepared
+        upstream, settings = self._upstream, self._settings
+        assert upstream is not None and settings is not None  # borrowed and prepared
+        # a new session (after the handshake, a reset or a change of user): nothing set yet
+        self._session = SessionModel(settings.database, settings.multi_statements, upstream.tracked)
         self._relay = Relay(self, upstream, self._pool.proven_setup if self._config.hold_setup else None,
-                            prefix=upstream.restore_wait_timeout())
+                            prefix=upstream.restore_wait_timeout(), session=self._session,
+                            demand=self._pool.demand)
         upstream.attach(self._relay)
+        self.state = ClientState.ATTACHED
+        self._active_at, self._active_wall = time.monotonic(), time.time()
         self._write(ok, sequence_id)
         if pending:
             self.data_received(pending)
@@ -267,6 +507,7 @@ class ClientConnection(asyncio.Protocol):
     # --- commands dbkeeper answers itself -----------------------------------------------------
     def _intercept(self, rest: bytes) -> None:
         self._intercepted = rest
+        self.state = ClientState.ANSWERING
         assert self.transport is not None  # the relay saw the command on it
         self.transport.pause_reading()
         if rest[4] == COMMAND.COM_QUIT:

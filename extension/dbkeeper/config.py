@@ -57,7 +57,10 @@ SETTINGS: tuple[Setting, ...] = (
             "true: a session's leading SET NAMES / SET autocommit, once the server has accepted them, are "
             "answered at once and sent with its first real command (no round trip each); false: forwarded as "
             "they come."),
-    Setting("DBKEEPER_POOL_SIZE", "4", "Most upstream connections held at once (1 is opened at INIT)."),
+    Setting("DBKEEPER_POOL_SIZE", "4",
+            "Most upstream connections held at once (1 is opened at INIT); when all are lent, idle sessions that "
+            "can move give theirs up (connection sharing). Unset on Lambda Managed Instances "
+            "(AWS_LAMBDA_MAX_CONCURRENCY set): a quarter of that, at least 1, at most 64."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
     Setting("DBKEEPER_CONNECT_TIMEOUT_MS", "2000", "Bound on one upstream connect + handshake."),
@@ -122,6 +125,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 # Set by Lambda itself: snap-start in environments restored from a SnapStart snapshot.
 INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"
+# Set by Lambda Managed Instances: how many invocations one execution environment runs at once.
+MAX_CONCURRENCY = "AWS_LAMBDA_MAX_CONCURRENCY"
+# Clients per upstream connection the pool bound assumes there: sessions move between connections
+# (connection sharing), and a function's invocations are rarely all inside a statement at once.
+CLIENTS_PER_UPSTREAM = 4
 
 
 class Config(NamedTuple):
@@ -197,7 +205,8 @@ class Config(NamedTuple):
             trust_unix_socket=parsed("DBKEEPER_TRUST_UNIX_SOCKET", _boolean),
             client_flags=parsed("DBKEEPER_CLIENT_FLAGS", _flag_names(SESSION_FLAGS)),
             hold_setup=parsed("DBKEEPER_HOLD_SETUP", _boolean),
-            pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)),
+            pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)) if "DBKEEPER_POOL_SIZE" in env
+            else _pool_size_for(env.get(MAX_CONCURRENCY), parsed("DBKEEPER_POOL_SIZE", _integer(1, 64))),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
             upstream_wait_timeout=parsed("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", _integer(0, 31_536_000)),
@@ -288,6 +297,18 @@ def fail_mode_of(env: Mapping[str, str]) -> str:
     setting = next(s for s in SETTINGS if s.name == "DBKEEPER_FAIL_MODE")
     value = (_lookup(env, setting) or "").lower()
     return value if value in FAIL_MODES else "open"
+
+
+def _pool_size_for(max_concurrency: str | None, default: int) -> int:
+    """Without DBKEEPER_POOL_SIZE: on Managed Instances, a quarter of the environment's concurrency
+    (at least 1, at most 64); elsewhere (one invocation at a time) the setting's default."""
+    try:
+        concurrency = int((max_concurrency or "").strip())
+    except ValueError:
+        return default
+    if concurrency < 1:
+        return default
+    return max(1, min(64, -(-concurrency // CLIENTS_PER_UPSTREAM)))
 
 
 def _lookup(env: Mapping[str, str], setting: Setting) -> str | None:

@@ -28,7 +28,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
@@ -65,6 +65,25 @@ class OrphanKiller(Protocol):
     async def kill_now(self, connection_ids: list[int], deadline: float) -> int: ...
 
     def close(self) -> None: ...
+
+
+class IdleSession(Protocol):
+    """A client session that may give its upstream connection up (client.ClientConnection)."""
+
+    @property
+    def idle_since(self) -> float | None: ...
+
+    def give_up_upstream(self) -> UpstreamConnection | None: ...
+
+
+class Demand:
+    """Borrowers waiting while every connection is lent. A relay that has just passed a reply's
+    end tells it (the session may now be idle and able to give its connection up): a waiter
+    looks again at once instead of at the next change of a member's state."""
+
+    def __init__(self, notify: Callable[[], None]) -> None:
+        self.waiting = 0
+        self.reply_ended = notify
 
 
 class CloseReport(TypedDict):
@@ -108,6 +127,10 @@ class Pool:
         self._warm_attempt: asyncio.Future[bool] | None = None  # done (True: connected) when the INIT-time attempt ends
         # janitor.Janitor: kills the statements of connections nobody waits for
         self.janitor: OrphanKiller | None = None
+        # the client sessions that hold upstream connections (server.py): when every member is
+        # lent, an idle one whose session can move gives its connection up (connection sharing)
+        self.sessions: Callable[[], Iterable[IdleSession]] | None = None
+        self.demand = Demand(self._notify)
         # the session-shaping flags the next connection is opened with: DBKEEPER_CLIENT_FLAGS at
         # first, then those of the last client that needed a connection of its own
         self.profile: int = sum(getattr(CLIENT, name) for name in config.client_flags)
@@ -236,6 +259,8 @@ class Pool:
                     continue
             if len(self._members) < self._config.pool_size:
                 return await self._open_for_client(profile, deadline)
+            if self._take_from_idle_session():
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if self._budget is not None and self._budget.waiting:
@@ -243,7 +268,27 @@ class Pool:
                 raise PoolTimeout(f"no upstream connection became free within "
                                   f"{self._config.borrow_timeout * 1000:.0f} ms "
                                   f"(DBKEEPER_POOL_SIZE={self._config.pool_size})")
-            await self._wait_for_change(remaining)
+            self.demand.waiting += 1
+            try:
+                await self._wait_for_change(remaining)
+            finally:
+                self.demand.waiting -= 1
+
+    def _take_from_idle_session(self) -> bool:
+        """Connection sharing: the session idle longest among those that can move gives its
+        connection up; it is reset and lent (the session gets one back at its next command).
+        A session keeps its connection while nobody else needs one (this runs only when every
+        member is lent), so a lone client's session never moves."""
+        if self.sessions is None:
+            return False
+        idle = [(since, session) for session in self.sessions() if (since := session.idle_since) is not None]
+        idle.sort(key=lambda item: item[0])
+        for _, session in idle:
+            connection = session.give_up_upstream()
+            if connection is not None:
+                self.release(connection, reusable=True, session_ended=False)
+                return True
+        return False
 
     async def _ready(self, connection: UpstreamConnection, profile: int, deadline: float, resetting: bool) -> bool:
         """Is this LENT connection fit for a new session? If not, it is closed (False)."""
@@ -292,12 +337,14 @@ class Pool:
         self._leases[connection] = lease
         return True
 
-    def release(self, connection: UpstreamConnection, reusable: bool) -> None:
-        """The session that borrowed `connection` is over. Not `reusable`: something may still
-        run on it, or its stream is lost: closed, its statement killed."""
-        self.counters.sessions += 1
-        if self.counters_session_ended is not None:
-            self.counters_session_ended()
+    def release(self, connection: UpstreamConnection, reusable: bool, session_ended: bool = True) -> None:
+        """The session that borrowed `connection` is over, or (`session_ended` False) has moved
+        off it. Not `reusable`: something may still run on it, or its stream is lost: closed,
+        its statement killed."""
+        if session_ended:
+            self.counters.sessions += 1
+            if self.counters_session_ended is not None:
+                self.counters_session_ended()
         connection.detach()
         if connection.pool_state is not MemberState.LENT:
             return

@@ -10,6 +10,12 @@ replies end.
 A session's leading setup statements (protocol/session_setup.py) that this server has accepted
 before are answered here and held, then written in front of the first command that goes
 upstream; their replies are dropped from the upstream stream before anything reaches the client.
+
+The session model (protocol/session.py) sees every command the client sends and every OK packet
+that starts a reply (the only replies that carry the server's session-tracking data), so that
+the session can move to another upstream connection when it is idle. Upstream connections track
+session state; the client never asked for that, so an OK reporting a change is rewritten to the
+packet an untracked session gets (the only reply bytes the relay ever changes).
 """
 
 from __future__ import annotations
@@ -20,18 +26,25 @@ from typing import TYPE_CHECKING, Protocol
 
 from pymysql.constants import COMMAND
 
+from .errors import ProtocolError
 from .protocol import session_setup
 from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
 from .protocol.responses import ResponseTracker, closes_reply
+from .protocol.session import Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
+# SERVER_SESSION_STATE_CHANGED in the high byte of an OK's status
+_STATE_CHANGED_HIGH = 0x40
+_QUERY_OVERLAP = 64  # text kept from one piece of a long query to test words split between reads
 
 if TYPE_CHECKING:
     import asyncio
+
+    from .pool import Demand
 
 
 class RelayClient(Protocol):
@@ -46,6 +59,8 @@ class RelayClient(Protocol):
 
     def upstream_lost(self) -> None: ...
 
+    def session_pinned(self, pins: list[Pin]) -> None: ...
+
 
 class RelayUpstream(Protocol):
     """The upstream side of a relayed session (upstream.UpstreamConnection)."""
@@ -55,6 +70,9 @@ class RelayUpstream(Protocol):
 
     @property
     def status(self) -> int: ...
+
+    @property
+    def tracked(self) -> bool: ...
 
     def forget_options(self) -> None: ...
 
@@ -73,7 +91,12 @@ def _discard(data: bytes) -> None:
 
 class Relay:
     def __init__(self, client: RelayClient, upstream: RelayUpstream, proven: session_setup.ProvenSetup | None = None,
-                 prefix: bytes | None = None) -> None:
+                 prefix: bytes | None = None, session: SessionModel | None = None,
+                 carried: tuple[list[bytes], int] | None = None, demand: Demand | None = None) -> None:
+        """`session`: the client's session model, fed here (None: not followed). `carried`: setup
+        statements already answered to the client but not yet run, and the status it was told,
+        from the relay of the session's previous upstream connection (a move). `demand`: the
+        pool's borrowers waiting for a session to give its connection up."""
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -97,11 +120,22 @@ class Relay:
         # `prefix`: a command of dbkeeper's own that must run before the session's first one (its
         # reply dropped like a held statement's): restoring the server's wait_timeout
         self._held: list[bytes] | None = [prefix] if prefix else [] if proven is not None else None
+        self._own_held = 1 if prefix else 0  # leading held commands that are dbkeeper's, not the session's
         self._sent_held: list[bytes] = []
         self._status = upstream.status if proven is not None else 0  # for the OKs given here
+        if carried is not None and self._held is not None:
+            self._held += carried[0]
+            self._status = carried[1]
         self._candidate: bytes | None = None  # a setup statement sent unproven: its reply may prove it
         self._swallow = 0                    # replies to held statements still to drop upstream-side
         self._swallowed = b""                # the start of the next one of them
+        # --- the session model
+        self.session = session
+        self._tracked = session is not None and upstream.tracked
+        self._watch = session is not None and not session.pins  # commands can still pin it
+        self._ended: bytes | None = None  # the last chunk of the latest reply the fast path proved ended
+        self._query_tail: str | None = None  # a long query's text so far continues in the next read
+        self._demand = demand
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
@@ -124,16 +158,102 @@ class Relay:
                     if self._older:
                         self._older.clear()
                         self._older_size = 0
+                    if last is not None:
+                        self._ended = last
                     self._last = None
                     self.commands += 1
+                    if self._watch:
+                        self._note(self.session.command(data, HEADER_SIZE))  # type: ignore[union-attr]
                     return None
         forward, commands, rest = self.scanner.feed(data)
         if commands:
             self._on_commands(commands)
+        if self._watch:
+            self._follow(forward, commands)
         if forward:
             self._upstream_write(forward)
         self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
         return rest
+
+    # --- the session model ----------------------------------------------------------------------
+    def _note(self, pins: list[Pin]) -> None:
+        if pins:
+            assert self.session is not None  # pins come from it
+            self._watch = not self.session.pins
+            self.client.session_pinned(pins)
+
+    def _follow(self, forward: bytes, commands: list[int]) -> None:
+        """The slow path's commands, for the session model: a query's text (also when it arrives
+        in several reads), and whether replies can still be read one at a time."""
+        session = self.session
+        assert session is not None  # _watch is set only with a session
+        real = [code for code in commands if code >= 0]
+        tail = self._query_tail
+        if tail is not None:  # the rest of a long query
+            text = tail + forward.decode("latin-1")
+            self._note(session.query_text(text))
+            self._query_tail = None if self.scanner.at_boundary or real else text[-_QUERY_OVERLAP:]
+        if not real:
+            return
+        if len(real) > 1 or not self.tracker.idle or len(self._expected) > 1:
+            # pipelined: replies arrive back to back, and OKs in them are not read
+            self._note(session.unfollowed())
+            return
+        start = self.scanner.first_start
+        if start < 0:
+            return
+        self._note(session.command(forward, start + HEADER_SIZE))
+        if real[0] == COMMAND.COM_QUERY and not self.scanner.at_boundary:
+            self._query_tail = forward[-_QUERY_OVERLAP:].decode("latin-1")
+
+    def _first_reply_packet(self, data: bytes) -> bytes:
+        """The start of the reply to the one command outstanding. An OK there is the whole reply
+        of a statement: its tracker data goes to the session model, and an OK reporting a change
+        is rewritten to what an untracked session gets."""
+        size = len(data)
+        if (data[0] | data[1] << 8 | data[2] << 16) != size - HEADER_SIZE:
+            # more results follow in this read, or the OK is split across reads: not read here
+            if self._watch:
+                self._note(self.session.unfollowed())  # type: ignore[union-attr]
+            return data
+        session = self.session
+        assert session is not None  # _tracked is set only with a session
+        if size >= 11 and data[5] < 0xFB and data[6] < 0xFB and not data[8] & _STATE_CHANGED_HIGH:
+            if data[6]:
+                session.last_insert_id = data[6]
+            return data
+        try:
+            ok = parse_ok(data[HEADER_SIZE:])
+        except ProtocolError:
+            if self._watch:
+                self._note(session.unfollowed())
+            return data
+        self._note(session.ok(ok))
+        if ok.changes or ok.status & 0x4000:
+            return frame(untracked_ok(ok, data[HEADER_SIZE:]), data[3])
+        return data
+
+    def ending(self) -> Ending | None:
+        """How the latest reply ended (after settle()); None before any reply."""
+        chunk = self._ended
+        if chunk is None:
+            return ending_of(self.tracker.final)
+        if len(chunk) >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
+            return ending_of(chunk[-5:])
+        return ending_of(chunk[HEADER_SIZE:])
+
+    def blockers(self) -> set[Pin] | None:
+        """Why the session cannot move to another upstream connection now (empty: it can);
+        None: a command or reply is under way (or the session is not followed)."""
+        if self.session is None or not self.settle():
+            return None
+        return self.session.blockers(self.ending())
+
+    def carry(self) -> tuple[list[bytes], int]:
+        """For the relay of the session's next upstream connection: setup statements answered to
+        the client but not run yet, and the status it was told."""
+        held = self._held[self._own_held:] if self._held else []
+        return held, self._status
 
     # --- session setup --------------------------------------------------------------------------
     def _answered_setup(self, data: bytes) -> bool:
@@ -183,6 +303,11 @@ class Relay:
             if end == position + HEADER_SIZE or buffer[position + HEADER_SIZE] != OK_HEADER:
                 self._setup_failed(buffer[position + HEADER_SIZE:end])
                 return b""
+            if self._tracked and len(self._sent_held) - self._swallow >= self._own_held:
+                try:  # a setup statement of the session's own: what it set is replayed on a move
+                    self._note(self.session.ok(parse_ok(buffer[position + HEADER_SIZE:end])))  # type: ignore[union-attr]
+                except ProtocolError:
+                    self._note(self.session.unfollowed())  # type: ignore[union-attr]
             self._swallow -= 1
             position = end
         if self._swallow:
@@ -231,6 +356,7 @@ class Relay:
             self._expected.clear()
             self._older.clear()
             self._older_size = 0
+            self._ended = last
             self._last = None
             return True
         return False
@@ -240,7 +366,13 @@ class Relay:
             data = self._drop_setup_replies(data)
             if not data:
                 return
+        if self._tracked and self._last is None and len(data) > HEADER_SIZE and data[HEADER_SIZE] == OK_HEADER \
+                and len(self._expected) == 1 and self.tracker.idle:
+            data = self._first_reply_packet(data)
         self._client_write(data)
+        demand = self._demand
+        if demand is not None and demand.waiting and closes_reply(data):
+            demand.reply_ended()
         previous = self._last
         self._last = data
         if previous is not None:  # a reply of several chunks: keep them all, bounded
@@ -251,6 +383,8 @@ class Relay:
 
     def _feed_tracker(self) -> None:
         tracker = self.tracker
+        if self._expected or self._last is not None:
+            self._ended = None  # the tracker sees the latest reply's end
         for code in self._expected:
             tracker.expect(code)
         self._expected.clear()

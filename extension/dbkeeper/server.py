@@ -47,6 +47,7 @@ class Server:
             self.pool.counters_session_ended = self.metrics.session_ended
         self._clients: set[ClientConnection] = set()
         self._pending: dict[ClientConnection, None] = {}  # in their handshake, oldest first
+        self.pool.sessions = lambda: self._clients
         self._servers: list[asyncio.AbstractServer] = []
 
     async def start(self) -> None:

@@ -24,6 +24,7 @@ from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame
+from .protocol.session import TRACKING_STATEMENT
 from .relay import Relay, enable_nodelay
 
 if TYPE_CHECKING:  # pool imports this module
@@ -35,7 +36,10 @@ if TYPE_CHECKING:  # pool imports this module
 PROFILE_BITS = sum(getattr(CLIENT, name) for name in SESSION_FLAGS)
 _BASE_CAPABILITIES = (CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
                       | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.PLUGIN_AUTH
-                      | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS)
+                      | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS
+                      # the server reports session state changes (protocol/session.py); the local
+                      # hop never offers it, the relay strips what it adds to OK packets
+                      | CLIENT.SESSION_TRACK)
 UTF8MB4_GENERAL_CI = 45
 MAX_PACKET = 1 << 30
 _SET_OPTION_MULTI_STATEMENTS_ON = b"\x00\x00"
@@ -65,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._relay: Relay | None = None  # the Relay of the session that owns this connection
         self.greeting: handshake.Greeting | None = None
         self.secure = False
+        self.capabilities = 0
         self.collation_id = UTF8MB4_GENERAL_CI
         self.database: str | None = config.db_name
         self._target = Target(config.db_host, config.db_port, config.db_user, config.db_password, config.db_name)
@@ -76,6 +81,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
         self.reset_started = 0.0
         self.short_wait = False  # session wait_timeout is DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S (idle in the pool)
+        # the server reports this session's state changes (CLIENT_SESSION_TRACK and the trackers on),
+        # so a session on it can be moved to another connection (protocol/session.py)
+        self.tracked = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +178,9 @@ class UpstreamConnection(asyncio.Protocol):
         target = self._target
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
+            if self.capabilities & CLIENT.SESSION_TRACK:
+                self.write_packet(bytes((COMMAND.COM_QUERY,)) + TRACKING_STATEMENT, 0)
+                await asyncio.wait_for(self._read_tracking(), config.connect_timeout)
         except TimeoutError as exc:
             self.abort()
             raise UpstreamError(f"connect to {target.host}:{target.port} timed out "
@@ -209,9 +220,9 @@ class UpstreamConnection(asyncio.Protocol):
             database=target.database, auth_plugin=plugin,
             attributes={"_client_name": "dbkeeper", "_client_version": __version__, **self._attributes},
         )
+        self.capabilities = capabilities
         self.write_packet(handshake.build_handshake_response(response), sequence)
         await self._finish_authentication(plugin, greeting.scramble)
-        self.capabilities = capabilities
 
     async def _start_tls(self, loop: asyncio.AbstractEventLoop) -> None:
         import ssl  # only when the server offers TLS: it costs start-up time
@@ -358,6 +369,9 @@ class UpstreamConnection(asyncio.Protocol):
         if set_names:  # the statement that worked for this collation before
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
         short_wait = self._write_short_wait()
+        track = bool(self.capabilities & CLIENT.SESSION_TRACK)
+        if track:  # the reset returned the trackers to the server's defaults
+            self.write_packet(bytes((COMMAND.COM_QUERY,)) + TRACKING_STATEMENT, 0)
         self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT '" + nonce + b"'", 0)
         reply = (await self.read_packet()).payload
         if not messages.is_ok(reply):
@@ -383,6 +397,8 @@ class UpstreamConnection(asyncio.Protocol):
             # an ERR leaves the handshake's character set, which the next session's prepare() sees
         if short_wait:
             await self._read_short_wait()
+        if track:
+            await self._read_tracking()
         if await self._read_one_value() != bytes((len(nonce),)) + nonce:
             raise UpstreamError("reset out of step with the server (sync marker)")
 
@@ -405,6 +421,14 @@ class UpstreamConnection(asyncio.Protocol):
         if not messages.is_ok(reply):
             raise _server_error("setting the idle wait_timeout failed", reply)
         self.short_wait = True
+
+    async def _read_tracking(self) -> None:
+        """The reply to TRACKING_STATEMENT. A server without the trackers (older than MariaDB 10.3 /
+        MySQL 5.7) refuses it: sessions on this connection then cannot move (ERR is no failure)."""
+        reply = (await self.read_packet()).payload
+        if not messages.is_ok(reply) and not messages.is_err(reply):
+            raise UpstreamError("reset out of step with the server (session tracking)")
+        self.tracked = messages.is_ok(reply)
 
     async def shorten_wait(self) -> None:
         """For a fresh connection going idle into the pool (the INIT-time one)."""

@@ -178,3 +178,13 @@ def test_snap_start_is_off_unless_lambda_says_the_environment_is_restored_from_a
 def test_the_fail_mode_is_read_alone_when_the_rest_of_the_config_is_broken(value, mode):
     env = {"DBKEEPER_POOL_SIZE": "lots"} | ({"DBKEEPER_FAIL_MODE": value} if value is not None else {})
     assert fail_mode_of(env) == mode
+
+
+def test_on_managed_instances_the_pool_bound_follows_the_environments_concurrency():
+    base = {"DBKEEPER_DB_HOST": "db", "DBKEEPER_DB_USER": "app"}
+    assert Config.from_environ(base).pool_size == 4  # one invocation at a time: the default
+    assert Config.from_environ({**base, "AWS_LAMBDA_MAX_CONCURRENCY": "64"}).pool_size == 16
+    assert Config.from_environ({**base, "AWS_LAMBDA_MAX_CONCURRENCY": "2"}).pool_size == 1
+    assert Config.from_environ({**base, "AWS_LAMBDA_MAX_CONCURRENCY": "1000"}).pool_size == 64
+    # the setting, when given, wins
+    assert Config.from_environ({**base, "AWS_LAMBDA_MAX_CONCURRENCY": "64", "DBKEEPER_POOL_SIZE": "3"}).pool_size == 3

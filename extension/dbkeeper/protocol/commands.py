@@ -34,6 +34,9 @@ class CommandScanner:
         self._remaining = 0        # payload bytes of the current frame still to pass
         self._continuation = False  # the current frame's packet goes on in the next frame
         self._held = b""
+        # where, in the bytes the last feed returned to forward, the first command starting in
+        # them begins (-1: none): the relay reads a query's text from there
+        self.first_start = -1
 
     def feed(self, data: bytes) -> tuple[bytes, list[int], bytes | None]:
         """Return (bytes to forward now, codes of commands starting in them, rest or None).
@@ -41,6 +44,7 @@ class CommandScanner:
         `rest` is not None when an intercepted command starts: it holds that command's bytes and
         everything after, none of which has been forwarded; the scanner then expects to be reset.
         """
+        self.first_start = -1
         if self._held:
             data = self._held + data
             self._held = b""
@@ -70,6 +74,8 @@ class CommandScanner:
                     code = data[position + HEADER_SIZE]
                     if code in INTERCEPTED:
                         return data[:position], commands, data[position:]
+                    if not commands:
+                        self.first_start = position
                     commands.append(code)
             self._continuation = length == MAX_FRAME
             end = position + HEADER_SIZE + length

@@ -57,6 +57,8 @@ class ResponseTracker:
         self._collecting_head = False
         self._continuation = False
         self.broken: str | None = None       # why the stream can no longer be followed
+        self._packet = b""                   # the head of the packet being classified
+        self.final = b""                     # the head of the packet that ended the last reply
 
     @property
     def idle(self) -> bool:
@@ -143,6 +145,7 @@ class ResponseTracker:
         self._on_packet(length, head)
 
     def _on_packet(self, length: int, head: bytes) -> None:
+        self._packet = head
         first = head[0] if head else -1
         state = self._state
         if state == _ROWS:
@@ -213,6 +216,7 @@ class ResponseTracker:
             self._reply_done()
 
     def _reply_done(self) -> None:
+        self.final = self._packet
         self._pending.popleft()
         self._state = None
         if self._pending:
