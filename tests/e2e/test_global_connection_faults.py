@@ -21,11 +21,15 @@ One line per run: `global_connection driver=<d> variant=<v> invocations=50 error
 freezes=<f> restarts=1 sessions_killed=<s> sessions_expired=<e>` (kills/freezes: the events;
 sessions_*: the server sessions they ended).
 
-Cost: a run whose connection is live at every fault spends ~2-3 s in each of the 7 freezes (~20 s a run); a
-driver that stays broken after its first fault (PyMySQL, mysql-connector without the layer) finds nothing to
-freeze or kill later (~1 s). To compare with another
-build of dbkeeper (e.g. an older commit's), point DBKEEPER_TEST_LAYER_TREE at its dist/layer-x86_64
-(tests/e2e/conftest.py)."""
+A fault finds nothing to end when the invocation before it failed and left no connection (PyMySQL and
+mysql-connector stay broken after their first fault; SQLAlchemy's pool drops the dead connection and
+connects anew at the next checkout): sessions_* say how many faults hit. With the layer, every fault
+must hit a live upstream (bar the kill at 35).
+
+Cost: a run whose connection is live at every fault spends ~2-3 s in each of the 7 freezes (~16 s a run
+measured); one that stays broken after its first fault ~1 s. The whole matrix (6 runs) is part of the
+test command. To compare with another build of dbkeeper (e.g. an older commit's), point
+DBKEEPER_TEST_LAYER_TREE at its dist/layer-x86_64 (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
