@@ -1,7 +1,12 @@
 """End-to-end: the built layer attached to a real function (awslambdaric runtime) in the project's
 Lambda sandbox ([sandbox] in a test's id), and again in the real RIE ([rie]) when DBKEEPER_RIE names an
 aws-lambda-rie binary. The RIE runs as it is: no freeze (it never freezes) and no reclaim; a test that
-needs either skips in that variant and says so."""
+needs either skips in that variant and says so.
+
+The layer attached is the one ./build.sh builds from this checkout (the `built_layer` fixture), or, when
+DBKEEPER_TEST_LAYER_TREE names a directory, that unpacked layer tree (the `dist/layer-x86_64` of another
+checkout's build): to run the same tests against another version of dbkeeper, e.g. an older commit's,
+for a before/after comparison. The report header says which."""
 
 from __future__ import annotations
 
@@ -22,7 +27,23 @@ def pytest_report_header(config):
     rie = os.environ.get("DBKEEPER_RIE")
     reason = _rie_skip_reason()
     return [f"e2e environments: [sandbox] lambda_sandbox (freeze by {_freeze_mechanism()}); [rie] "
-            + (f"aws-lambda-rie {rie}" if reason is None else f"skipped ({reason})")]
+            + (f"aws-lambda-rie {rie}" if reason is None else f"skipped ({reason})"),
+            f"e2e layer: {os.environ.get(LAYER_TREE_ENV) or 'built from this checkout (dist/layer-x86_64)'}"]
+
+
+LAYER_TREE_ENV = "DBKEEPER_TEST_LAYER_TREE"
+
+
+def layer_tree(built_layer) -> Path:
+    """/opt of a sandbox with the layer: DBKEEPER_TEST_LAYER_TREE if set, else this checkout's build."""
+    other = os.environ.get(LAYER_TREE_ENV)
+    if not other:
+        return built_layer.tree_x86_64
+    tree = Path(other)
+    if not (tree / "extensions" / "dbkeeper").is_file():
+        pytest.fail(f"{LAYER_TREE_ENV}={other} is not an unpacked dbkeeper layer (no extensions/dbkeeper)",
+                    pytrace=False)
+    return tree
 
 
 def _freeze_mechanism() -> str:
@@ -72,7 +93,7 @@ def lambda_function(emulator, built_layer, free_port, tmp_path):
                                  "DBKEEPER_LISTEN_PORT": "3306" if netns else str(free_port()),
                                  "DBKEEPER_PYTHON": extension_python()})
         function_env.update(env)
-        opt_dir = built_layer.tree_x86_64 if layer else tmp_path / "empty-opt"
+        opt_dir = layer_tree(built_layer) if layer else tmp_path / "empty-opt"
         opt_dir.mkdir(exist_ok=True)
         if emulator == "rie":
             from lambda_sandbox import RieSandbox
