@@ -8,6 +8,8 @@
 #
 # Layout (zip root = /opt), see docs/CONVENTIONS.md:
 #   extensions/dbkeeper  dbkeeper/bootstrap.py  dbkeeper/lib/{dbkeeper,pymysql,uvloop,...}
+#   dbkeeper/rds-ca-bundle.pem (layer/dbkeeper/rds-ca-bundle.pem: Amazon RDS's root CAs, the CA of
+#   DBKEEPER_DB_IAM_AUTH=true when DBKEEPER_DB_TLS_CA is unset; provenance in docs/AWS.md)
 #   dbkeeper-wrapper (if layer/dbkeeper-wrapper exists)
 #
 # Dependencies (extension/requirements.txt) come from manylinux wheels for cp311/cp312/cp313 of
@@ -18,9 +20,9 @@
 #
 # Usage: ./build.sh            (from any directory; idempotent)
 # Env:   PYTHON=...            interpreter used to run pip and build the zips
-#        RDS_CA_BUNDLE=...     a copy of Amazon RDS's global-bundle.pem to ship as
-#                              /opt/dbkeeper/rds-ca-bundle.pem (the CA of DBKEEPER_DB_IAM_AUTH=true
-#                              when DBKEEPER_DB_TLS_CA is unset); not fetched here
+#        RDS_CA_BUNDLE=...     a CA file to ship as /opt/dbkeeper/rds-ca-bundle.pem instead of
+#                              layer/dbkeeper/rds-ca-bundle.pem (e.g. a newer copy of Amazon RDS's
+#                              global-bundle.pem); not fetched here
 #        SOURCE_DATE_EPOCH=... timestamp for zip entries (default 1980-01-01, the zip minimum)
 set -euo pipefail
 
@@ -48,6 +50,10 @@ log() { printf 'build.sh: %s\n' "$*" >&2; }
 [[ -f "$REQS" ]] || { log "missing $REQS"; exit 1; }
 [[ -x "$ROOT/layer/extensions/dbkeeper" ]] || { log "layer/extensions/dbkeeper missing or not executable"; exit 1; }
 [[ -f "$ROOT/layer/dbkeeper/bootstrap.py" ]] || { log "layer/dbkeeper/bootstrap.py missing"; exit 1; }
+[[ -f "$ROOT/layer/dbkeeper/rds-ca-bundle.pem" ]] || { log "layer/dbkeeper/rds-ca-bundle.pem missing"; exit 1; }
+if [[ -n "${RDS_CA_BUNDLE:-}" && ! -f "$RDS_CA_BUNDLE" ]]; then
+    log "RDS_CA_BUNDLE=$RDS_CA_BUNDLE is not a file"; exit 1
+fi
 if [[ -e "$ROOT/layer/python" ]]; then
     log "layer/python must not exist: /opt/python is the function's sys.path"; exit 1
 fi
@@ -153,8 +159,8 @@ def copy_tree(src: str, dst: str) -> None:
             shutil.copyfile(os.path.join(dirpath, name), target)
 
 
-copy_tree(os.path.join(root, "layer"), tree)
-if os.environ.get("RDS_CA_BUNDLE"):
+copy_tree(os.path.join(root, "layer"), tree)  # includes dbkeeper/rds-ca-bundle.pem
+if os.environ.get("RDS_CA_BUNDLE"):  # replaces the repository's bundle
     shutil.copyfile(os.environ["RDS_CA_BUNDLE"], os.path.join(tree, "dbkeeper", "rds-ca-bundle.pem"))
 
 # --- vendored wheels: all Python versions into one lib/ (extension modules differ by name)
@@ -288,9 +294,10 @@ PYEOF
 done
 
 # ---------------------------------------------------------------- 3. report
-if [[ -n "${RDS_CA_BUNDLE:-}" ]]; then
-    printf 'RDS CA bundle in the layers: dbkeeper/rds-ca-bundle.pem, %d bytes\n' "$(stat -c %s "$RDS_CA_BUNDLE")"
-fi
+bundle_source="layer/dbkeeper/rds-ca-bundle.pem"
+[[ -n "${RDS_CA_BUNDLE:-}" ]] && bundle_source="RDS_CA_BUNDLE=$RDS_CA_BUNDLE"
+printf 'RDS CA bundle in the layers: dbkeeper/rds-ca-bundle.pem, %d bytes (from %s)\n' \
+    "$(stat -c %s "$DIST/layer-x86_64/dbkeeper/rds-ca-bundle.pem")" "$bundle_source"
 for name in "" full-; do
 for arch_pair in "${ARCHES[@]}"; do
     arch="${arch_pair%%:*}"

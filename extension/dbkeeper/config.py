@@ -40,7 +40,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Upstream TLS: disabled, preferred (TLS when the server offers it) or required. "
             "Certificates are always verified (CA and host name)."),
     Setting("DBKEEPER_DB_TLS_CA", "", "PEM bundle to verify the upstream certificate "
-            "(e.g. the RDS bundle); empty: the system trust store."),
+            "(e.g. the RDS bundle); empty: the system trust store, or with DBKEEPER_DB_IAM_AUTH=true "
+            "the layer's RDS CA bundle."),
     Setting("DBKEEPER_LISTEN_PORT", "3306", "Local TCP port on 127.0.0.1 (0 disables TCP)."),
     Setting("DBKEEPER_SOCKET", "/tmp/dbkeeper.sock", "Local Unix socket, mode 0600 (empty disables)."),
     Setting("DBKEEPER_CLIENT_PASSWORD", "",

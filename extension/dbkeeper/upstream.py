@@ -238,8 +238,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.secure = True
 
     def _default_ca(self) -> str | None:
-        """With IAM authentication (RDS) and no DBKEEPER_DB_TLS_CA: the RDS CA bundle, if the layer
-        was built with one (build.sh RDS_CA_BUNDLE=...); else the system trust store."""
+        """With IAM authentication (RDS) and no DBKEEPER_DB_TLS_CA: the layer's RDS CA bundle
+        (/opt/dbkeeper/rds-ca-bundle.pem, shipped by build.sh; docs/AWS.md), if present; else the
+        system trust store."""
         if not self._config.aws.iam_auth:
             return None
         bundle = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

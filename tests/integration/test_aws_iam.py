@@ -99,6 +99,24 @@ def test_the_checker_refuses_what_rds_would_refuse(moto_server):
     assert check_token(tampered, "localhost", 3306, "app", REGION, credentials)
 
 
+def test_the_layer_as_built_verifies_against_its_rds_bundle_not_any_other_ca(built_layer, fresh_mariadb, moto_server,
+                                                                            front, certificates, free_port):
+    """No DBKEEPER_DB_TLS_CA: the shipped RDS bundle is the CA, so an upstream whose certificate no
+    RDS root issued (here the test CA's) is refused before a token is sent."""
+    env = {**iam_env(front, moto_server, ""), "DBKEEPER_CONNECT_TIMEOUT_MS": "2000"}
+    del env["DBKEEPER_DB_TLS_CA"]
+    ext = start_dbkeeper(built_layer.tree_x86_64, fresh_mariadb, free_port(), without=("DBKEEPER_DB_PASSWORD",),
+                         extra_env=env)
+    try:
+        with pytest.raises(pymysql.err.OperationalError):
+            pymysql.connect(**ext.connect_kwargs(password=LOCAL_PASSWORD, connect_timeout=10))
+        failures = ext.events("upstream_connect_failed")
+        assert failures and "certificate verify failed" in failures[0]["error"]
+    finally:
+        ext.stop()
+    assert front.checked == []
+
+
 def test_a_layer_built_with_the_rds_ca_bundle_verifies_rds_without_a_ca_setting(
         built_layer, fresh_mariadb, moto_server, front, certificates, free_port, tmp_path):
     # given the layer as build.sh makes it with RDS_CA_BUNDLE (here the test CA stands for RDS's)
