@@ -487,8 +487,9 @@ def _set_state(conn, names: Names, *, database: str, time_zone: str, sql_mode: s
 def test_a_moved_session_finds_its_state_replayed_and_nothing_of_the_session_that_had_its_upstream(
         dbkeeper_factory, mariadb, names, closing):
     """(Must show c.) Two upstream connections: C pins one for good, A holds the other, idle.
-    B arrives: A's upstream is lent to B, who fills it with state of its own and pins it. C
-    leaves. A's next command runs on C's old connection, with A's state replayed first."""
+    B arrives: A's upstream is lent to B (a new session: nothing of A's), who fills it with state of
+    its own and pins it. C leaves. A's next command runs on another connection (C's, reset, or a
+    new one), with A's state replayed first."""
     running = one_upstream(dbkeeper_factory, mariadb, borrow_timeout_ms=1000, pool_size=2)
     a = through(running, autocommit=False)  # PyMySQL's default
     closing.append(a)
@@ -546,6 +547,33 @@ def test_two_movable_sessions_trading_one_upstream_each_see_only_their_own_state
         assert rows(a, STATE) == [expected_a]
         assert rows(b, STATE) == [expected_b]
     assert wait_until(lambda: len(moves(running)) >= 6, timeout=2), f"{len(moves(running))} session_moved events"
+
+
+# --------------------------------------------------------------------------- what the last statement did
+
+AFTERMATH = {  # a statement, and a function that reports on it when asked as the next statement
+    "ROW_COUNT": ("INSERT INTO appdb.`{seq}` (tag) VALUES ('rc'), ('rc'), ('rc')", "SELECT ROW_COUNT()"),
+    "FOUND_ROWS": ("SELECT id FROM appdb.`{five}` ORDER BY id LIMIT 2", "SELECT FOUND_ROWS()"),
+}
+
+
+@pytest.mark.parametrize("function", list(AFTERMATH))
+def test_a_function_about_the_previous_statement_answers_as_directly_whether_or_not_the_session_moved(
+        function, dbkeeper_factory, mariadb, names, closing):
+    """Between the statement and the question B needs the only upstream: dbkeeper either keeps A
+    there (B gets 1040) or lends it and answers A's question as the server would have."""
+    statement, ask = (sql.format(seq=names.seq, five=names.five) for sql in AFTERMATH[function])
+    expected = _direct(mariadb, [statement, ask])
+    assert expected[1] in ([(3,)], [(2,)]), expected
+    running = one_upstream(dbkeeper_factory, mariadb)
+    a = through(running)
+    closing.append(a)
+    got = [_run(a, statement)]
+    b, errno = another_client(running)
+    closing.append(b)
+    assert errno in (None, ER_CON_COUNT_ERROR)
+    got.append(_run(a, ask))
+    assert got == expected
 
 
 # --------------------------------------------------------------------------- warnings and errors
