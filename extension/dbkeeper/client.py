@@ -34,7 +34,7 @@ from .pool import Pool
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import HEADER_SIZE, Packet, PacketBuffer, frame, read_nul_bytes
-from .protocol.session import Pin, SessionModel
+from .protocol.session import TRANSIENT, Pin, SessionModel
 from .relay import Relay
 from .upstream import PROFILE_BITS, UTF8MB4_GENERAL_CI, SessionSettings, UpstreamConnection
 
@@ -52,8 +52,10 @@ _MAX_CONTROL_PACKET = 1 << 16
 CR_CONN_HOST_ERROR = 2003
 # A client quiet this long may have been frozen: its upstream connection is checked (one recv
 # syscall) before the next command goes on it, since the close the server sent meanwhile may not
-# have been read yet when the client's command is.
-_QUIET = 0.05
+# have been read yet when the client's command is (both wait for the loop after a thaw). A
+# command that follows its previous reply closer than this is not checked: that costs nothing in
+# a busy session, where every microsecond of CPU counts.
+_QUIET = 0.001
 _CLOCK_JUMP = 5.0  # as in pool.py: wall time ran ahead of the monotonic clock (a restore)
 
 
@@ -105,6 +107,8 @@ class ClientConnection(asyncio.Protocol):
         self._active_wall = 0.0
         self._moved_from = 0  # the connection the session left, and why (for the session_moved line)
         self._move_reason = ""
+        self._transient_reported: frozenset[Pin] = frozenset()
+        self._observed: asyncio.Future[tuple[int, int] | None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def upstream_lost(self) -> None:
+        if self.state is not ClientState.ATTACHED:
+            return  # MOVING: the check of this connection under way sees it gone
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None  # called by the session's relay
         blockers = relay.blockers()
@@ -215,8 +221,17 @@ class ClientConnection(asyncio.Protocol):
         for pin in pins:
             self._pool.counters.pinned(pin.value)
         if self._log.enabled("debug"):
-            self._log.debug("session_pinned", reasons=[pin.value for pin in pins],
-                            connection_id=self._upstream.connection_id if self._upstream else None)
+            for pin in pins:
+                self._log.debug("session_pinned", reason=pin.value,
+                                connection_id=self._upstream.connection_id if self._upstream else None)
+
+    def _report_transient(self, blockers: set[Pin]) -> None:
+        """A session another client waits for, held by an open transaction or its last
+        statement's warnings: said once per stretch (the lasting pins were said when they began)."""
+        transient = frozenset(pin for pin in blockers if pin in TRANSIENT)
+        if transient and transient != self._transient_reported:
+            self.session_pinned(sorted(transient - self._transient_reported, key=lambda pin: pin.value))
+        self._transient_reported = transient
 
     # --- moving a session between upstream connections ---------------------------------------
     @property
@@ -232,6 +247,8 @@ class ClientConnection(asyncio.Protocol):
             return None
         blockers = relay.blockers()
         if blockers is None or blockers:
+            if blockers:
+                self._report_transient(blockers)
             return None
         self._carried = relay.carry()
         self._relay = None
@@ -240,6 +257,16 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.DETACHED
         self._moved_from = upstream.connection_id
         self._move_reason = "shared"
+        # what the session's next statement could still ask about the last one, read off the
+        # connection before its reset (in the same round trip), made so again after the move
+        observed: asyncio.Future[tuple[int, int] | None] = self._loop.create_future()
+        self._observed = observed
+
+        def deliver(counts: tuple[int, int] | None) -> None:
+            if not observed.done():
+                observed.set_result(counts)
+
+        upstream.observe_for = deliver
         return upstream
 
     def _detach(self, reusable: bool) -> None:
@@ -316,12 +343,19 @@ class ClientConnection(asyncio.Protocol):
             return
         self._upstream = upstream
         self._upstream_in_use = True
+        observed, self._observed = self._observed, None
         try:
+            counts = None
+            if observed is not None:  # read during the old connection's reset, done by now
+                await asyncio.wait((observed,), timeout=self._config.connect_timeout)
+                counts = observed.result() if observed.done() else None
+            if b"wait_timeout" in session.variables:
+                upstream.restore_wait_timeout()  # the replay sets the session's own
             error = await upstream.prepare(settings)
             replayed = 0
             if error is None:
-                for command in session.replay(settings.database):
-                    reply = await upstream.command(command[0], command[1:])
+                for command in session.replay(settings.database, counts):
+                    reply = await upstream.statement(command)
                     if messages.is_err(reply):
                         error = reply
                         break

@@ -31,8 +31,8 @@ from .protocol import session_setup
 from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
-from .protocol.responses import ResponseTracker, closes_reply
-from .protocol.session import Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
+from .protocol.responses import ResponseTracker, closes_reply, reply_marks
+from .protocol.session import RELEASABLE, Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
@@ -132,7 +132,7 @@ class Relay:
         # --- the session model
         self.session = session
         self._tracked = session is not None and upstream.tracked
-        self._watch = session is not None and not session.pins  # commands can still pin it
+        self._watch = session is not None and not session.pins - RELEASABLE  # commands can still pin it
         self._ended: bytes | None = None  # the last chunk of the latest reply the fast path proved ended
         self._query_tail: str | None = None  # a long query's text so far continues in the next read
         self._demand = demand
@@ -158,12 +158,17 @@ class Relay:
                     if self._older:
                         self._older.clear()
                         self._older_size = 0
-                    if last is not None:
-                        self._ended = last
                     self._last = None
                     self.commands += 1
                     if self._watch:
-                        self._note(self.session.command(data, HEADER_SIZE))  # type: ignore[union-attr]
+                        session = self.session
+                        assert session is not None  # _watch is set only with a session
+                        if last is not None:
+                            self._ended = last
+                            self._note(session.reply_ended(reply_marks(last)))
+                        self._note(session.command(data, HEADER_SIZE))
+                    elif last is not None:
+                        self._ended = last
                     return None
         forward, commands, rest = self.scanner.feed(data)
         if commands:
@@ -179,7 +184,7 @@ class Relay:
     def _note(self, pins: list[Pin]) -> None:
         if pins:
             assert self.session is not None  # pins come from it
-            self._watch = not self.session.pins
+            self._watch = not self.session.pins - RELEASABLE
             self.client.session_pinned(pins)
 
     def _follow(self, forward: bytes, commands: list[int]) -> None:
@@ -357,6 +362,8 @@ class Relay:
             self._older.clear()
             self._older_size = 0
             self._ended = last
+            if self._watch:
+                self._note(self.session.reply_ended(reply_marks(last)))  # type: ignore[union-attr]
             self._last = None
             return True
         return False
@@ -388,10 +395,13 @@ class Relay:
         for code in self._expected:
             tracker.expect(code)
         self._expected.clear()
+        tracker.marks = 0
         for chunk in self._older:
             tracker.feed(chunk)
         if self._last is not None:
             tracker.feed(self._last)
+        if self._watch and tracker.marks:  # a reply walked here left warnings or changed state
+            self._note(self.session.reply_ended(tracker.marks))  # type: ignore[union-attr]
         self._older.clear()
         self._older_size = 0
         self._last = None

@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 from pymysql.charset import charset_by_id
@@ -23,8 +24,8 @@ from .errors import ProtocolError, UpstreamError
 from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
-from .protocol.packets import Packet, PacketBuffer, frame
-from .protocol.session import TRACKING_STATEMENT
+from .protocol.packets import Packet, PacketBuffer, frame, read_lenenc_bytes
+from .protocol.session import OBSERVE_STATEMENT, TRACKING_STATEMENT
 from .relay import Relay, enable_nodelay
 
 if TYPE_CHECKING:  # pool imports this module
@@ -84,6 +85,9 @@ class UpstreamConnection(asyncio.Protocol):
         # the server reports this session's state changes (CLIENT_SESSION_TRACK and the trackers on),
         # so a session on it can be moved to another connection (protocol/session.py)
         self.tracked = False
+        # set when a session moves off this connection (connection sharing): the next reset first
+        # reads what that session's next statement could still ask about (ROW_COUNT(), FOUND_ROWS())
+        self.observe_for: Callable[[tuple[int, int] | None], None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -360,6 +364,14 @@ class UpstreamConnection(asyncio.Protocol):
         # any reply the relay lost count of is still on its way, the replies read here are out of
         # step and the nonce does not match, so the connection is never lent in that state.
         nonce = os.urandom(8).hex().encode()
+        observe, self.observe_for = self.observe_for, None
+        if observe is not None:
+            try:
+                self.write_packet(bytes((COMMAND.COM_QUERY,)) + OBSERVE_STATEMENT, 0)
+                observe(await self._read_counts())
+            except BaseException:
+                observe(None)
+                raise
         self.write_packet(bytes((COM_RESET_CONNECTION,)), 0)
         default = self._target.database
         if default:
@@ -444,6 +456,40 @@ class UpstreamConnection(asyncio.Protocol):
         self.short_wait = False
         source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
         return frame(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = @@GLOBAL." + source, 0)
+
+    async def _read_counts(self) -> tuple[int, int] | None:
+        """The row of OBSERVE_STATEMENT: two integers (None if the server said something else)."""
+        first = (await self.read_packet()).payload
+        if messages.is_err(first):
+            return None
+        if first != b"\x02":
+            raise UpstreamError("reset out of step with the server (observed counts)")
+        packets = [(await self.read_packet()).payload for _ in range(5)]
+        if packets[2][:1] != b"\xfe" or packets[4][:1] != b"\xfe":
+            raise UpstreamError("reset out of step with the server (observed counts)")
+        try:
+            row_count, position = read_lenenc_bytes(packets[3], 0)
+            found_rows, _ = read_lenenc_bytes(packets[3], position)
+            return int(row_count), int(found_rows)
+        except (ProtocolError, ValueError):
+            return None
+
+    async def statement(self, payload: bytes) -> bytes:
+        """Run one command whose reply may be a result set; return the reply's last packet."""
+        self.write_packet(payload, 0)
+        packet = (await self.read_packet()).payload
+        if messages.is_ok(packet) or messages.is_err(packet):
+            if messages.is_ok(packet):
+                self.status = messages.ok_status(packet)
+            return packet
+        eofs = 0
+        while eofs < 2:
+            packet = (await self.read_packet()).payload
+            if packet[:1] == b"\xfe" and len(packet) < 9:
+                eofs += 1
+            elif messages.is_err(packet):
+                return packet
+        return packet
 
     async def _read_one_value(self) -> bytes:
         """The one row of a one-column, one-row text result (column count, definition, EOF, row,

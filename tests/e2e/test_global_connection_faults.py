@@ -157,6 +157,10 @@ def test_a_global_connection_survives_kills_wait_timeouts_and_a_restart(lambda_f
     assert [o["rows_before"] for o in succeeded] == list(range(len(succeeded)))
 
     if with_layer:
+        if failed:  # what the extension saw, for the report
+            for source, line in sandbox.logs:
+                if source != "runtime" and '"event"' in line and '"upstream_state"' not in line:
+                    print(f"  [{source}] {line}")
         assert failed == [], f"{len(failed)} of {INVOCATIONS} invocations failed through dbkeeper: {failed}"
         # and the faults hit what served the function: each event found live upstreams (but at 35, where
         # the freeze before it had already ended them)

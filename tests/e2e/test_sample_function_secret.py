@@ -5,6 +5,7 @@ is rotated mid-run, step by step as Secrets Manager's single-user rotation does 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -19,7 +20,7 @@ def rds_secret(db, password: str) -> str:
 
 @pytest.fixture
 def secret(moto_server, fresh_mariadb, request):
-    name = f"e2e-{request.node.name[:40]}"
+    name = f"e2e-{request.node.name[:40]}-{os.urandom(3).hex()}"  # [sandbox] and [rie] runs share a server
     moto_server.client("secretsmanager").create_secret(
         Name=name, SecretString=rds_secret(fresh_mariadb, fresh_mariadb.password))
     return name
@@ -28,7 +29,8 @@ def secret(moto_server, fresh_mariadb, request):
 def extension_events(sandbox, name: str) -> list[dict]:
     lines = []
     for source, line in sandbox.logs:
-        if source == EXTENSION and line.startswith("{"):
+        # the RIE merges every process's output into one stream ("rie"): any source is the extension's there
+        if (source == EXTENSION or sandbox.merged_sources) and line.startswith("{"):
             try:
                 record = json.loads(line)
             except ValueError:

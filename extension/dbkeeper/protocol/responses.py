@@ -17,6 +17,7 @@ from collections import deque
 
 from pymysql.constants import COMMAND, SERVER_STATUS
 
+from ..errors import ProtocolError
 from .commands import COM_RESET_CONNECTION
 from .messages import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
 from .packets import HEADER_SIZE, MAX_FRAME, read_lenenc_int
@@ -59,6 +60,7 @@ class ResponseTracker:
         self.broken: str | None = None       # why the stream can no longer be followed
         self._packet = b""                   # the head of the packet being classified
         self.final = b""                     # the head of the packet that ended the last reply
+        self.marks = 0                       # WARNED | STATE_CHANGED of replies walked since it was read
 
     @property
     def idle(self) -> bool:
@@ -216,7 +218,11 @@ class ResponseTracker:
             self._reply_done()
 
     def _reply_done(self) -> None:
-        self.final = self._packet
+        final = self.final = self._packet
+        if final[:1] == b"\xff" or _warnings_of(final):
+            self.marks |= WARNED
+        if final[:1] == b"\xfe" and len(final) >= 5 and final[4] & 0x40:
+            self.marks |= STATE_CHANGED
         self._pending.popleft()
         self._state = None
         if self._pending:
@@ -255,6 +261,37 @@ def closes_reply(chunk: bytes) -> bool:
         return size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB \
             and not chunk[7] & _MORE_RESULTS
     return False
+
+
+# reply_marks(): the reply left warnings or an error / its final EOF reports a session state change
+WARNED = 1
+STATE_CHANGED = 2
+
+
+def reply_marks(chunk: bytes) -> int:
+    """For a last chunk that closes_reply() accepted: WARNED if the reply left warnings or an
+    error (what SHOW WARNINGS / SHOW ERRORS would show), STATE_CHANGED if its final EOF has
+    SERVER_SESSION_STATE_CHANGED (an OK's change is read from its tracker data instead)."""
+    size = len(chunk)
+    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER:
+        return (WARNED if chunk[-4] or chunk[-3] else 0) | (STATE_CHANGED if chunk[-1] & 0x40 else 0)
+    if chunk[4] == ERR_HEADER:
+        return WARNED
+    return WARNED if chunk[9] or chunk[10] else 0  # a one-chunk OK with one-byte counters (closes_reply checked)
+
+
+def _warnings_of(head: bytes) -> int:
+    """Warnings in the head of an OK or EOF packet (0 when it cannot tell)."""
+    if head[:1] == b"\xfe" and len(head) >= 5:
+        return head[1] | head[2] << 8
+    if head[:1] == b"\x00":
+        try:
+            _, position = read_lenenc_int(head, 1)
+            _, position = read_lenenc_int(head, position)
+        except ProtocolError:
+            return 0
+        return int.from_bytes(head[position + 2:position + 4], "little")
+    return 0
 
 
 def _eof_status(head: bytes) -> int:

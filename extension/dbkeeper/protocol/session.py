@@ -38,6 +38,7 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 from ..errors import ProtocolError
 from .messages import OK_HEADER
 from .packets import lenenc_int, read_lenenc_bytes, read_lenenc_int
+from .responses import STATE_CHANGED, WARNED
 
 # Session state tracking (CLIENT_SESSION_TRACK): the status flag and the entry types of the block
 # an OK packet carries after its info string (MySQL's SESSION_TRACK_* / MariaDB's the same).
@@ -59,6 +60,7 @@ _OWN_VARIABLES = frozenset((b"session_track_system_variables", b"session_track_s
 class Pin(Enum):
     TRANSACTION = "transaction"
     WARNINGS = "warnings"
+    ROW_COUNT = "row_count"
     LOCK_TABLES = "lock_tables"
     USER_LOCK = "user_lock"
     TEMPORARY_TABLE = "temporary_table"
@@ -76,8 +78,16 @@ class Pin(Enum):
     UNTRACKED = "untracked"  # the server does not track session state: nothing can be replayed
 
 
-# Pins that end by themselves (the last reply tells); every other one lasts for the session.
-TRANSIENT = frozenset((Pin.TRANSACTION, Pin.WARNINGS))
+# Pins that end by themselves (the last reply tells)
+TRANSIENT = frozenset((Pin.TRANSACTION, Pin.WARNINGS, Pin.ROW_COUNT))
+# Pins that a later statement ends: UNLOCK TABLES; a SELECT that asks FOUND_ROWS() (or any other
+# SELECT: it replaces the count). Every other pin lasts for the session.
+RELEASABLE = frozenset((Pin.LOCK_TABLES, Pin.FOUND_ROWS, Pin.WARNINGS))
+# A statement that always uses a table: its clean reply empties the warnings list (MariaDB keeps
+# the last statement's warnings through statements that use no table: SELECT 1, SET, COMMIT)
+_USES_TABLE = re.compile(r"\s*(?:(?:INSERT|UPDATE|DELETE|REPLACE)\b|SELECT\b.*?\bFROM\s+(?!DUAL\b)[`\w])", re.S)
+_UNLOCK_TABLES = re.compile(r"\s*UNLOCK\s+TABLES?\b")
+_SELECT = re.compile(r"\s*\(?\s*SELECT\b")
 
 # Statement text that holds state no replay can rebuild: (a word that must be in the upper-cased
 # text, the pin, the exact test run only when the word is there, whether that test is anchored at
@@ -162,10 +172,12 @@ def untracked_ok(ok: OkPacket, payload: bytes) -> bytes:
 
 
 class Ending(NamedTuple):
-    """How the last reply ended: its final OK/EOF's status and warnings, or an ERR."""
+    """How the last reply ended: its final OK/EOF's status and warnings, or an ERR; the OK's
+    affected rows (ROW_COUNT()), None for a result set or an ERR."""
     status: int
     warnings: int
     error: bool
+    affected_rows: int | None = None
 
 
 class SessionModel:
@@ -178,6 +190,7 @@ class SessionModel:
         self.variables: dict[bytes, bytes] = {}
         self.last_insert_id = 0
         self.pins: set[Pin] = set() if tracked else {Pin.UNTRACKED}
+        self._uses_table = False  # the last statement sent surely used a table
 
     # --- fed by the relay ---------------------------------------------------------------------
     def command(self, packet: bytes, start: int = 0) -> list[Pin]:
@@ -187,6 +200,7 @@ class SessionModel:
         code = packet[start] if len(packet) > start else COMMAND.COM_SLEEP
         if code == COMMAND.COM_QUERY:
             return self.query(packet, start)
+        self._uses_table = False
         pin = _PIN_COMMANDS.get(code)
         if pin is not None:
             return self._pin(pin)
@@ -196,14 +210,24 @@ class SessionModel:
 
     def query(self, packet: bytes, start: int = 0) -> list[Pin]:
         """A COM_QUERY whose command byte is `packet[start]`."""
-        if self.pins:  # pinned for the session's life: its text changes nothing
+        pins = self.pins
+        self._uses_table = False
+        if pins and not pins <= RELEASABLE:  # pinned for the session's life: its text changes nothing
             return []
         # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
-        return self._classify(packet.decode("latin-1").upper(), start + 1, anchored=True)
+        text = packet.decode("latin-1").upper()
+        if pins:
+            # only a pending warnings list needs to know (saves a pattern per query otherwise)
+            self._uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
+            if Pin.LOCK_TABLES in pins and _UNLOCK_TABLES.match(text, start + 1):
+                pins.discard(Pin.LOCK_TABLES)
+            if Pin.FOUND_ROWS in pins and _SELECT.match(text, start + 1) and "SQL_CALC_FOUND_ROWS" not in text:
+                pins.discard(Pin.FOUND_ROWS)
+        return self._classify(text, start + 1, anchored=True)
 
     def query_text(self, text: str) -> list[Pin]:
         """More text of a long query that arrived in several reads (no statement start in it)."""
-        if self.pins:
+        if self.pins and not self.pins <= RELEASABLE:
             return []
         return self._classify(text.upper(), 0, anchored=False)
 
@@ -244,6 +268,17 @@ class SessionModel:
             return self._pin(Pin.STATE_CHANGE)
         return []
 
+    def reply_ended(self, marks: int) -> list[Pin]:
+        """A reply ended (the relay proved it); `marks` (responses.WARNED, STATE_CHANGED): it left
+        warnings or an error, which stay on the server until a statement that uses a table ends
+        cleanly; its final EOF reports a state change no OK carried (a stored function's)."""
+        new = self._pin(Pin.STATE_CHANGE) if marks & STATE_CHANGED else []
+        if marks & WARNED:
+            return new + self._pin(Pin.WARNINGS)
+        if self._uses_table:
+            self.pins.discard(Pin.WARNINGS)
+        return new
+
     def unfollowed(self) -> list[Pin]:
         """Replies dbkeeper relayed without reading their tracker data (pipelined commands, an OK
         split across reads): whatever they reported is unknown."""
@@ -260,16 +295,24 @@ class SessionModel:
         """Why the session cannot move now that its last reply ended as `ending` (empty: it can)."""
         if ending is None:
             return set(self.pins)
+        pins = self.pins
+        if Pin.WARNINGS in pins and self._uses_table and not (ending.warnings or ending.error):
+            pins = pins - {Pin.WARNINGS}  # the latest statement emptied the list
         transient = set()
         if ending.status & _IN_TRANS:
             transient.add(Pin.TRANSACTION)
         if ending.warnings or ending.error:
             transient.add(Pin.WARNINGS)
-        return self.pins | transient
+        if ending.status & SERVER_SESSION_STATE_CHANGED and ending.affected_rows is None:
+            transient.add(Pin.STATE_CHANGE)  # an EOF's: what changed is not known
+        if ending.affected_rows:  # ROW_COUNT() > 0: no replay can make it so
+            transient.add(Pin.ROW_COUNT)
+        return pins | transient
 
-    def replay(self, handshake_database: str | None) -> list[bytes]:
+    def replay(self, handshake_database: str | None, observed: tuple[int, int] | None = None) -> list[bytes]:
         """Command payloads that rebuild this session on a connection prepared for its handshake
-        settings (character set, database, multi-statement option)."""
+        settings (character set, database, multi-statement option). `observed`: ROW_COUNT() and
+        FOUND_ROWS() read on the old connection before it was reset, made so again last."""
         commands = []
         if self.database and self.database != handshake_database:
             commands.append(bytes((COMMAND.COM_INIT_DB,)) + self.database.encode())
@@ -280,7 +323,26 @@ class SessionModel:
             commands.append(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION " + assignments)
         if self.last_insert_id:
             commands.append(bytes((COMMAND.COM_QUERY,)) + b"DO LAST_INSERT_ID(%d)" % self.last_insert_id)
+        if observed is not None and observed[1] <= MOST_FOUND_ROWS:
+            row_count, found_rows = observed
+            commands.append(bytes((COMMAND.COM_QUERY,)) + found_rows_statement(found_rows))
+            if row_count == 0:  # the SELECT leaves -1; a statement without a result, 0
+                commands.append(bytes((COMMAND.COM_QUERY,)) + b"DO 0")
         return commands
+
+
+# Most FOUND_ROWS() a replay makes so (one step of a recursive CTE per row)
+MOST_FOUND_ROWS = 100_000
+# What the replay reads back from the old connection before its reset (connection sharing)
+OBSERVE_STATEMENT = b"SELECT ROW_COUNT(), FOUND_ROWS()"
+
+
+def found_rows_statement(found_rows: int) -> bytes:
+    """A SELECT after which FOUND_ROWS() is `found_rows` and ROW_COUNT() -1, returning no row."""
+    if found_rows <= 0:
+        return b"SELECT 1 FROM DUAL WHERE 0"
+    return (b"WITH RECURSIVE dbkeeper_rows(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM dbkeeper_rows WHERE n < %d) "
+            b"SELECT SQL_CALC_FOUND_ROWS n FROM dbkeeper_rows LIMIT 0" % found_rows)
 
 
 _NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?\Z")
@@ -309,12 +371,12 @@ def ending_of(packet: bytes) -> Ending | None:
         return Ending(packet[3] | packet[4] << 8, packet[1] | packet[2] << 8, False)
     if first == OK_HEADER:  # `packet` may be only the head of a long OK: read up to the warnings
         try:
-            _, position = read_lenenc_int(packet, 1)
+            affected, position = read_lenenc_int(packet, 1)
             _, position = read_lenenc_int(packet, position)
         except ProtocolError:
             return None
         if position + 4 > len(packet):
             return None
         return Ending(packet[position] | packet[position + 1] << 8,
-                      packet[position + 2] | packet[position + 3] << 8, False)
+                      packet[position + 2] | packet[position + 3] << 8, False, affected or 0)
     return None
