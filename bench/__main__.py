@@ -12,6 +12,11 @@ Phases (each interleaves its comparisons within one run, with warm-up):
 
 Prints the tables, writes bench/out/results-<timestamp>.json and bench/out/latest.json, and (full
 runs) rewrites the generated part of bench/RESULTS.md.
+
+--baseline-layer PATH (an unpacked layer tree, e.g. another checkout's dist/layer-x86_64) also runs a
+dbkeeper from that tree, snapshotted like the main one, as dbkb_tcp (and dbkb_tcp_tlsdb_net) in the
+latency, cpu and connect phases, interleaved with the rest, and prints a "Baseline layer comparison"
+(this build / the baseline) with verdicts against 1.05x. Such a run never rewrites bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -46,10 +51,9 @@ PLANS = {
 def check_layer() -> list[str]:
     """Fail if the layer is not built; return the sources that differ from the built copy."""
     layer = targets.LAYER
-    launcher = layer / "extensions" / "dbkeeper"
-    main = layer / "dbkeeper" / "lib" / "dbkeeper" / "main.py"
-    if not (os.access(launcher, os.X_OK) and main.exists()):
+    if targets.layer_problem(layer):
         sys.exit(f"bench: no built layer at {layer}: run ./build.sh first")
+    launcher = layer / "extensions" / "dbkeeper"
     stale = []
     pairs = [(REPO / "layer" / "extensions" / "dbkeeper", launcher),
              (REPO / "layer" / "dbkeeper" / "bootstrap.py", layer / "dbkeeper" / "bootstrap.py")]
@@ -61,7 +65,8 @@ def check_layer() -> list[str]:
     return stale
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: phases known, --variant-env as a dict, --baseline-layer a layer tree."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="~20 s smoke run (fewer iterations)")
@@ -72,12 +77,38 @@ def main(argv: list[str] | None = None) -> int:
                              "in the latency and cpu phases, e.g. MALLOC_TRIM_THRESHOLD_=33554432")
     parser.add_argument("--rtt-ms", type=float, default=1.0,
                         help="RTT of the emulated network for the connect phase's *_net paths (0: skip them)")
+    parser.add_argument("--baseline-layer", type=Path, default=None, metavar="PATH",
+                        help="also run a dbkeeper from this unpacked layer tree (e.g. another build's "
+                             "dist/layer-x86_64) as dbkb_tcp in the latency, cpu and connect phases, and print "
+                             "this build / baseline ratios; bench/RESULTS.md is then left alone")
     args = parser.parse_args(argv)
-    phases = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(phases) - set(PHASES)
+    args.phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(args.phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
-    variant_env = dict(kv.split("=", 1) for kv in args.variant_env.split(",") if kv.strip())
+    malformed = [kv for kv in args.variant_env.split(",") if kv.strip() and "=" not in kv]
+    if malformed:
+        parser.error(f"--variant-env wants KEY=VAL pairs, got {', '.join(malformed)}")
+    args.variant_env = dict(kv.split("=", 1) for kv in args.variant_env.split(",") if kv.strip())
+    if args.baseline_layer is not None:
+        problem = targets.layer_problem(args.baseline_layer)
+        if problem:
+            parser.error(f"--baseline-layer: {problem}")
+        if not {"latency", "cpu", "connect"} & set(args.phases):
+            parser.error("--baseline-layer is measured in the latency, cpu and connect phases: add one to --only")
+        args.baseline_layer = args.baseline_layer.resolve()
+    return args
+
+
+def writes_results_md(args: argparse.Namespace) -> bool:
+    """Only a full, unmodified run of every phase rewrites bench/RESULTS.md's generated part."""
+    return (not args.quick and not args.no_results_md and set(args.phases) == set(PHASES) and not args.variant_env
+            and args.baseline_layer is None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    phases, variant_env = args.phases, args.variant_env
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -89,17 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     stamp = time.strftime("%Y%m%dT%H%M%S")
     layer, fingerprint = targets.snapshot_layer()
+    baseline = None
+    if args.baseline_layer is not None:
+        try:
+            baseline, baseline_fingerprint = targets.snapshot_layer(args.baseline_layer)
+        except BaseException:
+            shutil.rmtree(layer.parent, ignore_errors=True)
+            raise
     results: dict = {"mode": mode, "plan": plan, "phases": phases, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                      "machine": report.machine(), "layer": str(targets.LAYER), "layer_fingerprint": fingerprint,
                      "layer_stale_files": stale, "variant_env": variant_env}
+    if baseline is not None:
+        results["baseline_layer"] = {"path": str(args.baseline_layer), "fingerprint": baseline_fingerprint}
+        progress(f"bench: baseline layer {args.baseline_layer} ({baseline_fingerprint}, snapshot) as dbkb_tcp")
     progress(f"bench: {mode} run, load average {results['machine']['loadavg'][0]:.2f} on "
              f"{results['machine']['nproc']} CPUs; layer {fingerprint} (snapshot); setting up MariaDB, dbkeeper, "
              f"socat ...")
     try:
         env = targets.start(layer, with_tls="connect" in phases, variant_env=variant_env, net_rtt_ms=args.rtt_ms,
-                            with_tlsreq="tlsreq" in phases)
+                            with_tlsreq="tlsreq" in phases, baseline_layer=baseline)
     except BaseException:
-        shutil.rmtree(layer.parent, ignore_errors=True)
+        _remove_snapshots(layer, baseline)
         raise
     try:
         results["versions"] = targets.server_versions(env)
@@ -127,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             results["imports"] = coldstart.import_times(layer, plan["imports"], progress)
     finally:
         reports = env.close()
-        shutil.rmtree(layer.parent, ignore_errors=True)
+        _remove_snapshots(layer, baseline)
     results["bench_instance_shutdown"] = {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in reports.items()}
     results["loadavg_after"] = os.getloadavg()
     results["duration_s"] = time.monotonic() - started
@@ -138,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", report.machine_text(results))
     path = report.write_json(results, stamp)
     print(f"JSON: {path.relative_to(REPO)} (and bench/out/latest.json)")
-    if mode == "full" and not args.no_results_md and set(phases) == set(PHASES) and not variant_env:
+    if writes_results_md(args):
         report.update_results_md(results, path)
         print("updated bench/RESULTS.md (generated part)")
     return 0
+
+
+def _remove_snapshots(*layers: Path | None) -> None:
+    for snapshot in layers:
+        if snapshot is not None:
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

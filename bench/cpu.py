@@ -15,7 +15,8 @@ import time
 from . import procstat
 from .stats import summary
 
-CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp")
+CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp", "dbkb_tcp")
+IDLE_KEYS = {"dbk_tcp": "dbkeeper", "dbkb_tcp": "dbkeeper_baseline_layer"}  # idle_cpu_ms_per_s keys
 
 
 def _block(session, endpoint, count: int, fn) -> tuple[float, float, float]:
@@ -73,9 +74,9 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
     finally:
         gc.enable()
     idle = {}
-    for name in ("dbk_tcp",):
+    for name, key in IDLE_KEYS.items():
         if name in names:
-            idle[env.endpoints[name].relay] = idle_cpu(env.endpoints[name], 1.0)
+            idle[key] = idle_cpu(env.endpoints[name], 1.0)
     progress(f"  {time.monotonic() - started:.1f} s")
     return {
         "rounds": rounds, "select_count": select_count, "mb_count": mb_count,

@@ -27,6 +27,8 @@ LABELS = {
     "socat_unix": "socat UNIX->TCP (nodelay)",
     "uvloop_tcp": "bare uvloop Protocol relay TCP (bench/minirelay.py)",
     "dbkv_tcp": "dbkeeper TCP, variant env (A/B)",
+    "dbkb_tcp": "dbkeeper TCP, baseline layer (A/B)",
+    "dbkb_tcp_tlsdb_net": "dbkeeper TCP, baseline layer, TLS upstream across the emulated network",
     "direct_tcp_tlsdb": "direct TCP, DB offers TLS",
     "dbk_tcp_tlsdb": "dbkeeper TCP, TLS upstream",
     "direct_tcp_tlsdb_net": "direct TCP across the emulated network, DB offers TLS",
@@ -257,7 +259,7 @@ def connect_table(results: dict) -> str:
     con = results["connect"]
     v = con["variants"]
     paths = [p for p in ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb",
-                         "direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net")
+                         "direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net", "dbkb_tcp", "dbkb_tcp_tlsdb_net")
              if any(x["path"] == p for x in v.values())]
     ratios = [(d, k, label) for d, k, label in (
         ("direct_tcp_tlsdb", "dbk_tcp", "direct (DB offers TLS) / dbkeeper TCP"),
@@ -337,6 +339,74 @@ def tlsreq_table(results: dict) -> str:
               "invocations/s",
               "CPU ms per invocation (the cgroup's processes)", "periods throttled"]
     return head + "\n\n" + _table(header, rows)
+
+
+BASELINE_LIMIT = 1.05  # issue 9 (f): this build <= 1.05 x the baseline layer's
+
+
+def baseline_rows(results: dict) -> list[dict]:
+    """This build (dbk_*) / the --baseline-layer build (dbkb_*), measured in the same run, interleaved:
+    one dict per comparison (what, this build, baseline, unit, ratio, lo, hi, limit, status); rows with
+    limit None are context. Ratios > 1 mean this build is slower (or spends more CPU)."""
+    rows = []
+
+    def add(what, new, old, unit, scale=1.0, limit=BASELINE_LIMIT, digits=0):
+        if not new or not old:
+            return
+        r = ratio(new, old)
+        rows.append(dict(what=what, new=percentile(new, 50) * scale, baseline=percentile(old, 50) * scale,
+                         unit=unit, digits=digits, ratio=r["ratio"], lo=r["lo"], hi=r["hi"], limit=limit,
+                         status=verdict(r["ratio"], limit, False, r["lo"], r["hi"]) if limit else "context"))
+
+    lat = results.get("latency")
+    if lat:
+        s = lat["samples_us"]
+        for step, what, limit in (("select1_pymysql", "SELECT 1 p50, PyMySQL, TCP", BASELINE_LIMIT),
+                                  ("select1_raw", "SELECT 1 p50, raw packets, TCP", BASELINE_LIMIT),
+                                  ("select1_idle", "SELECT 1 p50 after 1 ms idle, raw, TCP", None)):
+            if step in s:
+                add(what, s[step].get("dbk_tcp"), s[step].get("dbkb_tcp"), "µs", limit=limit)
+    cpu = results.get("cpu")
+    if cpu:
+        c = cpu["samples"]
+        add("extension CPU per SELECT 1 (PyMySQL, TCP; per-round p50)", c["select1_us"].get("dbk_tcp"),
+            c["select1_us"].get("dbkb_tcp"), "µs", digits=1)
+        add("extension CPU per 1 MB result (raw, TCP)", c["mb1_ms"].get("dbk_tcp"), c["mb1_ms"].get("dbkb_tcp"), "ms",
+            limit=None, digits=2)
+    con = results.get("connect")
+    if con:
+        v = con["variants"]
+        for mode in ("defaults", "ssl_disabled"):
+            for new, old, where in (("dbk_tcp", "dbkb_tcp", "TCP"),
+                                    ("dbk_tcp_tlsdb_net", "dbkb_tcp_tlsdb_net",
+                                     f"TLS upstream across {con.get('net_rtt_ms', 0):g} ms RTT")):
+                a, b = v.get(f"1.1.1/{mode}/{new}"), v.get(f"1.1.1/{mode}/{old}")
+                if a and b:
+                    add(f"connect+SELECT 1+close per invocation, PyMySQL 1.1.1 {mode}, {where}", a["samples_wall_us"],
+                        b["samples_wall_us"], "ms", scale=1e-3, digits=2)
+        new = con.get("extension_cpu_us_per_connect_cycle")
+        old = con.get("baseline_extension_cpu_us_per_connect_cycle")
+        if new and old:
+            rows.append(dict(what="extension CPU per connect cycle (whole phase / cycles; one figure, no blocks)",
+                             new=new, baseline=old, unit="µs", digits=0, ratio=new / old, lo=math.nan, hi=math.nan,
+                             limit=None, status="context"))
+    return rows
+
+
+def baseline_table(results: dict) -> str:
+    base = results.get("baseline_layer", {})
+    head = (f"This build (layer {results.get('layer_fingerprint', '?')}) / the baseline layer "
+            f"{base.get('path', '?')} ({base.get('fingerprint', '?')}), both snapshotted, same settings, interleaved "
+            f"in this run. Ratio = p50 / p50 (block range = per-block ratios); > 1 = this build slower. Target: "
+            f"<= {BASELINE_LIMIT:g} x.")
+    out = []
+    for r in baseline_rows(results):
+        spread = "—" if math.isnan(r["lo"]) else f"{r['lo']:.2f}–{r['hi']:.2f}"
+        digits, unit = r["digits"], r["unit"]
+        out.append([r["what"], f"{r['new']:.{digits}f} {unit}", f"{r['baseline']:.{digits}f} {unit}",
+                    f"{r['ratio']:.3f}", spread, f"<= {r['limit']:g}" if r["limit"] else "—", r["status"]])
+    return head + "\n\n" + _table(["comparison", "this build p50", "baseline p50", "ratio", "block range", "target",
+                                    "status"], out)
 
 
 def coldstart_table(results: dict) -> str:
@@ -421,6 +491,8 @@ def render(results: dict) -> str:
         parts += ["### Import time of the launcher's chain", imports_table(results)]
     if results.get("targets"):
         parts += ["### Targets", targets_table(results["targets"])]
+    if results.get("baseline_layer"):
+        parts += ["### Baseline layer comparison", baseline_table(results)]
     return "\n\n".join(parts)
 
 

@@ -8,6 +8,8 @@
     socat_unix    socat UNIX-LISTEN -> TCP (the bound for "a relay behind a Unix socket")
     uvloop_tcp    bench/minirelay.py: a bare uvloop Protocol relay (the floor for a Python relay)
     dbkv_tcp      only with --variant-env: a second dbkeeper, same layer, extra environment (A/B)
+    dbkb_tcp      only with --baseline-layer: a dbkeeper from ANOTHER built layer tree (snapshotted
+                  like the main one; e.g. today's release), same settings as dbk_tcp (A/B of code)
 
 plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
 and a second dbkeeper whose upstream connection to it negotiates TLS; and, since a DB on loopback
@@ -16,6 +18,7 @@ user-space delay line of a fixed RTT: this kernel has no netem):
 
     direct_tcp_tlsdb_net   client -> network -> TLS-offering MariaDB
     dbk_tcp_tlsdb_net      client -> dbkeeper -> network (TLS upstream) -> the same MariaDB
+    dbkb_tcp_tlsdb_net     the same through the --baseline-layer dbkeeper (only with that flag)
 
 and a third MariaDB that REQUIRES TLS (require_secure_transport, a certificate from a throwaway CA:
 bench/tlsca.py), like RDS with TLS enforced, behind its own delay line:
@@ -86,6 +89,8 @@ class Environment:
     net_dbk: RunningDbkeeper | None = None      # upstream across the emulated network
     net_rtt_ms: float = 0.0
     variant_dbk: RunningDbkeeper | None = None  # same layer, extra environment (--variant-env)
+    baseline_dbk: RunningDbkeeper | None = None      # another layer tree (--baseline-layer)
+    baseline_net_dbk: RunningDbkeeper | None = None  # the same, TLS upstream across the emulated network
     socats: list[subprocess.Popen] = field(default_factory=list)  # and the minirelay
     workdir: str = ""
     dbk_connected: dict = field(default_factory=dict)
@@ -115,7 +120,8 @@ class Environment:
                     proc.kill()
                     proc.wait()
         for name, dbk in (("dbk", self.dbk), ("tls_dbk", self.tls_dbk), ("net_dbk", self.net_dbk),
-                          ("variant_dbk", self.variant_dbk), ("tlsreq_dbk", self.tlsreq_dbk),
+                          ("variant_dbk", self.variant_dbk), ("baseline_dbk", self.baseline_dbk),
+                          ("baseline_net_dbk", self.baseline_net_dbk), ("tlsreq_dbk", self.tlsreq_dbk),
                           ("tlsreq_dbk_tlsargs", self.tlsreq_dbk_tlsargs)):
             if dbk is not None:
                 try:
@@ -129,6 +135,19 @@ class Environment:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return reports
+
+
+def layer_problem(layer: Path) -> str | None:
+    """Why `layer` is not an unpacked dbkeeper layer tree (like dist/layer-x86_64), or None."""
+    launcher = layer / "extensions" / "dbkeeper"
+    main = layer / "dbkeeper" / "lib" / "dbkeeper" / "main.py"
+    if not layer.is_dir():
+        return f"{layer} is not a directory"
+    if not os.access(launcher, os.X_OK):
+        return f"{layer} has no executable extensions/dbkeeper"
+    if not main.exists():
+        return f"{layer} has no dbkeeper/lib/dbkeeper/main.py"
+    return None
 
 
 def fingerprint(layer: Path) -> str:
@@ -201,7 +220,9 @@ def _start_dbkeeper(layer: Path, db: MariaDB, extra: dict | None = None) -> tupl
 
 
 def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, net_rtt_ms: float = 1.0,
-          with_tlsreq: bool = False) -> Environment:
+          with_tlsreq: bool = False, baseline_layer: Path | None = None) -> Environment:
+    """baseline_layer: a (snapshotted) layer tree to run beside `layer` as dbkb_tcp (and, with TLS and a
+    network RTT, dbkb_tcp_tlsdb_net), with the same settings as dbk_tcp (dbk_tcp_tlsdb_net)."""
     workdir = tempfile.mkdtemp(prefix="dbkb-", dir="/tmp")  # short: Unix socket path limit
     db = MariaDB().start()
     env = None
@@ -230,6 +251,10 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, n
             env.variant_dbk, _ = _start_dbkeeper(layer, db, variant_env)
             e["dbkv_tcp"] = Endpoint("dbkv_tcp", dict(host="127.0.0.1", port=env.variant_dbk.port),
                                      env.variant_dbk.pid, "dbkeeper")
+        if baseline_layer is not None:
+            env.baseline_dbk, _ = _start_dbkeeper(baseline_layer, db)
+            e["dbkb_tcp"] = Endpoint("dbkb_tcp", dict(host="127.0.0.1", port=env.baseline_dbk.port),
+                                     env.baseline_dbk.pid, "dbkeeper")
         if with_tls:
             cert, key = make_cert(workdir)
             env.tls_db = MariaDB(extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}"]).start()
@@ -252,6 +277,15 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, n
                                                      tls_db=True)
                 e["dbk_tcp_tlsdb_net"] = Endpoint("dbk_tcp_tlsdb_net", dict(host="127.0.0.1", port=env.net_dbk.port),
                                                   env.net_dbk.pid, "dbkeeper", tls_db=True)
+                if baseline_layer is not None:
+                    env.baseline_net_dbk, connected = _start_dbkeeper(
+                        baseline_layer, env.tls_db, {"DBKEEPER_DB_TLS_CA": cert, "DBKEEPER_DB_PORT": str(net_port)})
+                    if not connected.get("tls"):
+                        raise RuntimeError(f"the baseline dbkeeper did not negotiate TLS across the network: "
+                                           f"{connected}")
+                    e["dbkb_tcp_tlsdb_net"] = Endpoint("dbkb_tcp_tlsdb_net",
+                                                       dict(host="127.0.0.1", port=env.baseline_net_dbk.port),
+                                                       env.baseline_net_dbk.pid, "dbkeeper", tls_db=True)
         if with_tlsreq:
             _start_tls_required(env, layer, net_rtt_ms if net_rtt_ms > 0 else 1.0)
         return env

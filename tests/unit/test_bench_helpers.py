@@ -171,3 +171,83 @@ class TestTargets:
         results["cpu_share_unavailable"] = "a CPU quota needs root"
         row = _row(report.targets({"tlsreq": results}), "the same at a 128 MB CPU share")
         assert row["status"] == "not measured" and row["note"] == "a CPU quota needs root"
+
+
+def _layer_tree(root):
+    """The two files that make a directory an unpacked dbkeeper layer tree for the bench."""
+    launcher = root / "extensions" / "dbkeeper"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    main = root / "dbkeeper" / "lib" / "dbkeeper" / "main.py"
+    main.parent.mkdir(parents=True)
+    main.write_text("")
+    return root
+
+
+class TestBaselineLayerArguments:
+    def test_a_layer_tree_is_accepted_and_the_run_leaves_results_md_alone(self, tmp_path):
+        from bench.__main__ import parse_args, writes_results_md
+        tree = _layer_tree(tmp_path / "layer")
+        args = parse_args(["--only", "latency,cpu,connect", "--baseline-layer", str(tree)])
+        assert args.baseline_layer == tree.resolve()
+        assert args.phases == ["latency", "cpu", "connect"]
+        assert not writes_results_md(parse_args(["--baseline-layer", str(tree)]))  # even as a full run
+
+    def test_without_the_flag_a_full_run_still_rewrites_results_md(self):
+        from bench.__main__ import parse_args, writes_results_md
+        args = parse_args([])
+        assert args.baseline_layer is None and writes_results_md(args)
+        assert not writes_results_md(parse_args(["--quick"]))
+        assert not writes_results_md(parse_args(["--variant-env", "A=1"]))
+
+    def test_a_directory_that_is_no_layer_or_phases_that_never_measure_it_are_refused(self, tmp_path, capsys):
+        from bench.__main__ import parse_args
+        with pytest.raises(SystemExit):
+            parse_args(["--baseline-layer", str(tmp_path)])
+        assert "no executable extensions/dbkeeper" in capsys.readouterr().err
+        tree = _layer_tree(tmp_path / "layer")
+        with pytest.raises(SystemExit):
+            parse_args(["--only", "coldstart", "--baseline-layer", str(tree)])
+        assert "latency, cpu and connect" in capsys.readouterr().err
+
+
+def _ab_results(new_us: float, baseline_us: float, new_cpu_us: float, baseline_cpu_us: float,
+                new_connect_ms: float, baseline_connect_ms: float) -> dict:
+    """Latency, cpu and connect results where this build (dbk_*) and the baseline (dbkb_*) take fixed times."""
+    def connect(ms):
+        wall = [ms * 1000] * 10
+        return {"wall_us": _summary(wall), "samples_wall_us": wall}
+    lat = {step: {"dbk_tcp": [new_us] * 50, "dbkb_tcp": [baseline_us] * 50, "socat_tcp": [1.0] * 50}
+           for step in ("select1_pymysql", "select1_raw", "select1_idle")}
+    return {"layer_fingerprint": "new", "baseline_layer": {"path": "/old/layer", "fingerprint": "old"},
+            "latency": {"samples_us": lat},
+            "cpu": {"samples": {"select1_us": {"dbk_tcp": [new_cpu_us] * 10, "dbkb_tcp": [baseline_cpu_us] * 10},
+                                "mb1_ms": {"dbk_tcp": [1.0] * 10, "dbkb_tcp": [1.0] * 10}}},
+            "connect": {"net_rtt_ms": 1.0, "extension_cpu_us_per_connect_cycle": 1000.0,
+                        "baseline_extension_cpu_us_per_connect_cycle": 900.0,
+                        "variants": {"1.1.1/defaults/dbk_tcp": connect(new_connect_ms),
+                                     "1.1.1/defaults/dbkb_tcp": connect(baseline_connect_ms)}}}
+
+
+class TestBaselineComparison:
+    def test_this_build_may_cost_at_most_five_percent_more_than_the_baseline(self):
+        rows = report.baseline_rows(_ab_results(104.0, 100.0, 50.0, 40.0, 1.0, 1.0))
+        select1 = next(r for r in rows if r["what"] == "SELECT 1 p50, PyMySQL, TCP")
+        assert select1["ratio"] == pytest.approx(1.04) and select1["status"] == "met"
+        cpu = next(r for r in rows if r["what"].startswith("extension CPU per SELECT 1"))
+        assert cpu["ratio"] == pytest.approx(1.25) and cpu["status"] == "not met"
+        connect = next(r for r in rows if "PyMySQL 1.1.1 defaults, TCP" in r["what"])
+        assert connect["new"] == pytest.approx(1.0) and connect["status"] == "met"  # unchanged is fine
+        idle = next(r for r in rows if "after 1 ms idle" in r["what"])
+        assert idle["limit"] is None and idle["status"] == "context"
+
+    def test_the_table_names_both_layers_and_only_rows_measured_on_both(self):
+        results = _ab_results(100.0, 100.0, 40.0, 40.0, 1.0, 2.0)
+        del results["cpu"]
+        table = report.baseline_table(results)
+        assert "/old/layer (old)" in table and "extension CPU per SELECT 1" not in table
+        row = "| connect+SELECT 1+close per invocation, PyMySQL 1.1.1 defaults, TCP | 1.00 ms | 2.00 ms | 0.500 |"
+        assert row in table
+        assert "### Baseline layer comparison" in report.render({"baseline_layer": results["baseline_layer"]})
+        assert "Baseline layer" not in report.render({})
