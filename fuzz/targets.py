@@ -28,6 +28,7 @@ from dbkeeper.errors import DbkeeperError, ProtocolError
 from dbkeeper.protocol import auth, handshake, messages, packets, session_setup
 from dbkeeper.protocol.commands import EMPTY_PACKET, FILE_DATA, FILE_END, INTERCEPTED, CommandScanner
 from dbkeeper.protocol.responses import ResponseTracker, closes_reply
+from dbkeeper.protocol.session import SessionModel
 from dbkeeper.relay import Relay
 
 from .draw import Draw
@@ -402,6 +403,8 @@ class _Transport:
 
 
 class _Upstream:
+    tracked = False  # the model server sends no session-tracking data
+
     def __init__(self, server: ModelServer):
         self.transport = _Transport(server.receive)
         self.status = 2
@@ -432,6 +435,9 @@ class _Client:
     def upstream_lost(self):
         self.failed = True
 
+    def session_pinned(self, pins):
+        pass
+
 
 def target_relay(draw: Draw) -> None:
     """Sessions one after another on one upstream connection, as the pool lends it: each client
@@ -444,7 +450,8 @@ def target_relay(draw: Draw) -> None:
         client, upstream = _Client(), _Upstream(server)
         sent_upstream = bytearray()
         upstream.transport.sink = lambda data, sent=sent_upstream: (sent.extend(data), server.receive(data))
-        relay = Relay(client, upstream, proven if draw.int_in(0, 3) else None)
+        model = SessionModel(None, draw.boolean(), tracked=True) if draw.boolean() else None
+        relay = Relay(client, upstream, proven if draw.int_in(0, 3) else None, session=model)
         packets_sent = client_packets(draw)
         pieces = list(packets_sent) if draw.boolean() else chunks(draw, b"".join(packets_sent), 40)
         sent = bytearray()
@@ -482,6 +489,9 @@ def target_relay(draw: Draw) -> None:
             skip = sum(server.reply_sizes[:_count_packets(client.received_local)])
             own = client.received_relayed == delivered[skip:] if len(delivered) >= skip else not client.received_relayed
             check(own, "the client received bytes that are not its replies")
+        if model is not None:
+            blockers = relay.blockers()  # asked by the pool and the client at any time: must not fail
+            check(blockers is None or reusable, "a session may move while its upstream is not reusable")
         if not reusable:
             relay.why_not_idle  # noqa: B018 (logged by client.py: must not fail either)
             return  # the pool closes the connection: nothing of it can reach anyone

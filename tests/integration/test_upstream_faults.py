@@ -49,6 +49,7 @@ def test_a_client_beyond_the_pool_waits_then_gets_a_clear_error(dbkeeper_factory
     running = dbkeeper_factory(mariadb, DBKEEPER_POOL_SIZE="1", DBKEEPER_BORROW_TIMEOUT_MS="300")
     running.wait_for_event("upstream_connected")
     holder = pymysql.connect(**running.connect_kwargs())
+    holder.cursor().execute("SET @pinned = 1")  # a session that cannot move keeps its connection
     try:
         started = time.monotonic()
         with pytest.raises(pymysql.err.OperationalError) as caught:
@@ -65,6 +66,7 @@ def test_a_client_beyond_the_pool_waits_then_gets_a_clear_error(dbkeeper_factory
 def test_a_waiting_client_gets_the_connection_as_soon_as_it_is_released(dbkeeper_factory, mariadb):
     running = dbkeeper_factory(mariadb, DBKEEPER_POOL_SIZE="1", DBKEEPER_BORROW_TIMEOUT_MS="5000")
     holder = pymysql.connect(**running.connect_kwargs())
+    holder.cursor().execute("SET @pinned = 1")  # a session that cannot move keeps its connection
     result = {}
     waiter = threading.Thread(target=lambda: result.update(id=query(running)))
     waiter.start()
