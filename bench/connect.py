@@ -10,7 +10,7 @@ Paths: direct_tcp (server without TLS), direct_tcp_tlsdb (server offering TLS: t
 really negotiates it when the client prefers TLS), dbk_tcp, dbk_unix (dbkeeper, pooled upstream),
 dbk_tcp_tlsdb (dbkeeper whose pooled upstream is TLS; the local hop never is); and the last two
 across an emulated network of a fixed RTT (direct_tcp_tlsdb_net, dbk_tcp_tlsdb_net; see targets.py);
-with --baseline-layer also dbkb_tcp and dbkb_tcp_tlsdb_net (the same through the baseline layer's
+with --baseline-layer also dbkb_tcp, dbkb_unix and dbkb_tcp_tlsdb_net (the same through the baseline layer's
 dbkeeper).
 
 wall = client's elapsed time; cpu = the client process's CPU time in it (what no proxy can remove).
@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PYMYSQL_124 = BENCH / "out" / "pymysql-1.2.4"
 PATHS = ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb", "direct_tcp_tlsdb_net",
-         "dbk_tcp_tlsdb_net", "dbkb_tcp", "dbkb_tcp_tlsdb_net")
+         "dbk_tcp_tlsdb_net", "dbkb_tcp", "dbkb_unix", "dbkb_tcp_tlsdb_net")
 MODES = ("defaults", "ssl_disabled")
 
 
@@ -99,7 +99,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
         # phase / their count = extension CPU per connect cycle (handshake, relay, COM_QUIT, reset).
         dbk = env.endpoints["dbk_tcp"]
         dbk_cycles = 0
-        # The same for the baseline layer's plain instance (serves dbkb_tcp only), when there is one.
+        # The same for the baseline layer's plain instance (dbkb_tcp/dbkb_unix), when there is one.
         dbkb = env.endpoints.get("dbkb_tcp")
         dbkb_cycles = 0
         for i in range(warmup + iterations):
@@ -122,7 +122,7 @@ def run(env, iterations: int, warmup: int = 3, progress=print) -> dict:
                     for key in ("wall_us", "connect_us", "cpu_us", "tls"):
                         samples[variant][key].append(reply[key])
                     dbk_cycles += path in ("dbk_tcp", "dbk_unix")
-                    dbkb_cycles += path == "dbkb_tcp"
+                    dbkb_cycles += path in ("dbkb_tcp", "dbkb_unix")
         time.sleep(0.05)  # let the last background reset finish before reading the CPU (bounded, not a sync)
         dbk_cpu_per_cycle_us = (dbk.cpu_ns() - dbk_cpu0) / 1e3 / max(dbk_cycles, 1)
         dbkb_cpu_per_cycle_us = (dbkb.cpu_ns() - dbkb_cpu0) / 1e3 / max(dbkb_cycles, 1) if dbkb else None

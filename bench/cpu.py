@@ -15,7 +15,8 @@ import time
 from . import procstat
 from .stats import summary
 
-CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp", "dbkb_tcp")
+CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp", "dbkb_tcp",
+                 "dbkb_unix")
 IDLE_KEYS = {"dbk_tcp": "dbkeeper", "dbkb_tcp": "dbkeeper_baseline_layer"}  # idle_cpu_ms_per_s keys
 
 

@@ -54,7 +54,7 @@ class Session:
             pass
 
 
-def open_sessions(env, names=LATENCY_ENDPOINTS + ("dbkv_tcp", "dbkb_tcp")) -> dict[str, Session]:
+def open_sessions(env, names=LATENCY_ENDPOINTS + ("dbkv_tcp", "dbkb_tcp", "dbkb_unix")) -> dict[str, Session]:
     sessions = {}
     try:
         for name in [n for n in names if n in env.endpoints]:

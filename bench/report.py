@@ -28,6 +28,7 @@ LABELS = {
     "uvloop_tcp": "bare uvloop Protocol relay TCP (bench/minirelay.py)",
     "dbkv_tcp": "dbkeeper TCP, variant env (A/B)",
     "dbkb_tcp": "dbkeeper TCP, baseline layer (A/B)",
+    "dbkb_unix": "dbkeeper Unix socket, baseline layer (A/B)",
     "dbkb_tcp_tlsdb_net": "dbkeeper TCP, baseline layer, TLS upstream across the emulated network",
     "direct_tcp_tlsdb": "direct TCP, DB offers TLS",
     "dbk_tcp_tlsdb": "dbkeeper TCP, TLS upstream",
@@ -259,7 +260,8 @@ def connect_table(results: dict) -> str:
     con = results["connect"]
     v = con["variants"]
     paths = [p for p in ("direct_tcp", "direct_tcp_tlsdb", "dbk_tcp", "dbk_unix", "dbk_tcp_tlsdb",
-                         "direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net", "dbkb_tcp", "dbkb_tcp_tlsdb_net")
+                         "direct_tcp_tlsdb_net", "dbk_tcp_tlsdb_net", "dbkb_tcp", "dbkb_unix",
+                         "dbkb_tcp_tlsdb_net")
              if any(x["path"] == p for x in v.values())]
     ratios = [(d, k, label) for d, k, label in (
         ("direct_tcp_tlsdb", "dbk_tcp", "direct (DB offers TLS) / dbkeeper TCP"),
@@ -361,16 +363,18 @@ def baseline_rows(results: dict) -> list[dict]:
     lat = results.get("latency")
     if lat:
         s = lat["samples_us"]
-        for step, what, limit in (("select1_pymysql", "SELECT 1 p50, PyMySQL, TCP", BASELINE_LIMIT),
-                                  ("select1_raw", "SELECT 1 p50, raw packets, TCP", BASELINE_LIMIT),
-                                  ("select1_idle", "SELECT 1 p50 after 1 ms idle, raw, TCP", None)):
-            if step in s:
-                add(what, s[step].get("dbk_tcp"), s[step].get("dbkb_tcp"), "µs", limit=limit)
+        for step, what, limit in (("select1_pymysql", "SELECT 1 p50, PyMySQL", BASELINE_LIMIT),
+                                  ("select1_raw", "SELECT 1 p50, raw packets", BASELINE_LIMIT),
+                                  ("select1_idle", "SELECT 1 p50 after 1 ms idle, raw", None)):
+            for new, old, where in (("dbk_tcp", "dbkb_tcp", "TCP"), ("dbk_unix", "dbkb_unix", "Unix socket")):
+                if step in s:
+                    add(f"{what}, {where}", s[step].get(new), s[step].get(old), "µs", limit=limit)
     cpu = results.get("cpu")
     if cpu:
         c = cpu["samples"]
-        add("extension CPU per SELECT 1 (PyMySQL, TCP; per-round p50)", c["select1_us"].get("dbk_tcp"),
-            c["select1_us"].get("dbkb_tcp"), "µs", digits=1)
+        for new, old, where in (("dbk_tcp", "dbkb_tcp", "TCP"), ("dbk_unix", "dbkb_unix", "Unix socket")):
+            add(f"extension CPU per SELECT 1 (PyMySQL, {where}; per-round p50)", c["select1_us"].get(new),
+                c["select1_us"].get(old), "µs", digits=1)
         add("extension CPU per 1 MB result (raw, TCP)", c["mb1_ms"].get("dbk_tcp"), c["mb1_ms"].get("dbkb_tcp"), "ms",
             limit=None, digits=2)
     con = results.get("connect")

@@ -10,6 +10,7 @@
     dbkv_tcp      only with --variant-env: a second dbkeeper, same layer, extra environment (A/B)
     dbkb_tcp      only with --baseline-layer: a dbkeeper from ANOTHER built layer tree (snapshotted
                   like the main one; e.g. today's release), same settings as dbk_tcp (A/B of code)
+    dbkb_unix     its Unix socket (so that it serves the same clients as the dbk_tcp/dbk_unix process)
 
 plus, for the connect-cost comparison, a second MariaDB that offers TLS (self-signed certificate)
 and a second dbkeeper whose upstream connection to it negotiates TLS; and, since a DB on loopback
@@ -255,6 +256,8 @@ def start(layer: Path, with_tls: bool = True, variant_env: dict | None = None, n
             env.baseline_dbk, _ = _start_dbkeeper(baseline_layer, db)
             e["dbkb_tcp"] = Endpoint("dbkb_tcp", dict(host="127.0.0.1", port=env.baseline_dbk.port),
                                      env.baseline_dbk.pid, "dbkeeper")
+            e["dbkb_unix"] = Endpoint("dbkb_unix", dict(unix_socket=env.baseline_dbk.unix_socket),
+                                      env.baseline_dbk.pid, "dbkeeper")
         if with_tls:
             cert, key = make_cert(workdir)
             env.tls_db = MariaDB(extra_args=[f"--ssl-cert={cert}", f"--ssl-key={key}"]).start()
