@@ -1,6 +1,9 @@
 """CPU the relay process spends per query: its CPU time (schedstat, ns; /proc stat ticks as a
 cross-check) before and after a block of N queries. Blocks of every relay are interleaved (round
-after round, shuffled), and the per-query figure is the median over rounds.
+after round, shuffled), and the per-query figure is the median over rounds. Besides back-to-back
+blocks, a block of SELECT 1 each after 1 ms of client idleness (select1_idle_us; the sleep is not
+the relay's, and an idle relay spends ~0 CPU): a relay may do work only when a command follows a
+quiet spell (dbkeeper checks its upstream connection then).
 
 dbkeeper: the extension process (all threads). socat: the listener and its per-connection child.
 uvloop: bench/minirelay.py, the bare Python relay.
@@ -13,6 +16,7 @@ import random
 import time
 
 from . import procstat
+from .latency import IDLE_S
 from .stats import summary
 
 CPU_ENDPOINTS = ("dbk_tcp", "dbk_unix", "socat_tcp", "socat_unix", "uvloop_tcp", "dbkv_tcp", "dbkb_tcp",
@@ -33,6 +37,11 @@ def _block(session, endpoint, count: int, fn) -> tuple[float, float, float]:
     return (c1 - c0) / count, (t1 - t0) / count, (f1 - f0) / count
 
 
+def _idle_then_select1(session) -> None:
+    time.sleep(IDLE_S)  # the idleness being measured, not synchronisation
+    session.pymysql_select1()
+
+
 def idle_cpu(endpoint, seconds: float) -> float:
     """Relay CPU ms per second while nobody talks to it (timers, polling)."""
     c0 = endpoint.cpu_ns()
@@ -45,8 +54,11 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
     progress(f"cpu: {rounds} rounds x (SELECT 1 x {select_count}, 1 MB x {mb_count}) per relay ...")
     started = time.monotonic()
     rng = random.Random(99)
-    per_query = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
-    wall = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names}}
+    idle_count = max(20, select_count // 5)
+    per_query = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names},
+                 "select1_idle_us": {n: [] for n in names}}
+    wall = {"select1_us": {n: [] for n in names}, "mb1_ms": {n: [] for n in names},
+            "select1_idle_us": {n: [] for n in names}}
     faults = {"select1": {n: [] for n in names}, "mb1": {n: [] for n in names}}
     tick_check = {n: [0, 0] for n in names}  # schedstat total vs stat ticks total, ns
     gc.disable()
@@ -69,6 +81,9 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
                 per_query["mb1_ms"][name].append(cpu / 1e6)
                 wall["mb1_ms"][name].append(w / 1e6)
                 faults["mb1"][name].append(f)
+                cpu, w, f = _block(session, endpoint, idle_count, _idle_then_select1)
+                per_query["select1_idle_us"][name].append(cpu / 1e3)
+                wall["select1_idle_us"][name].append(w / 1e3)
                 if endpoint.relay == "dbkeeper":
                     tick_check[name][0] += endpoint.cpu_ns() - sched0
                     tick_check[name][1] += procstat.cpu_ticks_ns(pid) - ticks0
@@ -80,7 +95,7 @@ def run(env, sessions: dict, rounds: int, select_count: int, mb_count: int, prog
             idle[key] = idle_cpu(env.endpoints[name], 1.0)
     progress(f"  {time.monotonic() - started:.1f} s")
     return {
-        "rounds": rounds, "select_count": select_count, "mb_count": mb_count,
+        "rounds": rounds, "select_count": select_count, "mb_count": mb_count, "idle_count": idle_count,
         "per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in per_query.items()},
         "wall_per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in wall.items()},
         "minor_faults_per_query": {k: {n: summary(v) for n, v in d.items()} for k, d in faults.items()},

@@ -235,6 +235,9 @@ def latency_table(results: dict) -> str:
         if cpu and name in cpu["per_query"]["select1_us"]:
             c = cpu["per_query"]["select1_us"][name]
             cpu_s = f"{c['p50']:.1f} ({c['p50_lo']:.0f}–{c['p50_hi']:.0f})"
+            c = cpu["per_query"].get("select1_idle_us", {}).get(name)
+            if c:
+                cpu_s += f"; {c['p50']:.1f} ({c['p50_lo']:.0f}–{c['p50_hi']:.0f})"
             c = cpu["per_query"]["mb1_ms"][name]
             cpu_m = f"{c['p50']:.2f} ({c['p50_lo']:.2f}–{c['p50_hi']:.2f})"
             f = cpu.get("minor_faults_per_query", {}).get("mb1", {}).get(name)
@@ -252,7 +255,8 @@ def latency_table(results: dict) -> str:
     header = ["path", "SELECT 1 PyMySQL p50 (block range) / p90 / p99 µs", "x direct",
               "SELECT 1 raw p50 (range) / p99 µs", "SELECT 1 raw after 1 ms idle p50 (range) µs",
               f"{mb:.2f} MB / 10k rows raw p50 / p99",
-              "relay CPU µs per SELECT 1 p50 (range)", "relay CPU ms per 1 MB p50 (range); page faults per 1 MB"]
+              "relay CPU µs per SELECT 1 p50 (range); after 1 ms idle",
+              "relay CPU ms per 1 MB p50 (range); page faults per 1 MB"]
     return _table(header, rows)
 
 
@@ -375,6 +379,9 @@ def baseline_rows(results: dict) -> list[dict]:
         for new, old, where in (("dbk_tcp", "dbkb_tcp", "TCP"), ("dbk_unix", "dbkb_unix", "Unix socket")):
             add(f"extension CPU per SELECT 1 (PyMySQL, {where}; per-round p50)", c["select1_us"].get(new),
                 c["select1_us"].get(old), "µs", digits=1)
+        for new, old, where in (("dbk_tcp", "dbkb_tcp", "TCP"), ("dbk_unix", "dbkb_unix", "Unix socket")):
+            add(f"extension CPU per SELECT 1 after 1 ms idle (PyMySQL, {where}; per-round p50)",
+                c.get("select1_idle_us", {}).get(new), c.get("select1_idle_us", {}).get(old), "µs", digits=1)
         add("extension CPU per 1 MB result (raw, TCP)", c["mb1_ms"].get("dbk_tcp"), c["mb1_ms"].get("dbkb_tcp"), "ms",
             limit=None, digits=2)
     con = results.get("connect")
