@@ -206,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
             return  # MOVING: the check of this connection under way sees it gone
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None  # called by the session's relay
-        blockers = relay.blockers()
+        blockers = relay.blockers(connection_lost=True)
         if blockers is not None and not blockers:
             # idle and movable: its next command gets another connection, state replayed
             self._log.info("upstream_lost_while_idle", connection_id=upstream.connection_id)
@@ -311,7 +311,7 @@ class ClientConnection(asyncio.Protocol):
                 upstream.attach(relay)
                 self._resume_relay()
                 return
-        blockers = relay.blockers()
+        blockers = relay.blockers(connection_lost=True)
         if blockers is None or blockers:
             self._log.warning("upstream_lost_mid_session", connection_id=upstream.connection_id,
                               pinned=sorted(pin.value for pin in blockers) if blockers else None)

@@ -247,12 +247,12 @@ class Relay:
             return ending_of(chunk[-5:])
         return ending_of(chunk[HEADER_SIZE:])
 
-    def blockers(self) -> set[Pin] | None:
+    def blockers(self, connection_lost: bool = False) -> set[Pin] | None:
         """Why the session cannot move to another upstream connection now (empty: it can);
         None: a command or reply is under way (or the session is not followed)."""
         if self.session is None or not self.settle():
             return None
-        return self.session.blockers(self.ending())
+        return self.session.blockers(self.ending(), connection_lost)
 
     def carry(self) -> tuple[list[bytes], int]:
         """For the relay of the session's next upstream connection: setup statements answered to

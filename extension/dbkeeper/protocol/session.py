@@ -83,6 +83,10 @@ TRANSIENT = frozenset((Pin.TRANSACTION, Pin.WARNINGS, Pin.ROW_COUNT))
 # Pins that a later statement ends: UNLOCK TABLES; a SELECT that asks FOUND_ROWS() (or any other
 # SELECT: it replaces the count). Every other pin lasts for the session.
 RELEASABLE = frozenset((Pin.LOCK_TABLES, Pin.FOUND_ROWS, Pin.WARNINGS))
+# What only describes the statement before (SHOW WARNINGS, ROW_COUNT(), FOUND_ROWS()): it holds a
+# session on a live connection, but not when that connection died: the session goes on without
+# them (a direct connection would have lost everything) rather than fail.
+OBSERVABLES = frozenset((Pin.WARNINGS, Pin.ROW_COUNT, Pin.FOUND_ROWS))
 # A statement that always uses a table: its clean reply empties the warnings list (MariaDB keeps
 # the last statement's warnings through statements that use no table: SELECT 1, SET, COMMIT)
 _USES_TABLE = re.compile(r"\s*(?:(?:INSERT|UPDATE|DELETE|REPLACE)\b|SELECT\b.*?\bFROM\s+(?!DUAL\b)[`\w])", re.S)
@@ -291,8 +295,14 @@ class SessionModel:
         return [pin]
 
     # --- decisions ----------------------------------------------------------------------------
-    def blockers(self, ending: Ending | None) -> set[Pin]:
-        """Why the session cannot move now that its last reply ended as `ending` (empty: it can)."""
+    def blockers(self, ending: Ending | None, connection_lost: bool = False) -> set[Pin]:
+        """Why the session cannot move now that its last reply ended as `ending` (empty: it can).
+        `connection_lost`: its connection died, so what only describes the last statement is no
+        reason to fail the session."""
+        blockers = self._blockers(ending)
+        return blockers - OBSERVABLES if connection_lost else blockers
+
+    def _blockers(self, ending: Ending | None) -> set[Pin]:
         if ending is None:
             return set(self.pins)
         pins = self.pins
