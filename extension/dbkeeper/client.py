@@ -49,7 +49,6 @@ _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
 _MAX_CONTROL_PACKET = 1 << 16
-CR_CONN_HOST_ERROR = 2003
 # A client quiet this long may have been frozen: its upstream connection is checked (one recv
 # syscall) before the next command goes on it, since the close the server sent meanwhile may not
 # have been read yet when the client's command is (both wait for the loop after a thaw). A
@@ -414,7 +413,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(error, PoolTimeout):
             errno, sqlstate, message = messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})"
         else:
-            errno, sqlstate = error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000"
+            errno, sqlstate = error.errno or messages.CR_CONN_HOST_ERROR, error.sqlstate or "HY000"
             message = f"Can't connect to MySQL server through dbkeeper: {error}"
         self._log.warning("session_move_failed", errno=errno, error=message)
         if not whole or stash[HEADER_SIZE] == COMMAND.COM_QUIT:
@@ -509,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})",
                          "client_rejected", sequence_id=sequence_id)
         else:
-            self._reject(error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000",
+            self._reject(error.errno or messages.CR_CONN_HOST_ERROR, error.sqlstate or "HY000",
                          f"Can't connect to MySQL server through dbkeeper: {error}", "client_rejected",
                          sequence_id=sequence_id)
 

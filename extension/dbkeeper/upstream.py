@@ -345,7 +345,7 @@ class UpstreamConnection(asyncio.Protocol):
                 _SET_NAMES[collation_id] = statements[index:]
                 self.collation_id = collation_id
                 return None
-            if messages.parse_err(reply).errno != ER_UNKNOWN_COLLATION or index == len(statements) - 1:
+            if messages.parse_err(reply).errno != messages.ER_UNKNOWN_COLLATION or index == len(statements) - 1:
                 return reply
         return None  # a collation PyMySQL does not know: leave the connection's own
 
@@ -518,7 +518,7 @@ class UpstreamConnection(asyncio.Protocol):
             reply = (await self.read_packet()).payload
             if messages.is_ok(reply):
                 killed += 1
-            elif messages.is_err(reply) and messages.parse_err(reply).errno != ER_NO_SUCH_THREAD:
+            elif messages.is_err(reply) and messages.parse_err(reply).errno != messages.ER_NO_SUCH_THREAD:
                 self._log.warning("kill_failed", connection_id=connection_id, error=messages.parse_err(reply).message)
         return killed
 
@@ -554,5 +554,3 @@ def _set_names_candidates(collation_id: int) -> list[bytes]:
 
 # collation id -> the SET NAMES statements worth trying, first the one known to work
 _SET_NAMES: dict[int, list[bytes]] = {}
-ER_UNKNOWN_COLLATION = 1273
-ER_NO_SUCH_THREAD = 1094
