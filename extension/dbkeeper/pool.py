@@ -306,6 +306,8 @@ class Pool:
             reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
         elif connection.profile != profile:
             reason = "profile_changed"
+        elif connection.short_wait and time.monotonic() - connection.last_used[0] > connection.short_wait_s - 1.0:
+            reason = "wait_timeout_near"  # the server drops it any moment, maybe under the client's command
         elif self._paused(connection) and not await connection.ping(self._config.connect_timeout):
             reason = "ping_failed"  # silently gone: a restore from a snapshot, a failover
         elif self._budget is not None and not await self._lease_still_held(connection):

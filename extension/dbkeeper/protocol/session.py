@@ -195,6 +195,9 @@ class SessionModel:
         self.last_insert_id = 0
         self.pins: set[Pin] = set() if tracked else {Pin.UNTRACKED}
         self._uses_table = False  # the last statement sent surely used a table
+        # the last statement may read the session's wait_timeout (SELECT @@wait_timeout, SHOW
+        # VARIABLES): it must see the server's own, not the short one of an idle connection
+        self.reads_variables = False
 
     # --- fed by the relay ---------------------------------------------------------------------
     def command(self, packet: bytes, start: int = 0) -> list[Pin]:
@@ -220,6 +223,7 @@ class SessionModel:
             return []
         # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
         text = packet.decode("latin-1").upper()
+        self.reads_variables = "TIMEOUT" in text or "VARIABLES" in text
         if pins:
             # only a pending warnings list needs to know (saves a pattern per query otherwise)
             self._uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
