@@ -49,7 +49,6 @@ _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
 _MAX_CONTROL_PACKET = 1 << 16
-CR_CONN_HOST_ERROR = 2003
 # A client quiet this long may have been frozen: its upstream connection is checked (one recv
 # syscall) before the next command goes on it, since the close the server sent meanwhile may not
 # have been read yet when the client's command is (both wait for the loop after a thaw). A
@@ -57,6 +56,7 @@ CR_CONN_HOST_ERROR = 2003
 # a busy session, where every microsecond of CPU counts.
 _QUIET = 0.001
 _CLOCK_JUMP = 5.0  # as in pool.py: wall time ran ahead of the monotonic clock (a restore)
+_WAIT_MARGIN = 1.0  # a connection idle this close to its short wait_timeout is not used again
 
 
 class ClientState(Enum):
@@ -206,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
             return  # MOVING: the check of this connection under way sees it gone
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None  # called by the session's relay
-        blockers = relay.blockers()
+        blockers = relay.blockers(connection_lost=True)
         if blockers is not None and not blockers:
             # idle and movable: its next command gets another connection, state replayed
             self._log.info("upstream_lost_while_idle", connection_id=upstream.connection_id)
@@ -243,7 +243,10 @@ class ClientConnection(asyncio.Protocol):
         """Connection sharing: hand the upstream connection to the pool if the session is idle and
         can move (the pool resets it and lends it); the session gets another at its next command."""
         relay, upstream = self._relay, self._upstream
-        if relay is None or upstream is None or self.state is not ClientState.ATTACHED or upstream.looks_dead():
+        if relay is None or upstream is None or self.state is not ClientState.ATTACHED:
+            return None
+        # (bytes waiting on an idle connection mean it is gone, unless a reply of ours is due)
+        if not relay.leftover()[0] and upstream.looks_dead():
             return None
         blockers = relay.blockers()
         if blockers is None or blockers:
@@ -253,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
         self._carried = relay.carry()
         self._relay = None
         self._upstream = None
-        upstream.detach()
+        self._hand_back_leftover(relay, upstream)
         self.state = ClientState.DETACHED
         self._moved_from = upstream.connection_id
         self._move_reason = "shared"
@@ -269,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         upstream.observe_for = deliver
         return upstream
 
-    def _detach(self, reusable: bool) -> None:
+    def _detach(self, reusable: bool, reason: str = "upstream_lost") -> None:
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None
         self._carried = relay.carry()
@@ -277,7 +280,9 @@ class ClientConnection(asyncio.Protocol):
         self._upstream = None
         self.state = ClientState.DETACHED
         self._moved_from = upstream.connection_id
-        self._move_reason = "upstream_lost"
+        self._move_reason = reason
+        if reusable:
+            self._hand_back_leftover(relay, upstream)
         self._pool.release(upstream, reusable=reusable, session_ended=False)
 
     def _check_upstream(self, now: float, data: bytes) -> bool:
@@ -288,8 +293,23 @@ class ClientConnection(asyncio.Protocol):
         wall = time.time()
         quiet, quiet_wall = now - self._active_at, wall - self._active_wall
         self._active_at, self._active_wall = now, wall
+        relay = self._relay
+        assert relay is not None  # ATTACHED
+        if relay.leftover()[0]:
+            return False  # a reply of dbkeeper's own is on its way: bytes waiting are no sign of death
         dead = upstream.looks_dead()
         paused = quiet > self._config.verify_after_idle or quiet_wall - quiet > _CLOCK_JUMP or quiet_wall < -_CLOCK_JUMP
+        if not dead and upstream.short_wait and max(quiet, quiet_wall) > upstream.short_wait_s - _WAIT_MARGIN:
+            # the server is about to drop it (its short wait_timeout), maybe while this command is on
+            # its way: the session (movable, or the wait would be the server's own) moves first
+            blockers = relay.blockers(connection_lost=True)
+            if blockers is not None and not blockers:
+                self._stash = data
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self._detach(reusable=True, reason="wait_timeout_near")
+                self._move()
+                return True
         if not dead and not paused:
             return False
         self._stash = data
@@ -302,6 +322,9 @@ class ClientConnection(asyncio.Protocol):
     async def _verify_or_move(self, dead: bool) -> None:
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None and self.transport is not None
+        if not dead and relay.leftover()[0]:
+            self._resume_relay()  # a reply of ours is on its way: the connection answers, alive
+            return
         if not dead:
             upstream.detach()  # the ping's reply comes to the connection, not the relay
             dead = not await upstream.ping(self._config.connect_timeout)
@@ -311,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
                 upstream.attach(relay)
                 self._resume_relay()
                 return
-        blockers = relay.blockers()
+        blockers = relay.blockers(connection_lost=True)
         if blockers is None or blockers:
             self._log.warning("upstream_lost_mid_session", connection_id=upstream.connection_id,
                               pinned=sorted(pin.value for pin in blockers) if blockers else None)
@@ -385,11 +408,23 @@ class ClientConnection(asyncio.Protocol):
                             to_connection_id=upstream.connection_id, replayed=replayed,
                             ms=round((time.monotonic() - started) * 1000, 3))
         carried, self._carried = self._carried, None
+        follow = self._follows_wait(upstream) and b"wait_timeout" not in session.variables
         self._relay = Relay(self, upstream, self._pool.proven_setup if carried is not None and self._config.hold_setup
-                            else None, prefix=upstream.restore_wait_timeout(), session=session, carried=carried,
-                            demand=self._pool.demand)
+                            else None, prefix=None if follow else upstream.restore_wait_timeout(), session=session,
+                            carried=carried, demand=self._pool.demand, follow_wait=follow)
         upstream.attach(self._relay)
         self._resume_relay()
+
+    def _follows_wait(self, upstream: UpstreamConnection) -> bool:
+        """Does the connection's wait_timeout follow the session (relay.py)? Only where a dead
+        connection can be hidden: the server tracks session state, and a short one is set."""
+        return upstream.tracked and self._config.upstream_wait_timeout > 0
+
+    def _hand_back_leftover(self, relay: Relay, upstream: UpstreamConnection) -> None:
+        replies, started = relay.leftover()
+        upstream.detach()
+        if replies:
+            upstream.expect_leftover(replies, started)
 
     def _resume_relay(self) -> None:
         self.state = ClientState.ATTACHED
@@ -414,7 +449,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(error, PoolTimeout):
             errno, sqlstate, message = messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})"
         else:
-            errno, sqlstate = error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000"
+            errno, sqlstate = error.errno or messages.CR_CONN_HOST_ERROR, error.sqlstate or "HY000"
             message = f"Can't connect to MySQL server through dbkeeper: {error}"
         self._log.warning("session_move_failed", errno=errno, error=message)
         if not whole or stash[HEADER_SIZE] == COMMAND.COM_QUIT:
@@ -509,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(messages.ER_CON_COUNT_ERROR, "08004", f"Too many connections ({error})",
                          "client_rejected", sequence_id=sequence_id)
         else:
-            self._reject(error.errno or CR_CONN_HOST_ERROR, error.sqlstate or "HY000",
+            self._reject(error.errno or messages.CR_CONN_HOST_ERROR, error.sqlstate or "HY000",
                          f"Can't connect to MySQL server through dbkeeper: {error}", "client_rejected",
                          sequence_id=sequence_id)
 
@@ -528,9 +563,10 @@ class ClientConnection(asyncio.Protocol):
         assert upstream is not None and settings is not None  # borrowed and prepared
         # a new session (after the handshake, a reset or a change of user): nothing set yet
         self._session = SessionModel(settings.database, settings.multi_statements, upstream.tracked)
+        follow = self._follows_wait(upstream)
         self._relay = Relay(self, upstream, self._pool.proven_setup if self._config.hold_setup else None,
-                            prefix=upstream.restore_wait_timeout(), session=self._session,
-                            demand=self._pool.demand)
+                            prefix=None if follow else upstream.restore_wait_timeout(), session=self._session,
+                            demand=self._pool.demand, follow_wait=follow)
         upstream.attach(self._relay)
         self.state = ClientState.ATTACHED
         self._active_at, self._active_wall = time.monotonic(), time.time()
@@ -560,7 +596,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self._relay = None
-        self._upstream.detach()
+        self._hand_back_leftover(relay, self._upstream)
         self._packets = PacketBuffer(max_packet=_MAX_CONTROL_PACKET)
         # Reading resumes at once: the rest of the command may still be on its way, and a client
         # that hangs up meanwhile must be noticed.
@@ -682,6 +718,8 @@ class ClientConnection(asyncio.Protocol):
         reusable = relay.settle()
         if not reusable:
             self._log.info("upstream_not_reusable", connection_id=upstream.connection_id, reason=relay.why_not_idle)
+        else:
+            self._hand_back_leftover(relay, upstream)
         self._pool.release(upstream, reusable)
         if self._log.enabled("debug"):
             self._log.debug("client_session_ended", reason=reason, commands=relay.commands, reusable=reusable,

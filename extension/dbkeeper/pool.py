@@ -39,6 +39,7 @@ from .config import Config
 from .credentials import Credentials, SandboxIdentity, Target
 from .errors import DbkeeperError, PoolTimeout, UpstreamError
 from .log import Logger
+from .protocol import messages
 from .protocol.handshake import Greeting
 from .protocol.session_setup import ProvenSetup
 from .upstream import UpstreamConnection
@@ -52,7 +53,6 @@ _BACKOFF_CAP = 1.0
 # last used means the process was not running meanwhile in a way the monotonic clock hides (a
 # restore from a snapshot): check the connection as after a long pause.
 _CLOCK_JUMP = 5.0
-ER_ACCESS_DENIED = 1045
 
 
 class OrphanKiller(Protocol):
@@ -306,6 +306,8 @@ class Pool:
             reason = "stale"  # e.g. the server's wait_timeout ran out while we were frozen
         elif connection.profile != profile:
             reason = "profile_changed"
+        elif connection.short_wait and time.monotonic() - connection.last_used[0] > connection.short_wait_s - 1.0:
+            reason = "wait_timeout_near"  # the server drops it any moment, maybe under the client's command
         elif self._paused(connection) and not await connection.ping(self._config.connect_timeout):
             reason = "ping_failed"  # silently gone: a restore from a snapshot, a failover
         elif self._budget is not None and not await self._lease_still_held(connection):
@@ -487,7 +489,7 @@ class Pool:
                     await connection.open(target, self._identity.attributes(lease.token if lease else None))
                     break
                 except UpstreamError as exc:
-                    if exc.errno != ER_ACCESS_DENIED or not self._credentials.invalidate(target):
+                    if exc.errno != messages.ER_ACCESS_DENIED_ERROR or not self._credentials.invalidate(target):
                         raise
                     self._log.warning("upstream_connect_failed", reason=reason, attempt=attempt, error=str(exc),
                                       errno=exc.errno, credentials=target.source, retrying=True)

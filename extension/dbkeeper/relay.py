@@ -32,7 +32,7 @@ from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, Comma
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
 from .protocol.responses import ResponseTracker, closes_reply, reply_marks
-from .protocol.session import RELEASABLE, Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
+from .protocol.session import OBSERVABLES, RELEASABLE, Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
@@ -40,6 +40,8 @@ _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 # SERVER_SESSION_STATE_CHANGED in the high byte of an OK's status
 _STATE_CHANGED_HIGH = 0x40
 _QUERY_OVERLAP = 64  # text kept from one piece of a long query to test words split between reads
+_IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
+_WAIT_TIMEOUT = b"wait_timeout"
 
 if TYPE_CHECKING:
     import asyncio
@@ -74,6 +76,11 @@ class RelayUpstream(Protocol):
     @property
     def tracked(self) -> bool: ...
 
+    @property
+    def short_wait(self) -> bool: ...
+
+    def wait_command(self, short: bool) -> bytes: ...
+
     def forget_options(self) -> None: ...
 
 
@@ -92,11 +99,14 @@ def _discard(data: bytes) -> None:
 class Relay:
     def __init__(self, client: RelayClient, upstream: RelayUpstream, proven: session_setup.ProvenSetup | None = None,
                  prefix: bytes | None = None, session: SessionModel | None = None,
-                 carried: tuple[list[bytes], int] | None = None, demand: Demand | None = None) -> None:
+                 carried: tuple[list[bytes], int] | None = None, demand: Demand | None = None,
+                 follow_wait: bool = False) -> None:
         """`session`: the client's session model, fed here (None: not followed). `carried`: setup
         statements already answered to the client but not yet run, and the status it was told,
         from the relay of the session's previous upstream connection (a move). `demand`: the
-        pool's borrowers waiting for a session to give its connection up."""
+        pool's borrowers waiting for a session to give its connection up. `follow_wait`: the
+        connection's session wait_timeout follows the session: short (as in the pool) while it
+        could move, the server's own while it could not (see _follow_wait_timeout)."""
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -136,6 +146,8 @@ class Relay:
         self._ended: bytes | None = None  # the last chunk of the latest reply the fast path proved ended
         self._query_tail: str | None = None  # a long query's text so far continues in the next read
         self._demand = demand
+        self._follow_wait = follow_wait and self._tracked
+        self._own = 0  # of the replies to drop (_swallow), the last ones answer dbkeeper's own statements
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
@@ -153,6 +165,17 @@ class Relay:
                     and data[3] == 0 and data[4] not in _NOT_FAST:
                 last = self._last
                 if not self._expected if last is None else len(self._expected) == 1 and closes_reply(last):
+                    if self._watch:  # before the command goes: one that pins may need a long wait_timeout
+                        session = self.session
+                        assert session is not None  # _watch is set only with a session
+                        if last is not None:
+                            self._ended = last
+                            self._note(session.reply_ended(reply_marks(last)))
+                        if (self._note(session.command(data, HEADER_SIZE)) or session.reads_variables) \
+                                and self._follow_wait:
+                            self._wait_before_command()
+                    elif last is not None:
+                        self._ended = last
                     self._upstream_write(data)
                     self._expected = [data[4]]
                     if self._older:
@@ -160,32 +183,78 @@ class Relay:
                         self._older_size = 0
                     self._last = None
                     self.commands += 1
-                    if self._watch:
-                        session = self.session
-                        assert session is not None  # _watch is set only with a session
-                        if last is not None:
-                            self._ended = last
-                            self._note(session.reply_ended(reply_marks(last)))
-                        self._note(session.command(data, HEADER_SIZE))
-                    elif last is not None:
-                        self._ended = last
                     return None
         forward, commands, rest = self.scanner.feed(data)
         if commands:
             self._on_commands(commands)
         if self._watch:
             self._follow(forward, commands)
+            if self._follow_wait:
+                self._wait_before_command()
         if forward:
             self._upstream_write(forward)
         self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
         return rest
 
     # --- the session model ----------------------------------------------------------------------
-    def _note(self, pins: list[Pin]) -> None:
+    def _note(self, pins: list[Pin]) -> bool:
         if pins:
             assert self.session is not None  # pins come from it
             self._watch = not self.session.pins - RELEASABLE
             self.client.session_pinned(pins)
+        return bool(pins)
+
+    # --- the session wait_timeout follows the session ---------------------------------------
+    # A lent connection keeps the short wait_timeout of the pool while its session could move
+    # (were it dropped while the client is idle, the session's next command gets another one): a
+    # sandbox reclaimed without SHUTDOWN leaves it on the server that long, not 8 hours. A session
+    # that could not move (an open transaction, a user variable, ...) gets the server's own
+    # wait_timeout back before it idles, as a direct connection has it. The statements go
+    # between a reply's end and the next command, their replies dropped like held ones'.
+    def _needs_server_wait(self, status: int) -> bool:
+        session = self.session
+        assert session is not None  # _follow_wait is set only with a session
+        return bool(status & _IN_TRANS or session.pins - OBSERVABLES)
+
+    def _wait_before_command(self) -> None:
+        """A command that pins the session, or may read its wait_timeout, is about to go: the
+        server's wait_timeout first."""
+        session = self.session
+        assert session is not None  # _follow_wait is set only with a session
+        if self.upstream.short_wait and (session.reads_variables or self._needs_server_wait(0)) \
+                and not self._stop_following():
+            self._write_own(self.upstream.wait_command(False))
+
+    def _wait_after_reply(self, chunk: bytes) -> None:
+        """A reply just ended (cheap test): should the wait_timeout change before the client idles?"""
+        size = len(chunk)
+        if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
+            status = chunk[-2]
+        elif size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB:
+            status = chunk[7]
+        else:
+            return  # an ERR (nothing changed) or an unusual OK: the next reply decides
+        short = not self._needs_server_wait(status)
+        if short != self.upstream.short_wait and not self._stop_following() and self.settle():
+            self._write_own(self.upstream.wait_command(short))
+
+    def _stop_following(self) -> bool:
+        """The session set its own wait_timeout: from now on it is the session's to keep."""
+        session = self.session
+        if session is not None and (_WAIT_TIMEOUT in session.variables or b"interactive_timeout" in session.variables):
+            self._follow_wait = False
+            return True
+        return False
+
+    def _write_own(self, command: bytes) -> None:
+        self._upstream_write(command)
+        self._swallow += 1
+        self._own += 1
+
+    def leftover(self) -> tuple[int, bytes]:
+        """At the end of a session (or before a reset): replies to dbkeeper's own statements still
+        on their way, and the bytes of one already begun."""
+        return self._own, self._swallowed if self._own else b""
 
     def _follow(self, forward: bytes, commands: list[int]) -> None:
         """The slow path's commands, for the session model: a query's text (also when it arrives
@@ -247,12 +316,12 @@ class Relay:
             return ending_of(chunk[-5:])
         return ending_of(chunk[HEADER_SIZE:])
 
-    def blockers(self) -> set[Pin] | None:
+    def blockers(self, connection_lost: bool = False) -> set[Pin] | None:
         """Why the session cannot move to another upstream connection now (empty: it can);
         None: a command or reply is under way (or the session is not followed)."""
         if self.session is None or not self.settle():
-            return None
-        return self.session.blockers(self.ending())
+            return None  # (replies to dbkeeper's own statements may still come: leftover() hands them on)
+        return self.session.blockers(self.ending(), connection_lost)
 
     def carry(self) -> tuple[list[bytes], int]:
         """For the relay of the session's next upstream connection: setup statements answered to
@@ -284,7 +353,7 @@ class Relay:
         if held:
             self._upstream_write(b"".join(held))
             self._sent_held = held
-            self._swallow = len(held)
+            self._swallow += len(held)
         return False
 
     def _prove_candidate(self) -> None:
@@ -305,10 +374,18 @@ class Relay:
             end = position + HEADER_SIZE + (buffer[position] | buffer[position + 1] << 8 | buffer[position + 2] << 16)
             if end > size:
                 break
+            if self._swallow <= self._own:  # dbkeeper's own (wait_timeout): OK or not, nothing to tell
+                self._own -= 1
+                self._swallow -= 1
+                position = end
+                demand = self._demand
+                if not self._own and demand is not None and demand.waiting:
+                    demand.reply_ended()  # the session may give its connection up now
+                continue
             if end == position + HEADER_SIZE or buffer[position + HEADER_SIZE] != OK_HEADER:
                 self._setup_failed(buffer[position + HEADER_SIZE:end])
                 return b""
-            if self._tracked and len(self._sent_held) - self._swallow >= self._own_held:
+            if self._tracked and len(self._sent_held) - (self._swallow - self._own) >= self._own_held:
                 try:  # a setup statement of the session's own: what it set is replayed on a move
                     self._note(self.session.ok(parse_ok(buffer[position + HEADER_SIZE:end])))  # type: ignore[union-attr]
                 except ProtocolError:
@@ -324,10 +401,10 @@ class Relay:
     def _setup_failed(self, reply: bytes) -> None:
         """A held statement failed after all (the server changed under us). The client was told
         OK: its session can't go on, and the upstream's state is unknown."""
-        failed = self._sent_held[len(self._sent_held) - self._swallow]
+        failed = self._sent_held[len(self._sent_held) - (self._swallow - self._own)]
         if self._proven is not None:
             self._proven.forget(failed[HEADER_SIZE:])
-        self._swallow = 0
+        self._swallow = self._own = 0
         self._swallowed = b""
         self.tracker.broken = "a held session-setup statement failed"
         self._client_write = _discard  # the rest of the stream answers commands of a session now over
@@ -377,9 +454,6 @@ class Relay:
                 and len(self._expected) == 1 and self.tracker.idle:
             data = self._first_reply_packet(data)
         self._client_write(data)
-        demand = self._demand
-        if demand is not None and demand.waiting and closes_reply(data):
-            demand.reply_ended()
         previous = self._last
         self._last = data
         if previous is not None:  # a reply of several chunks: keep them all, bounded
@@ -387,6 +461,12 @@ class Relay:
             self._older_size += len(previous)
             if self._older_size > _UNFED_LIMIT:
                 self._feed_tracker()
+        demand = self._demand
+        if (self._follow_wait or demand is not None and demand.waiting) and closes_reply(data):
+            if self._follow_wait and len(self._expected) <= 1:
+                self._wait_after_reply(data)
+            if demand is not None and demand.waiting:
+                demand.reply_ended()
 
     def _feed_tracker(self) -> None:
         tracker = self.tracker
@@ -413,7 +493,7 @@ class Relay:
         can be reset and reused? Always the exact walk of what was relayed since the last proof:
         a last chunk that ends with an EOF may end the column definitions, not the rows (a client
         that quits or resets in the middle of a result; found by the in-process fuzzer)."""
-        if self._swallow:
+        if self._swallow > self._own:  # replies to held statements of the session's own to come
             return False
         self._feed_tracker()
         return self.tracker.idle and self.scanner.at_boundary
@@ -422,8 +502,8 @@ class Relay:
     def why_not_idle(self) -> str:
         if self.tracker.broken:
             return self.tracker.broken
-        if self._swallow:
-            return f"{self._swallow} reply(ies) to held session-setup statements unfinished"
+        if self._swallow > self._own:
+            return f"{self._swallow - self._own} reply(ies) to held session-setup statements unfinished"
         if not self.scanner.at_boundary:
             return "client stopped mid-packet"
         return f"{self.tracker.outstanding} reply(ies) unfinished"

@@ -25,7 +25,7 @@ from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_lenenc_bytes
-from .protocol.session import OBSERVE_STATEMENT, TRACKING_STATEMENT
+from .protocol.session import OBSERVE_STATEMENT, TRACKING_STATEMENT, parse_ok
 from .relay import Relay, enable_nodelay
 
 if TYPE_CHECKING:  # pool imports this module
@@ -82,6 +82,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_used = (time.monotonic(), time.time())  # when a session or a reset last ended
         self.reset_started = 0.0
         self.short_wait = False  # session wait_timeout is DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S (idle in the pool)
+        self._leftover = 0  # replies to a relay's own statements the next reset reads first
+        # the short wait_timeout in effect (LEAST of the server's and DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S)
+        self.short_wait_s = float(config.upstream_wait_timeout)
         # the server reports this session's state changes (CLIENT_SESSION_TRACK and the trackers on),
         # so a session on it can be moved to another connection (protocol/session.py)
         self.tracked = False
@@ -345,7 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
                 _SET_NAMES[collation_id] = statements[index:]
                 self.collation_id = collation_id
                 return None
-            if messages.parse_err(reply).errno != ER_UNKNOWN_COLLATION or index == len(statements) - 1:
+            if messages.parse_err(reply).errno != messages.ER_UNKNOWN_COLLATION or index == len(statements) - 1:
                 return reply
         return None  # a collation PyMySQL does not know: leave the connection's own
 
@@ -364,6 +367,9 @@ class UpstreamConnection(asyncio.Protocol):
         # any reply the relay lost count of is still on its way, the replies read here are out of
         # step and the nonce does not match, so the connection is never lent in that state.
         nonce = os.urandom(8).hex().encode()
+        while self._leftover:
+            await self.read_packet()  # OK or ERR of a wait_timeout the last session's relay set
+            self._leftover -= 1
         observe, self.observe_for = self.observe_for, None
         if observe is not None:
             try:
@@ -381,10 +387,10 @@ class UpstreamConnection(asyncio.Protocol):
         set_names = _SET_NAMES.get(kept_collation) if kept_collation != UTF8MB4_GENERAL_CI else None
         if set_names:  # the statement that worked for this collation before
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
-        short_wait = self._write_short_wait()
         track = bool(self.capabilities & CLIENT.SESSION_TRACK)
-        if track:  # the reset returned the trackers to the server's defaults
+        if track:  # the reset returned the trackers to the server's defaults (before the wait_timeout: reported)
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + TRACKING_STATEMENT, 0)
+        short_wait = self._write_short_wait()
         self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SELECT '" + nonce + b"'", 0)
         reply = (await self.read_packet()).payload
         if not messages.is_ok(reply):
@@ -408,10 +414,10 @@ class UpstreamConnection(asyncio.Protocol):
             elif not messages.is_err(reply):
                 raise UpstreamError("reset out of step with the server (SET NAMES)")
             # an ERR leaves the handshake's character set, which the next session's prepare() sees
-        if short_wait:
-            await self._read_short_wait()
         if track:
             await self._read_tracking()
+        if short_wait:
+            await self._read_short_wait()
         if await self._read_one_value() != bytes((len(nonce),)) + nonce:
             raise UpstreamError("reset out of step with the server (sync marker)")
 
@@ -431,6 +437,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def _read_short_wait(self) -> None:
         reply = (await self.read_packet()).payload
+        if messages.is_ok(reply) and self.tracked:  # the value in effect: never above the server's own
+            try:
+                for kind, data in parse_ok(reply).changes:
+                    name, position = read_lenenc_bytes(data, 0) if kind == 0 else (b"", 0)
+                    if name == b"wait_timeout":
+                        self.short_wait_s = int(read_lenenc_bytes(data, position)[0])
+            except (ProtocolError, ValueError):
+                pass
         if not messages.is_ok(reply):
             raise _server_error("setting the idle wait_timeout failed", reply)
         self.short_wait = True
@@ -447,6 +461,25 @@ class UpstreamConnection(asyncio.Protocol):
         """For a fresh connection going idle into the pool (the INIT-time one)."""
         if self._write_short_wait():
             await self._read_short_wait()
+
+    def wait_command(self, short: bool) -> bytes:
+        """The command (a whole packet) that gives this session the pool's short wait_timeout, or
+        the server's own (interactive clients: interactive_timeout, as the server does). For a
+        relay that makes the wait_timeout follow its session (relay.py)."""
+        self.short_wait = short
+        if short:
+            sql = b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)" % self._config.upstream_wait_timeout
+        else:
+            source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
+            sql = b"SET SESSION wait_timeout = @@GLOBAL." + source
+        return frame(bytes((COMMAND.COM_QUERY,)) + sql, 0)
+
+    def expect_leftover(self, replies: int, started: bytes) -> None:
+        """A relay left this connection with replies to its own statements still on their way
+        (`started`: the bytes of one already begun): the next reset reads them first."""
+        self._leftover += replies
+        if started:
+            self.data_received(started)
 
     def restore_wait_timeout(self) -> bytes | None:
         """The command (a whole packet) that gives a lent session the server's own wait_timeout
@@ -518,7 +551,7 @@ class UpstreamConnection(asyncio.Protocol):
             reply = (await self.read_packet()).payload
             if messages.is_ok(reply):
                 killed += 1
-            elif messages.is_err(reply) and messages.parse_err(reply).errno != ER_NO_SUCH_THREAD:
+            elif messages.is_err(reply) and messages.parse_err(reply).errno != messages.ER_NO_SUCH_THREAD:
                 self._log.warning("kill_failed", connection_id=connection_id, error=messages.parse_err(reply).message)
         return killed
 
@@ -554,5 +587,3 @@ def _set_names_candidates(collation_id: int) -> list[bytes]:
 
 # collation id -> the SET NAMES statements worth trying, first the one known to work
 _SET_NAMES: dict[int, list[bytes]] = {}
-ER_UNKNOWN_COLLATION = 1273
-ER_NO_SUCH_THREAD = 1094

@@ -213,10 +213,11 @@ def test_a_fleet_of_20_sandboxes_stays_within_a_budget_of_8(built_layer, budget_
     assert max(samples) <= 8
     kinds = {}
     for o in rejected:
-        kind = kinds.setdefault((o[2], o[3][:80]), [0, float("inf")])
+        kind = kinds.setdefault((o[2], o[3][:140]), [0, float("inf")])
         kind[0] += 1
         kind[1] = min(kind[1], round(o[4], 3))
-    assert all(o[2] == 1040 and "fleet connection budget is full" in o[3] and o[4] >= BORROW_S for o in rejected), kinds
+    odd = [o for o in rejected if not (o[2] == 1040 and "fleet connection budget is full" in o[3] and o[4] >= BORROW_S)]
+    assert not odd, (odd[:3], kinds)
     assert oks and exit_codes == [0] * 17
     assert leases_after == []
     assert reaped_after <= LEASE_S * 1.5 + 2.0

@@ -153,3 +153,20 @@ def test_many_clients_share_few_connections(dbkeeper_factory, fresh_mariadb):
     assert most[0] <= 2
     print(f"12 clients, pool size 2: 120 transactions, most upstream sessions seen {most[0]}")
 
+
+
+def test_a_session_whose_last_statement_changed_rows_or_left_warnings_is_recovered_too(running, fresh_mariadb):
+    """ROW_COUNT() and warnings describe the statement before: they hold a session on a live
+    connection (a move would change them), not one whose connection died (directly, the client
+    would have lost everything)."""
+    conn = pymysql.connect(**running.connect_kwargs(autocommit=True))
+    with conn.cursor() as cursor:
+        cursor.execute("CREATE TABLE w (a TINYINT)")
+        cursor.execute("INSERT INTO w VALUES (1), (2)")  # ROW_COUNT() = 2
+    _kill(fresh_mariadb, _server_id(conn))
+    assert _one(conn, "SELECT COUNT(*) FROM w") == (2,)
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT IGNORE INTO w VALUES (1000)")  # a warning: out of range
+    _kill(fresh_mariadb, _server_id(conn))
+    assert _one(conn, "SELECT COUNT(*) FROM w") == (3,)
+    conn.close()

@@ -14,11 +14,16 @@ LOCAL_INFILE_HEADER = 0xFB
 EOF_HEADER = 0xFE
 ERR_HEADER = 0xFF
 
-# Error numbers dbkeeper itself answers with, as a MariaDB server would.
+# Error numbers, by MySQL's names, in one place: those dbkeeper answers with as a server would,
+# those it reads in the server's replies, and the client-side one it answers for a database it
+# cannot reach (what a driver itself reports then).
 ER_ACCESS_DENIED_ERROR = 1045
 ER_CON_COUNT_ERROR = 1040
 ER_HANDSHAKE_ERROR = 1043
 ER_NET_PACKETS_OUT_OF_ORDER = 1156
+ER_NO_SUCH_THREAD = 1094
+ER_UNKNOWN_COLLATION = 1273
+CR_CONN_HOST_ERROR = 2003
 
 
 class ServerError(NamedTuple):

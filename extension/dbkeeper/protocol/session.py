@@ -83,6 +83,10 @@ TRANSIENT = frozenset((Pin.TRANSACTION, Pin.WARNINGS, Pin.ROW_COUNT))
 # Pins that a later statement ends: UNLOCK TABLES; a SELECT that asks FOUND_ROWS() (or any other
 # SELECT: it replaces the count). Every other pin lasts for the session.
 RELEASABLE = frozenset((Pin.LOCK_TABLES, Pin.FOUND_ROWS, Pin.WARNINGS))
+# What only describes the statement before (SHOW WARNINGS, ROW_COUNT(), FOUND_ROWS()): it holds a
+# session on a live connection, but not when that connection died: the session goes on without
+# them (a direct connection would have lost everything) rather than fail.
+OBSERVABLES = frozenset((Pin.WARNINGS, Pin.ROW_COUNT, Pin.FOUND_ROWS))
 # A statement that always uses a table: its clean reply empties the warnings list (MariaDB keeps
 # the last statement's warnings through statements that use no table: SELECT 1, SET, COMMIT)
 _USES_TABLE = re.compile(r"\s*(?:(?:INSERT|UPDATE|DELETE|REPLACE)\b|SELECT\b.*?\bFROM\s+(?!DUAL\b)[`\w])", re.S)
@@ -191,6 +195,9 @@ class SessionModel:
         self.last_insert_id = 0
         self.pins: set[Pin] = set() if tracked else {Pin.UNTRACKED}
         self._uses_table = False  # the last statement sent surely used a table
+        # the last statement may read the session's wait_timeout (SELECT @@wait_timeout, SHOW
+        # VARIABLES): it must see the server's own, not the short one of an idle connection
+        self.reads_variables = False
 
     # --- fed by the relay ---------------------------------------------------------------------
     def command(self, packet: bytes, start: int = 0) -> list[Pin]:
@@ -216,6 +223,7 @@ class SessionModel:
             return []
         # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
         text = packet.decode("latin-1").upper()
+        self.reads_variables = "TIMEOUT" in text or "VARIABLES" in text
         if pins:
             # only a pending warnings list needs to know (saves a pattern per query otherwise)
             self._uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
@@ -291,8 +299,14 @@ class SessionModel:
         return [pin]
 
     # --- decisions ----------------------------------------------------------------------------
-    def blockers(self, ending: Ending | None) -> set[Pin]:
-        """Why the session cannot move now that its last reply ended as `ending` (empty: it can)."""
+    def blockers(self, ending: Ending | None, connection_lost: bool = False) -> set[Pin]:
+        """Why the session cannot move now that its last reply ended as `ending` (empty: it can).
+        `connection_lost`: its connection died, so what only describes the last statement is no
+        reason to fail the session."""
+        blockers = self._blockers(ending)
+        return blockers - OBSERVABLES if connection_lost else blockers
+
+    def _blockers(self, ending: Ending | None) -> set[Pin]:
         if ending is None:
             return set(self.pins)
         pins = self.pins
