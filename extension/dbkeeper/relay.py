@@ -170,7 +170,9 @@ class Relay:
                         assert session is not None  # _watch is set only with a session
                         if last is not None:
                             self._ended = last
-                            self._note(session.reply_ended(reply_marks(last)))
+                            marks = reply_marks(last)
+                            if marks or session.uses_table:
+                                self._note(session.reply_ended(marks))
                         if (self._note(session.command(data, HEADER_SIZE)) or session.reads_variables) \
                                 and self._follow_wait:
                             self._wait_before_command()
@@ -202,7 +204,8 @@ class Relay:
             assert self.session is not None  # pins come from it
             self._watch = not self.session.pins - RELEASABLE
             self.client.session_pinned(pins)
-        return bool(pins)
+            return True
+        return False
 
     # --- the session wait_timeout follows the session ---------------------------------------
     # A lent connection keeps the short wait_timeout of the pool while its session could move
@@ -214,7 +217,7 @@ class Relay:
     def _needs_server_wait(self, status: int) -> bool:
         session = self.session
         assert session is not None  # _follow_wait is set only with a session
-        return bool(status & _IN_TRANS or session.pins - OBSERVABLES)
+        return bool(status & _IN_TRANS or session.pins and session.pins - OBSERVABLES)
 
     def _wait_before_command(self) -> None:
         """A command that pins the session, or may read its wait_timeout, is about to go: the

@@ -194,7 +194,7 @@ class SessionModel:
         self.variables: dict[bytes, bytes] = {}
         self.last_insert_id = 0
         self.pins: set[Pin] = set() if tracked else {Pin.UNTRACKED}
-        self._uses_table = False  # the last statement sent surely used a table
+        self.uses_table = False  # the last statement sent surely used a table (asked only while warnings pin)
         # the last statement may read the session's wait_timeout (SELECT @@wait_timeout, SHOW
         # VARIABLES): it must see the server's own, not the short one of an idle connection
         self.reads_variables = False
@@ -207,7 +207,7 @@ class SessionModel:
         code = packet[start] if len(packet) > start else COMMAND.COM_SLEEP
         if code == COMMAND.COM_QUERY:
             return self.query(packet, start)
-        self._uses_table = False
+        self.uses_table = False
         pin = _PIN_COMMANDS.get(code)
         if pin is not None:
             return self._pin(pin)
@@ -218,7 +218,7 @@ class SessionModel:
     def query(self, packet: bytes, start: int = 0) -> list[Pin]:
         """A COM_QUERY whose command byte is `packet[start]`."""
         pins = self.pins
-        self._uses_table = False
+        self.uses_table = False
         if pins and not pins <= RELEASABLE:  # pinned for the session's life: its text changes nothing
             return []
         # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
@@ -226,7 +226,7 @@ class SessionModel:
         self.reads_variables = "TIMEOUT" in text or "VARIABLES" in text
         if pins:
             # only a pending warnings list needs to know (saves a pattern per query otherwise)
-            self._uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
+            self.uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
             if Pin.LOCK_TABLES in pins and _UNLOCK_TABLES.match(text, start + 1):
                 pins.discard(Pin.LOCK_TABLES)
             if Pin.FOUND_ROWS in pins and _SELECT.match(text, start + 1) and "SQL_CALC_FOUND_ROWS" not in text:
@@ -240,6 +240,12 @@ class SessionModel:
         return self._classify(text.upper(), 0, anchored=False)
 
     def _classify(self, text: str, start: int, anchored: bool) -> list[Pin]:
+        # nearly every statement has none of the words: one expression of substring tests in C,
+        # no loop, decides that (the exact patterns run only when a word is there)
+        if not ("@" in text or "LOCK" in text or "TEMPORARY" in text or "PREPARE" in text
+                or "SQL_CALC" in text or "CALL" in text or "HANDLER" in text or "XA" in text
+                or "TRANSACTION" in text or "LAST_INSERT_ID" in text or ";" in text):
+            return []
         new: list[Pin] = []
         for word, pin, exact, at_start in _TEXT_PINS:
             if word in text and pin not in self.pins and (anchored or not at_start) \
@@ -283,7 +289,7 @@ class SessionModel:
         new = self._pin(Pin.STATE_CHANGE) if marks & STATE_CHANGED else []
         if marks & WARNED:
             return new + self._pin(Pin.WARNINGS)
-        if self._uses_table:
+        if self.uses_table:
             self.pins.discard(Pin.WARNINGS)
         return new
 
@@ -310,7 +316,7 @@ class SessionModel:
         if ending is None:
             return set(self.pins)
         pins = self.pins
-        if Pin.WARNINGS in pins and self._uses_table and not (ending.warnings or ending.error):
+        if Pin.WARNINGS in pins and self.uses_table and not (ending.warnings or ending.error):
             pins = pins - {Pin.WARNINGS}  # the latest statement emptied the list
         transient = set()
         if ending.status & _IN_TRANS:
