@@ -54,7 +54,7 @@ _MAX_CONTROL_PACKET = 1 << 16
 # have been read yet when the client's command is (both wait for the loop after a thaw). A
 # command that follows its previous reply closer than this is not checked: that costs nothing in
 # a busy session, where every microsecond of CPU counts.
-_QUIET = 0.001
+_QUIET = 0.01
 _CLOCK_JUMP = 5.0  # as in pool.py: wall time ran ahead of the monotonic clock (a restore)
 _WAIT_MARGIN = 1.0  # a connection idle this close to its short wait_timeout is not used again
 
@@ -286,41 +286,39 @@ class ClientConnection(asyncio.Protocol):
         self._pool.release(upstream, reusable=reusable, session_ended=False)
 
     def _check_upstream(self, now: float, data: bytes) -> bool:
-        """After a quiet spell: is the upstream connection still there? The command waits (True)
-        one pass of the event loop, so that a close the server sent meanwhile (while the sandbox
-        was frozen: both wake up together) is seen before the command goes on a dead connection;
-        after a long pause, or close to the short wait_timeout, longer (see below)."""
+        """After a quiet spell: is the upstream connection still there? (After a thaw the close
+        the server sent during the freeze and the client's command wait for the loop together:
+        one poll() of the socket tells, before the command goes on a dead connection.) If it is
+        gone, or must be asked after a long pause, or is close to its short wait_timeout, the
+        command waits (True) while that is settled."""
         upstream, relay = self._upstream, self._relay
         assert upstream is not None and relay is not None  # ATTACHED
         wall = time.time()
         quiet, quiet_wall = now - self._active_at, wall - self._active_wall
         self._active_at, self._active_wall = now, wall
         if relay.leftover()[0]:
-            return False  # a reply of dbkeeper's own is on its way: the connection answers
-        self._stash = data
-        self.state = ClientState.MOVING  # what the client sends meanwhile waits behind it
-        if upstream.short_wait and max(quiet, quiet_wall) > upstream.short_wait_s - _WAIT_MARGIN:
+            return False  # a reply of dbkeeper's own is on its way: bytes waiting are no sign of death
+        dead = upstream.looks_dead()
+        if not dead and upstream.short_wait and max(quiet, quiet_wall) > upstream.short_wait_s - _WAIT_MARGIN:
             # the server is about to drop it (its short wait_timeout), maybe while this command is on
             # its way: the session (movable, or the wait would be the server's own) moves first
             blockers = relay.blockers(connection_lost=True)
             if blockers is not None and not blockers:
+                self._stash = data
+                assert self.transport is not None
+                self.transport.pause_reading()
                 self._detach(reusable=True, reason="wait_timeout_near")
                 self._move()
                 return True
         paused = quiet > self._config.verify_after_idle or quiet_wall - quiet > _CLOCK_JUMP or quiet_wall < -_CLOCK_JUMP
-        self._loop.call_soon(self._after_a_pass, paused)
+        if not dead and not paused:
+            return False
+        self._stash = data
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.state = ClientState.MOVING
+        self._task = self._loop.create_task(self._verify_or_move(dead))
         return True
-
-    def _after_a_pass(self, paused: bool) -> None:
-        upstream = self._upstream
-        if self._closed or upstream is None or self.state is not ClientState.MOVING or self._relay is None:
-            return
-        if upstream.closed or paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._task = self._loop.create_task(self._verify_or_move(upstream.closed))
-            return
-        self._resume_relay()
 
     async def _verify_or_move(self, dead: bool) -> None:
         relay, upstream = self._relay, self._upstream

@@ -62,6 +62,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Most upstream connections held at once (1 is opened at INIT); when all are lent, idle sessions that "
             "can move give theirs up (connection sharing). Unset on Lambda Managed Instances "
             "(AWS_LAMBDA_MAX_CONCURRENCY set): a quarter of that, at least 1, at most 64."),
+    Setting("DBKEEPER_SESSION_MOVES", "true",
+            "true: upstream connections track session state, so an idle session whose connection died is "
+            "served on another with its state replayed, and idle sessions that can move share connections when "
+            "all are lent; false: a session keeps its one connection for life (its death ends the session)."),
     Setting("DBKEEPER_BORROW_TIMEOUT_MS", "5000",
             "How long a client waits for a free upstream connection before it gets an error."),
     Setting("DBKEEPER_CONNECT_TIMEOUT_MS", "2000", "Bound on one upstream connect + handshake."),
@@ -150,6 +154,7 @@ class Config(NamedTuple):
     client_flags: tuple[str, ...]
     hold_setup: bool
     pool_size: int
+    session_moves: bool
     borrow_timeout: float
     connect_timeout: float
     max_pending_clients: int
@@ -208,6 +213,7 @@ class Config(NamedTuple):
             hold_setup=parsed("DBKEEPER_HOLD_SETUP", _boolean),
             pool_size=parsed("DBKEEPER_POOL_SIZE", _integer(1, 64)) if "DBKEEPER_POOL_SIZE" in env
             else _pool_size_for(env.get(MAX_CONCURRENCY), parsed("DBKEEPER_POOL_SIZE", _integer(1, 64))),
+            session_moves=parsed("DBKEEPER_SESSION_MOVES", _boolean),
             borrow_timeout=parsed("DBKEEPER_BORROW_TIMEOUT_MS", _milliseconds(1, 900_000)),
             connect_timeout=parsed("DBKEEPER_CONNECT_TIMEOUT_MS", _milliseconds(10, 60_000)),
             upstream_wait_timeout=parsed("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", _integer(0, 31_536_000)),

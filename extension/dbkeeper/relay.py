@@ -115,6 +115,7 @@ class Relay:
         self._older: list[bytes] = []   # reply chunks relayed since then, but the last one
         self._older_size = 0
         self._last: bytes | None = None  # the last reply chunk relayed since then
+        self._last_closes = False  # closes_reply(self._last), worked out as it arrived
         # The fast path's precondition: the client is between packets, the tracker holds no
         # unfinished reply and at most one command awaits its reply. After an idle wait the
         # memory a path touches costs more than the instructions it runs, so the fast path
@@ -164,21 +165,28 @@ class Relay:
             if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
                     and data[3] == 0 and data[4] not in _NOT_FAST:
                 last = self._last
-                if not self._expected if last is None else len(self._expected) == 1 and closes_reply(last):
-                    if self._watch:  # before the command goes: one that pins may need a long wait_timeout
+                if not self._expected if last is None else len(self._expected) == 1 and self._last_closes:
+                    if self._watch:
                         session = self.session
                         assert session is not None  # _watch is set only with a session
+                        # A statement that may read the session's wait_timeout must find the server's
+                        # own: the only test before the command goes (the rest after: no latency)
+                        text = data.decode("latin-1").upper() if data[4] == COMMAND.COM_QUERY else ""
+                        if self._follow_wait and self.upstream.short_wait \
+                                and ("TIMEOUT" in text or "VARIABLES" in text):
+                            self._wait_before_command(True)
+                        self._upstream_write(data)
                         if last is not None:
                             self._ended = last
                             marks = reply_marks(last)
                             if marks or session.uses_table:
                                 self._note(session.reply_ended(marks))
-                        if (self._note(session.command(data, HEADER_SIZE)) or session.reads_variables) \
-                                and self._follow_wait:
-                            self._wait_before_command()
-                    elif last is not None:
-                        self._ended = last
-                    self._upstream_write(data)
+                        self._note(session.query_upper(text, HEADER_SIZE) if text
+                                   else session.command(data, HEADER_SIZE))
+                    else:
+                        if last is not None:
+                            self._ended = last
+                        self._upstream_write(data)
                     self._expected = [data[4]]
                     if self._older:
                         self._older.clear()
@@ -192,7 +200,8 @@ class Relay:
         if self._watch:
             self._follow(forward, commands)
             if self._follow_wait:
-                self._wait_before_command()
+                text = forward.decode("latin-1").upper() if commands else ""
+                self._wait_before_command("TIMEOUT" in text or "VARIABLES" in text)
         if forward:
             self._upstream_write(forward)
         self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
@@ -219,12 +228,11 @@ class Relay:
         assert session is not None  # _follow_wait is set only with a session
         return bool(status & _IN_TRANS or session.pins and session.pins - OBSERVABLES)
 
-    def _wait_before_command(self) -> None:
-        """A command that pins the session, or may read its wait_timeout, is about to go: the
-        server's wait_timeout first."""
-        session = self.session
-        assert session is not None  # _follow_wait is set only with a session
-        if self.upstream.short_wait and (session.reads_variables or self._needs_server_wait(0)) \
+    def _wait_before_command(self, reads_variables: bool = False) -> None:
+        """A command that may read the session's wait_timeout (or, on the slow path, one that pins
+        the session) is about to go: the server's wait_timeout first. (A command that pins gets it
+        after its reply on the fast path, before the client idles: _wait_after_reply.)"""
+        if self.upstream.short_wait and (reads_variables or self._needs_server_wait(0)) \
                 and not self._stop_following():
             self._write_own(self.upstream.wait_command(False))
 
@@ -459,15 +467,16 @@ class Relay:
         self._client_write(data)
         previous = self._last
         self._last = data
+        closes = self._last_closes = closes_reply(data)
         if previous is not None:  # a reply of several chunks: keep them all, bounded
             self._older.append(previous)
             self._older_size += len(previous)
             if self._older_size > _UNFED_LIMIT:
                 self._feed_tracker()
-        demand = self._demand
-        if (self._follow_wait or demand is not None and demand.waiting) and closes_reply(data):
+        if closes:
             if self._follow_wait and len(self._expected) <= 1:
                 self._wait_after_reply(data)
+            demand = self._demand
             if demand is not None and demand.waiting:
                 demand.reply_ended()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
+import select
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, cast
@@ -46,6 +46,8 @@ MAX_PACKET = 1 << 30
 _SET_OPTION_MULTI_STATEMENTS_ON = b"\x00\x00"
 _SET_OPTION_MULTI_STATEMENTS_OFF = b"\x01\x00"
 _QUIT = frame(bytes((COMMAND.COM_QUIT,)), 0)
+# poll events of a connection that is gone, or says something while nobody asked it anything
+_DEAD_OR_SPEAKING = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class SessionSettings(NamedTuple):
@@ -62,7 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._log = log
         self.profile = profile
         self.transport: asyncio.Transport | None = None
-        self._probe_args: tuple[int, int, int, int] | None = None
+        self._probe: select.poll | None = None  # the socket's descriptor, for looks_dead
         self._packets = PacketBuffer(max_packet=MAX_PACKET)
         self._inbox: list[Packet] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -98,8 +100,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         enable_nodelay(sock)
-        # the descriptor outlives a start_tls; looks_dead probes it directly
-        self._probe_args = (sock.family, sock.type, 0, sock.fileno()) if sock is not None else None
+        # the descriptor outlives a start_tls; looks_dead polls it directly (one poll object for the
+        # connection's life: asked before every command after a quiet spell, it must be cheap)
+        if sock is not None:
+            self._probe = select.poll()
+            self._probe.register(sock.fileno(), _DEAD_OR_SPEAKING)
 
     def data_received(self, data: bytes) -> None:
         relay = self._relay
@@ -118,6 +123,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = UpstreamError(f"upstream connection lost: {exc or 'closed by server'}")
+        self._probe = None  # the descriptor may be reused by another socket from now on
         relay = self._relay
         if relay is not None:
             relay.upstream_lost()
@@ -146,19 +152,10 @@ class UpstreamConnection(asyncio.Protocol):
         the server sent before closing, a TLS alert) or EOF means it is gone."""
         if self.closed:
             return True
-        if self._probe_args is None:
+        probe = self._probe
+        if probe is None:
             return False
-        # A socket object over the transport's descriptor, detached again: one recv() syscall.
-        probe = socket.socket(*self._probe_args)
-        try:
-            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            probe.detach()
+        return bool(probe.poll(0))  # one poll() syscall: no event while the connection is quiet
 
     def mark_used(self) -> None:
         self.last_used = (time.monotonic(), time.time())
@@ -185,7 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
         target = self._target
         try:
             await asyncio.wait_for(self._open(loop), config.connect_timeout)
-            if self.capabilities & CLIENT.SESSION_TRACK:
+            if self.capabilities & CLIENT.SESSION_TRACK and config.session_moves:
                 self.write_packet(bytes((COMMAND.COM_QUERY,)) + TRACKING_STATEMENT, 0)
                 await asyncio.wait_for(self._read_tracking(), config.connect_timeout)
         except TimeoutError as exc:
@@ -207,6 +204,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise _server_error("upstream refused the connection", packet.payload)
         greeting = self.greeting = handshake.parse_greeting(packet.payload)
         capabilities = (_BASE_CAPABILITIES | self.profile) & (greeting.capabilities | CLIENT.LONG_PASSWORD)
+        if not config.session_moves:
+            capabilities &= ~CLIENT.SESSION_TRACK  # replies stay exactly what the client gets
         if target.database:
             capabilities |= CLIENT.CONNECT_WITH_DB
         sequence = 1
@@ -387,7 +386,7 @@ class UpstreamConnection(asyncio.Protocol):
         set_names = _SET_NAMES.get(kept_collation) if kept_collation != UTF8MB4_GENERAL_CI else None
         if set_names:  # the statement that worked for this collation before
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + set_names[0], 0)
-        track = bool(self.capabilities & CLIENT.SESSION_TRACK)
+        track = bool(self.capabilities & CLIENT.SESSION_TRACK) and self._config.session_moves
         if track:  # the reset returned the trackers to the server's defaults (before the wait_timeout: reported)
             self.write_packet(bytes((COMMAND.COM_QUERY,)) + TRACKING_STATEMENT, 0)
         short_wait = self._write_short_wait()

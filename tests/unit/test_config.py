@@ -55,9 +55,10 @@ def test_every_setting_is_parsed():
         "DBKEEPER_METRICS_EVERY": "7", "DBKEEPER_METRICS_INTERVAL_S": "9",
         "DBKEEPER_FAIL_MODE": "Closed", "DBKEEPER_MAX_PENDING_CLIENTS": "7", "DBKEEPER_VERIFY_AFTER_IDLE_MS": "2500",
         "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S": "30",
-        "DBKEEPER_IDLE_TIMEOUT_S": "0",
+        "DBKEEPER_IDLE_TIMEOUT_S": "0", "DBKEEPER_SESSION_MOVES": "false",
     }
     config = Config.from_environ(env)
+    assert config.session_moves is False
     aws = config.aws
     assert (aws.db_secret, aws.client_password_secret, aws.iam_auth, aws.sdk_path) == (
         "arn:aws:secretsmanager:eu-west-1:1:secret:db", "local#pw", True, "/sdk")

@@ -195,9 +195,6 @@ class SessionModel:
         self.last_insert_id = 0
         self.pins: set[Pin] = set() if tracked else {Pin.UNTRACKED}
         self.uses_table = False  # the last statement sent surely used a table (asked only while warnings pin)
-        # the last statement may read the session's wait_timeout (SELECT @@wait_timeout, SHOW
-        # VARIABLES): it must see the server's own, not the short one of an idle connection
-        self.reads_variables = False
 
     # --- fed by the relay ---------------------------------------------------------------------
     def command(self, packet: bytes, start: int = 0) -> list[Pin]:
@@ -217,13 +214,15 @@ class SessionModel:
 
     def query(self, packet: bytes, start: int = 0) -> list[Pin]:
         """A COM_QUERY whose command byte is `packet[start]`."""
+        # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
+        return self.query_upper(packet.decode("latin-1").upper(), start)
+
+    def query_upper(self, text: str, start: int) -> list[Pin]:
+        """The same, given the packet decoded as latin-1 and upper-cased."""
         pins = self.pins
         self.uses_table = False
         if pins and not pins <= RELEASABLE:  # pinned for the session's life: its text changes nothing
             return []
-        # as str: `in` on str runs in C, on bytes with a bytes needle it costs an exception inside
-        text = packet.decode("latin-1").upper()
-        self.reads_variables = "TIMEOUT" in text or "VARIABLES" in text
         if pins:
             # only a pending warnings list needs to know (saves a pattern per query otherwise)
             self.uses_table = Pin.WARNINGS in pins and _USES_TABLE.match(text, start + 1) is not None
