@@ -76,9 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
             "An upstream connection idle longer than this (by the monotonic, wall or boot clock: a freeze, a "
             "SnapStart restore) gets a COM_PING before it is lent, and is replaced if it does not answer."),
     Setting("DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S", "600",
-            "Session wait_timeout of upstream connections while they sit idle in the pool (0: the server's own). "
-            "Bounds how long a sandbox reclaimed without SHUTDOWN leaves a connection on the server; a session "
-            "lent one sees the server's own wait_timeout again."),
+            "Session wait_timeout of upstream connections while they sit idle in the pool, or lent to a session "
+            "that could move to another (0: the server's own). Bounds how long a sandbox reclaimed without "
+            "SHUTDOWN leaves a connection on the server; a session that could not move (an open transaction, a "
+            "user variable, ...), or reads its variables, has the server's own."),
     Setting("DBKEEPER_IDLE_TIMEOUT_S", "300",
             "Idle upstream connections beyond the first are closed once idle this long (decided when a session "
             "ends, never by a timer; 0: never)."),
