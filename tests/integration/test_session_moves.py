@@ -170,3 +170,15 @@ def test_a_session_whose_last_statement_changed_rows_or_left_warnings_is_recover
     _kill(fresh_mariadb, _server_id(conn))
     assert _one(conn, "SELECT COUNT(*) FROM w") == (3,)
     conn.close()
+
+
+def test_with_session_moves_off_a_session_keeps_its_one_connection_as_before(dbkeeper_factory, fresh_mariadb):
+    """DBKEEPER_SESSION_MOVES=false: no session tracking upstream, no moves: a session whose
+    connection dies while it is idle sees it drop, as it would directly."""
+    running = dbkeeper_factory(fresh_mariadb, DBKEEPER_SESSION_MOVES="false")
+    conn = pymysql.connect(**running.connect_kwargs(autocommit=True))
+    assert _one(conn, "SELECT @@session_track_state_change") == (0,)  # the server's default: not asked for
+    _kill(fresh_mariadb, _server_id(conn))
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        _one(conn, "SELECT 1")
+    assert caught.value.args[0] in LOST_CONNECTION
