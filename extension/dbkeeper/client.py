@@ -49,12 +49,13 @@ _OFFERED = (CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT
             | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS
             | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA)
 _MAX_CONTROL_PACKET = 1 << 16
-# A client quiet this long may have been frozen: its upstream connection is checked (one recv
-# syscall) before the next command goes on it, since the close the server sent meanwhile may not
-# have been read yet when the client's command is (both wait for the loop after a thaw). A
-# command that follows its previous reply closer than this is not checked: that costs nothing in
-# a busy session, where every microsecond of CPU counts.
-_QUIET = 0.01
+# A client quiet this long may have been frozen: its upstream connection is checked (one poll()
+# of its socket) before the next command goes on it, since the close the server sent meanwhile may
+# not have been read yet when the client's command is (both wait for the loop after a thaw). A
+# freeze can be a few milliseconds (the e2e harness kills an idle upstream inside one): 10 ms
+# missed some, 1 ms does not. A command that follows its previous one closer than this is not
+# checked: that costs nothing in a busy session.
+_QUIET = 0.001
 _CLOCK_JUMP = 5.0  # as in pool.py: wall time ran ahead of the monotonic clock (a restore)
 _WAIT_MARGIN = 1.0  # a connection idle this close to its short wait_timeout is not used again
 
