@@ -254,13 +254,7 @@ class ClientConnection(asyncio.Protocol):
             if blockers:
                 self._report_transient(blockers)
             return None
-        self._carried = relay.carry()
-        self._relay = None
-        self._upstream = None
-        self._hand_back_leftover(relay, upstream)
-        self.state = ClientState.DETACHED
-        self._moved_from = upstream.connection_id
-        self._move_reason = "shared"
+        self._let_go("shared", reusable=True)
         # what the session's next statement could still ask about the last one, read off the
         # connection before its reset (in the same round trip), made so again after the move
         observed: asyncio.Future[tuple[int, int] | None] = self._loop.create_future()
@@ -274,6 +268,13 @@ class ClientConnection(asyncio.Protocol):
         return upstream
 
     def _detach(self, reusable: bool, reason: str = "upstream_lost") -> None:
+        """The session leaves its connection (dead, or about to be dropped by the server): back to
+        the pool, reset if `reusable`, else closed."""
+        self._pool.release(self._let_go(reason, reusable), reusable=reusable, session_ended=False)
+
+    def _let_go(self, reason: str, reusable: bool) -> UpstreamConnection:
+        """ATTACHED -> DETACHED: what the relay still holds for the session goes with it; a
+        connection that will be reused gets the replies to the relay's own statements."""
         relay, upstream = self._relay, self._upstream
         assert relay is not None and upstream is not None
         self._carried = relay.carry()
@@ -284,7 +285,7 @@ class ClientConnection(asyncio.Protocol):
         self._move_reason = reason
         if reusable:
             self._hand_back_leftover(relay, upstream)
-        self._pool.release(upstream, reusable=reusable, session_ended=False)
+        return upstream
 
     def _check_upstream(self, now: float, data: bytes) -> bool:
         """After a quiet spell: is the upstream connection still there? (After a thaw the close
@@ -374,7 +375,7 @@ class ClientConnection(asyncio.Protocol):
             if observed is not None:  # read during the old connection's reset, done by now
                 await asyncio.wait((observed,), timeout=self._config.connect_timeout)
                 counts = observed.result() if observed.done() else None
-            if b"wait_timeout" in session.variables:
+            if session.sets_own_wait_timeout:
                 upstream.restore_wait_timeout()  # the replay sets the session's own
             error = await upstream.prepare(settings)
             replayed = 0
@@ -410,7 +411,7 @@ class ClientConnection(asyncio.Protocol):
                             to_connection_id=upstream.connection_id, replayed=replayed,
                             ms=round((time.monotonic() - started) * 1000, 3))
         carried, self._carried = self._carried, None
-        follow = self._follows_wait(upstream) and b"wait_timeout" not in session.variables
+        follow = self._follows_wait(upstream) and not session.sets_own_wait_timeout
         self._relay = Relay(self, upstream, self._pool.proven_setup if carried is not None and self._config.hold_setup
                             else None, prefix=None if follow else upstream.restore_wait_timeout(), session=session,
                             carried=carried, demand=self._pool.demand, follow_wait=follow)

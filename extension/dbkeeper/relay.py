@@ -24,24 +24,32 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from pymysql.constants import COMMAND
+from pymysql.constants import COMMAND, SERVER_STATUS
 
 from .errors import ProtocolError
 from .protocol import session_setup
 from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
 from .protocol.messages import OK_HEADER
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
-from .protocol.responses import ResponseTracker, closes_reply, reply_marks
-from .protocol.session import OBSERVABLES, RELEASABLE, Ending, Pin, SessionModel, ending_of, parse_ok, untracked_ok
+from .protocol.responses import ResponseTracker, closes_reply, ends_with_eof, reply_marks
+from .protocol.session import (
+    OBSERVABLES,
+    RELEASABLE,
+    SERVER_SESSION_STATE_CHANGED,
+    Ending,
+    Pin,
+    SessionModel,
+    ending_of,
+    parse_ok,
+    untracked_ok,
+)
 
 _UNFED_LIMIT = 4 << 20  # walk saved reply bytes once this many pile up, to bound memory
 # Commands the fast path may pass without the scanner: one reply each, nothing to bookkeep.
 _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 # SERVER_SESSION_STATE_CHANGED in the high byte of an OK's status
-_STATE_CHANGED_HIGH = 0x40
+_STATE_CHANGED_HIGH = SERVER_SESSION_STATE_CHANGED >> 8
 _QUERY_OVERLAP = 64  # text kept from one piece of a long query to test words split between reads
-_IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
-_WAIT_TIMEOUT = b"wait_timeout"
 
 if TYPE_CHECKING:
     import asyncio
@@ -106,7 +114,7 @@ class Relay:
         from the relay of the session's previous upstream connection (a move). `demand`: the
         pool's borrowers waiting for a session to give its connection up. `follow_wait`: the
         connection's session wait_timeout follows the session: short (as in the pool) while it
-        could move, the server's own while it could not (see _follow_wait_timeout)."""
+        could move, the server's own while it could not (see "the session wait_timeout follows the session" below)."""
         self.client = client
         self.upstream = upstream
         self.scanner = CommandScanner()
@@ -226,7 +234,7 @@ class Relay:
     def _needs_server_wait(self, status: int) -> bool:
         session = self.session
         assert session is not None  # _follow_wait is set only with a session
-        return bool(status & _IN_TRANS or session.pins and session.pins - OBSERVABLES)
+        return bool(status & SERVER_STATUS.SERVER_STATUS_IN_TRANS or session.pins and session.pins - OBSERVABLES)
 
     def _wait_before_command(self, reads_variables: bool = False) -> None:
         """A command that may read the session's wait_timeout (or, on the slow path, one that pins
@@ -238,10 +246,9 @@ class Relay:
 
     def _wait_after_reply(self, chunk: bytes) -> None:
         """A reply just ended (cheap test): should the wait_timeout change before the client idles?"""
-        size = len(chunk)
-        if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
+        if ends_with_eof(chunk):
             status = chunk[-2]
-        elif size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB:
+        elif len(chunk) >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB:
             status = chunk[7]
         else:
             return  # an ERR (nothing changed) or an unusual OK: the next reply decides
@@ -252,7 +259,7 @@ class Relay:
     def _stop_following(self) -> bool:
         """The session set its own wait_timeout: from now on it is the session's to keep."""
         session = self.session
-        if session is not None and (_WAIT_TIMEOUT in session.variables or b"interactive_timeout" in session.variables):
+        if session is not None and session.sets_own_wait_timeout:
             self._follow_wait = False
             return True
         return False
@@ -314,7 +321,7 @@ class Relay:
                 self._note(session.unfollowed())
             return data
         self._note(session.ok(ok))
-        if ok.changes or ok.status & 0x4000:
+        if ok.changes or ok.status & SERVER_SESSION_STATE_CHANGED:
             return frame(untracked_ok(ok, data[HEADER_SIZE:]), data[3])
         return data
 
@@ -323,7 +330,7 @@ class Relay:
         chunk = self._ended
         if chunk is None:
             return ending_of(self.tracker.final)
-        if len(chunk) >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == 0xFE:
+        if ends_with_eof(chunk):
             return ending_of(chunk[-5:])
         return ending_of(chunk[HEADER_SIZE:])
 

@@ -25,7 +25,7 @@ from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_lenenc_bytes
-from .protocol.session import OBSERVE_STATEMENT, TRACKING_STATEMENT, parse_ok
+from .protocol.session import OBSERVE_STATEMENT, SESSION_TRACK_SYSTEM_VARIABLES, TRACKING_STATEMENT, parse_ok
 from .relay import Relay, enable_nodelay
 
 if TYPE_CHECKING:  # pool imports this module
@@ -439,11 +439,13 @@ class UpstreamConnection(asyncio.Protocol):
         if messages.is_ok(reply) and self.tracked:  # the value in effect: never above the server's own
             try:
                 for kind, data in parse_ok(reply).changes:
-                    name, position = read_lenenc_bytes(data, 0) if kind == 0 else (b"", 0)
+                    if kind != SESSION_TRACK_SYSTEM_VARIABLES:
+                        continue
+                    name, position = read_lenenc_bytes(data, 0)
                     if name == b"wait_timeout":
                         self.short_wait_s = int(read_lenenc_bytes(data, position)[0])
             except (ProtocolError, ValueError):
-                pass
+                pass  # the setting's value stands
         if not messages.is_ok(reply):
             raise _server_error("setting the idle wait_timeout failed", reply)
         self.short_wait = True

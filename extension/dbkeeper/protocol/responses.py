@@ -268,12 +268,16 @@ WARNED = 1
 STATE_CHANGED = 2
 
 
+def ends_with_eof(chunk: bytes) -> bool:
+    """The chunk's last 9 bytes are an EOF packet (its payload is chunk[-5:])."""
+    return len(chunk) >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER
+
+
 def reply_marks(chunk: bytes) -> int:
     """For a last chunk that closes_reply() accepted: WARNED if the reply left warnings or an
     error (what SHOW WARNINGS / SHOW ERRORS would show), STATE_CHANGED if its final EOF has
     SERVER_SESSION_STATE_CHANGED (an OK's change is read from its tracker data instead)."""
-    size = len(chunk)
-    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER:
+    if ends_with_eof(chunk):
         return (WARNED if chunk[-4] or chunk[-3] else 0) | (STATE_CHANGED if chunk[-1] & 0x40 else 0)
     if chunk[4] == ERR_HEADER:
         return WARNED

@@ -303,6 +303,11 @@ class SessionModel:
         self.pins.add(pin)
         return [pin]
 
+    @property
+    def sets_own_wait_timeout(self) -> bool:
+        """The session set its wait_timeout itself: it is the session's to keep (and replay)."""
+        return b"wait_timeout" in self.variables or b"interactive_timeout" in self.variables
+
     # --- decisions ----------------------------------------------------------------------------
     def blockers(self, ending: Ending | None, connection_lost: bool = False) -> set[Pin]:
         """Why the session cannot move now that its last reply ended as `ending` (empty: it can).
