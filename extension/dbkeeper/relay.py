@@ -29,18 +29,35 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 from .errors import ProtocolError
 from .protocol import session_setup
 from .protocol.commands import FILE_DATA, FILE_END, INTERCEPTED, NO_REPLY, CommandScanner
-from .protocol.messages import OK_HEADER
+from .protocol.messages import OK_HEADER, SERVER_SESSION_STATE_CHANGED
 from .protocol.packets import HEADER_SIZE, MAX_FRAME, frame
-from .protocol.responses import ResponseTracker, closes_reply, ends_with_eof, reply_marks
+from .protocol.responses import (
+    ERRED,
+    MARKS,
+    UNCLOSED,
+    WHOLE_OK,
+    ResponseTracker,
+    ends_with_eof,
+    reply_end,
+    reply_marks,
+)
 from .protocol.session import (
+    FLAGS_LONGEST,
     OBSERVABLES,
+    Q_BEGINS,
+    Q_ENDS,
+    Q_NOT_QUERY,
+    Q_READS_WAIT,
+    Q_USES_TABLE,
+    Q_WORDS,
+    QUERY_FLAGS,
     RELEASABLE,
-    SERVER_SESSION_STATE_CHANGED,
     Ending,
     Pin,
     SessionModel,
     ending_of,
     parse_ok,
+    query_flags,
     untracked_ok,
 )
 
@@ -50,6 +67,11 @@ _NOT_FAST = INTERCEPTED | NO_REPLY | {COMMAND.COM_SET_OPTION}
 # SERVER_SESSION_STATE_CHANGED in the high byte of an OK's status
 _STATE_CHANGED_HIGH = SERVER_SESSION_STATE_CHANGED >> 8
 _QUERY_OVERLAP = 64  # text kept from one piece of a long query to test words split between reads
+_IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
+_COM_QUERY = COMMAND.COM_QUERY
+_AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+_FOLLOW_WAIT_BITS = _IN_TRANS | SERVER_SESSION_STATE_CHANGED
+_ATTENTION = _FOLLOW_WAIT_BITS | ERRED
 
 if TYPE_CHECKING:
     import asyncio
@@ -104,7 +126,26 @@ def _discard(data: bytes) -> None:
     pass
 
 
+class _Nobody:
+    """No pool's borrowers to tell (a relay without a pool: tests, the fuzzer)."""
+    waiting = 0
+
+    def reply_ended(self) -> None:
+        pass
+
+
+_NOBODY = _Nobody()
+
+
 class Relay:
+    # Slots: attribute reads are most of the hot path's work, and a class of more than 30 instance
+    # attributes loses CPython's fast instance-attribute access (measured: +14 % instructions per query)
+    __slots__ = ("client", "upstream", "scanner", "tracker", "commands", "session", "_expected", "_older",
+                 "_older_size", "_last", "_end", "_ready", "_simple", "_client_write", "_upstream_write", "_proven",
+                 "_held", "_own_held", "_sent_held", "_status", "_candidate", "_swallow", "_swallowed", "_tracked",
+                 "_watch", "_ended", "_query_tail", "_demand", "_follow_wait", "_own", "_reply_status", "_predict",
+                 "_predicted", "_pins", "_unsettled", "_closing")
+
     def __init__(self, client: RelayClient, upstream: RelayUpstream, proven: session_setup.ProvenSetup | None = None,
                  prefix: bytes | None = None, session: SessionModel | None = None,
                  carried: tuple[list[bytes], int] | None = None, demand: Demand | None = None,
@@ -123,12 +164,18 @@ class Relay:
         self._older: list[bytes] = []   # reply chunks relayed since then, but the last one
         self._older_size = 0
         self._last: bytes | None = None  # the last reply chunk relayed since then
-        self._last_closes = False  # closes_reply(self._last), worked out as it arrived
+        self._end = UNCLOSED  # reply_end(self._last), worked out as it arrived
+        # the fast path may send a command: no command awaits a reply, or the one that did has it
+        # whole (no reply bytes since the tracker last saw them, or _end says they close it)
+        self._ready = True
+        # what reply_end() must be below for _ready: UNCLOSED while one command awaits its reply;
+        # -1 (never) while none does (bytes nobody asked for: the tracker must see them)
+        self._closing = -1
         # The fast path's precondition: the client is between packets, the tracker holds no
-        # unfinished reply and at most one command awaits its reply. After an idle wait the
+        # unfinished reply, at most one command awaits its reply, and no session-setup statement is
+        # held or waits for proof (set below, once _held is). After an idle wait the
         # memory a path touches costs more than the instructions it runs, so the fast path
         # reads only this flag, the chunk it forwards and the last reply chunk.
-        self._simple = True
         client_transport, upstream_transport = client.transport, upstream.transport
         assert client_transport is not None and upstream_transport is not None  # a relay joins two open connections
         self._client_write: Callable[[bytes], None] = client_transport.write
@@ -146,6 +193,7 @@ class Relay:
             self._held += carried[0]
             self._status = carried[1]
         self._candidate: bytes | None = None  # a setup statement sent unproven: its reply may prove it
+        self._simple = self._held is None
         self._swallow = 0                    # replies to held statements still to drop upstream-side
         self._swallowed = b""                # the start of the next one of them
         # --- the session model
@@ -154,12 +202,53 @@ class Relay:
         self._watch = session is not None and not session.pins - RELEASABLE  # commands can still pin it
         self._ended: bytes | None = None  # the last chunk of the latest reply the fast path proved ended
         self._query_tail: str | None = None  # a long query's text so far continues in the next read
-        self._demand = demand
+        self._demand: Demand | _Nobody = demand if demand is not None else _NOBODY
         self._follow_wait = follow_wait and self._tracked
         self._own = 0  # of the replies to drop (_swallow), the last ones answer dbkeeper's own statements
+        self._reply_status = upstream.status  # of the latest reply that ended with a status
+        self._predict = True      # guess that a statement opens a transaction (see _wait_before)
+        self._predicted = False   # the command under way was guessed to
+        # for the per-reply test: a guess to check, or the connection is on the server's wait_timeout
+        self._unsettled = self._follow_wait and not upstream.short_wait
+        # the session's pins (the model changes the set in place; none without a model)
+        self._pins: set[Pin] | frozenset[Pin] = session.pins if session is not None else frozenset()
 
     def client_data(self, data: bytes) -> bytes | None:
         """Forward what the client sent; return the bytes of an intercepted command, if any."""
+        # The shape of nearly every query: one whole command (sequence id 0) after a whole reply.
+        # A statement seen before is found whole in QUERY_FLAGS (the header checks below are
+        # what put it there), which also says what its text means to the session model.
+        if self._simple:
+            size = len(data)
+            flags = QUERY_FLAGS.get(data) if size <= FLAGS_LONGEST and self._watch else None
+            if flags is not None:
+                code = _COM_QUERY
+            elif size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
+                    and data[3] == 0 and data[4] not in _NOT_FAST:
+                code = data[4]
+                flags = Q_NOT_QUERY if code != _COM_QUERY else query_flags(data) if self._watch else 0
+            else:
+                return self._forward(data)
+            if self._ready:
+                last = self._last
+                if last is None:
+                    ended = 0
+                else:
+                    self._ended = last
+                    ended = self._end
+                if self._watch and (flags or self._pins or ended & MARKS):
+                    self._watched(data, flags, ended if last is not None else UNCLOSED)
+                else:
+                    self._upstream_write(data)
+                self._expected = [code]
+                if self._older:
+                    self._older.clear()
+                    self._older_size = 0
+                self._last = None
+                self._ready = False
+                self._closing = UNCLOSED
+                self.commands += 1
+                return None
         if self._candidate is not None:
             self._prove_candidate()
         if self._held is not None and self._answered_setup(data):
@@ -167,52 +256,28 @@ class Relay:
         return self._forward(data)
 
     def _forward(self, data: bytes) -> bytes | None:
-        # the shape of nearly every query: one whole command (sequence id 0) after a whole reply
-        if self._simple:
-            size = len(data)
-            if size > 4 and (data[0] | data[1] << 8 | data[2] << 16) == size - 4 < MAX_FRAME \
-                    and data[3] == 0 and data[4] not in _NOT_FAST:
-                last = self._last
-                if not self._expected if last is None else len(self._expected) == 1 and self._last_closes:
-                    if self._watch:
-                        session = self.session
-                        assert session is not None  # _watch is set only with a session
-                        # A statement that may read the session's wait_timeout must find the server's
-                        # own: the only test before the command goes (the rest after: no latency)
-                        text = data.decode("latin-1").upper() if data[4] == COMMAND.COM_QUERY else ""
-                        if self._follow_wait and self.upstream.short_wait \
-                                and ("TIMEOUT" in text or "VARIABLES" in text):
-                            self._wait_before_command(True)
-                        self._upstream_write(data)
-                        if last is not None:
-                            self._ended = last
-                            marks = reply_marks(last)
-                            if marks or session.uses_table:
-                                self._note(session.reply_ended(marks))
-                        self._note(session.query_upper(text, HEADER_SIZE) if text
-                                   else session.command(data, HEADER_SIZE))
-                    else:
-                        if last is not None:
-                            self._ended = last
-                        self._upstream_write(data)
-                    self._expected = [data[4]]
-                    if self._older:
-                        self._older.clear()
-                        self._older_size = 0
-                    self._last = None
-                    self.commands += 1
-                    return None
+        at_boundary = self.scanner.at_boundary
         forward, commands, rest = self.scanner.feed(data)
         if commands:
             self._on_commands(commands)
         if self._watch:
             self._follow(forward, commands)
-            if self._follow_wait:
-                text = forward.decode("latin-1").upper() if commands else ""
-                self._wait_before_command("TIMEOUT" in text or "VARIABLES" in text)
+            # dbkeeper's own statement may go in front only of one whole command that starts these
+            # bytes (never inside a command or a LOCAL INFILE's data), after every earlier reply
+            # ended (its reply is read off the front of what comes back)
+            if self._follow_wait and at_boundary and self.scanner.first_start == 0 and len(commands) == 1 \
+                    and commands[0] >= 0 and self.tracker.idle and self._last is None and len(self._expected) == 1:
+                flags = query_flags(forward) if commands[0] == COMMAND.COM_QUERY and self.scanner.at_boundary \
+                    else Q_NOT_QUERY
+                own = self._wait_before(flags)
+                if own:
+                    forward = own + forward
         if forward:
             self._upstream_write(forward)
-        self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1
+        self._simple = self.tracker.idle and self.scanner.at_boundary and len(self._expected) <= 1 \
+            and self._held is None and self._candidate is None
+        self._ready = not self._expected and self._last is None
+        self._closing = UNCLOSED if len(self._expected) == 1 else -1
         return rest
 
     # --- the session model ----------------------------------------------------------------------
@@ -231,43 +296,85 @@ class Relay:
     # that could not move (an open transaction, a user variable, ...) gets the server's own
     # wait_timeout back before it idles, as a direct connection has it. The statements go
     # between a reply's end and the next command, their replies dropped like held ones'.
-    def _needs_server_wait(self, status: int) -> bool:
+    def _watched(self, data: bytes, flags: int, ended: int) -> None:
+        """The fast path's command when the session model must hear of it: the end of the reply
+        before (`ended`: its reply_end(), UNCLOSED if none), the command, dbkeeper's own wait_timeout
+        statement in front of it if one is due."""
         session = self.session
-        assert session is not None  # _follow_wait is set only with a session
-        return bool(status & SERVER_STATUS.SERVER_STATUS_IN_TRANS or session.pins and session.pins - OBSERVABLES)
-
-    def _wait_before_command(self, reads_variables: bool = False) -> None:
-        """A command that may read the session's wait_timeout (or, on the slow path, one that pins
-        the session) is about to go: the server's wait_timeout first. (A command that pins gets it
-        after its reply on the fast path, before the client idles: _wait_after_reply.)"""
-        if self.upstream.short_wait and (reads_variables or self._needs_server_wait(0)) \
-                and not self._stop_following():
-            self._write_own(self.upstream.wait_command(False))
-
-    def _wait_after_reply(self, chunk: bytes) -> None:
-        """A reply just ended (cheap test): should the wait_timeout change before the client idles?"""
-        if ends_with_eof(chunk):
-            status = chunk[-2]
-        elif len(chunk) >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB:
-            status = chunk[7]
+        assert session is not None  # _watch is set only with a session
+        if ended < UNCLOSED and (ended & MARKS or session.uses_table):
+            self._note(session.reply_ended(reply_marks(ended)))
+        own = self._wait_before(flags) if self._follow_wait else b""
+        self._upstream_write(own + data if own else data)
+        if flags & Q_NOT_QUERY:
+            self._note(session.command(data, HEADER_SIZE))
+        elif flags & Q_WORDS or session.pins:
+            self._note(session.query_upper(data.decode("latin-1").upper(), HEADER_SIZE))
         else:
-            return  # an ERR (nothing changed) or an unusual OK: the next reply decides
-        short = not self._needs_server_wait(status)
-        if short != self.upstream.short_wait and not self._stop_following() and self.settle():
-            self._write_own(self.upstream.wait_command(short))
+            session.uses_table = False
+
+    def _wait_before(self, flags: int) -> bytes:
+        """Before a command goes: dbkeeper's own wait_timeout statement to send in the same write,
+        in front of it, or b"". In front, because the transitions are known then, and a statement
+        written at a reply's end costs a write and a wake-up of its own (and with TLS, records):
+        - the server's own wait_timeout before a statement that may read it, or that opens a
+          transaction (BEGIN, or a table used with autocommit off; guessed: a wrong guess is set
+          right after the reply, and stops the guessing until a transaction opens unguessed);
+        - the short one before a COMMIT / ROLLBACK of a session that can move afterwards (a COMMIT
+          that leaves a transaction open is set right after its reply)."""
+        upstream = self.upstream
+        guess = False
+        if upstream.short_wait:
+            if flags & Q_READS_WAIT:
+                pass
+            elif flags & Q_BEGINS or flags & Q_USES_TABLE and self._predict \
+                    and not self._reply_status & (_AUTOCOMMIT | _IN_TRANS):
+                guess = True
+            else:
+                return b""
+            short = False
+        elif flags & Q_ENDS and not self._pinned():
+            short = True
+        else:
+            return b""
+        if self._stop_following():
+            return b""
+        self._swallow += 1
+        self._own += 1
+        self._predicted = guess
+        command = upstream.wait_command(short)
+        self._unsettled = guess or not short
+        return command
+
+    def _pinned(self) -> bool:
+        """Pinned by more than what only describes the last statement."""
+        pins = self.session.pins  # type: ignore[union-attr]
+        return bool(pins and pins - OBSERVABLES)
+
+    def _wait_after_reply(self, ended: int) -> None:
+        """A reply just ended (`ended`: reply_end() of its last chunk, not an ERR): the wait_timeout
+        the session idles with must be right before the client can idle."""
+        short = not (ended & _FOLLOW_WAIT_BITS or self._pinned())
+        if self._predicted:
+            self._predicted = False
+            if short:
+                self._predict = False  # a wrong guess: no more until a transaction opens unguessed
+        if short != self.upstream.short_wait:
+            if not short and ended & _IN_TRANS:
+                self._predict = True
+            if not self._stop_following() and self.settle():
+                self._upstream_write(self.upstream.wait_command(short))
+                self._swallow += 1
+                self._own += 1
+        self._unsettled = not self.upstream.short_wait
 
     def _stop_following(self) -> bool:
         """The session set its own wait_timeout: from now on it is the session's to keep."""
         session = self.session
         if session is not None and session.sets_own_wait_timeout:
-            self._follow_wait = False
+            self._follow_wait = self._unsettled = False
             return True
         return False
-
-    def _write_own(self, command: bytes) -> None:
-        self._upstream_write(command)
-        self._swallow += 1
-        self._own += 1
 
     def leftover(self) -> tuple[int, bytes]:
         """At the end of a session (or before a reset): replies to dbkeeper's own statements still
@@ -396,9 +503,8 @@ class Relay:
                 self._own -= 1
                 self._swallow -= 1
                 position = end
-                demand = self._demand
-                if not self._own and demand is not None and demand.waiting:
-                    demand.reply_ended()  # the session may give its connection up now
+                if not self._own and self._demand.waiting:
+                    self._demand.reply_ended()  # the session may give its connection up now
                 continue
             if end == position + HEADER_SIZE or buffer[position + HEADER_SIZE] != OK_HEADER:
                 self._setup_failed(buffer[position + HEADER_SIZE:end])
@@ -452,13 +558,13 @@ class Relay:
         last = self._last
         if len(last) < 9 and self._older:  # a final EOF may straddle the last two chunks
             last = (self._older[-1] + last)[-9:]
-        if len(self._expected) == 1 and self.tracker.idle and closes_reply(last):
+        if len(self._expected) == 1 and self.tracker.idle and reply_end(last) < UNCLOSED:
             self._expected.clear()
             self._older.clear()
             self._older_size = 0
             self._ended = last
             if self._watch:
-                self._note(self.session.reply_ended(reply_marks(last)))  # type: ignore[union-attr]
+                self._note(self.session.reply_ended(reply_marks(reply_end(last))))  # type: ignore[union-attr]
             self._last = None
             return True
         return False
@@ -468,24 +574,44 @@ class Relay:
             data = self._drop_setup_replies(data)
             if not data:
                 return
-        if self._tracked and self._last is None and len(data) > HEADER_SIZE and data[HEADER_SIZE] == OK_HEADER \
-                and len(self._expected) == 1 and self.tracker.idle:
-            data = self._first_reply_packet(data)
+        ended = reply_end(data)
+        # An OK starting the reply to the one command outstanding (a result set's end is what
+        # nearly every reply shows here: one comparison)
+        if ended >= WHOLE_OK and ended != ERRED and self._last is None and self._tracked and len(self._expected) == 1 \
+                and self.tracker.idle and (ended < ERRED or len(data) > HEADER_SIZE and data[HEADER_SIZE] == OK_HEADER):
+            rewritten = self._first_reply_packet(data)
+            if rewritten is not data:
+                data = rewritten
+                ended = reply_end(data)
         self._client_write(data)
         previous = self._last
         self._last = data
-        closes = self._last_closes = closes_reply(data)
+        self._end = ended
+        self._ready = ended < self._closing
         if previous is not None:  # a reply of several chunks: keep them all, bounded
             self._older.append(previous)
             self._older_size += len(previous)
             if self._older_size > _UNFED_LIMIT:
                 self._feed_tracker()
-        if closes:
-            if self._follow_wait and len(self._expected) <= 1:
-                self._wait_after_reply(data)
-            demand = self._demand
-            if demand is not None and demand.waiting:
-                demand.reply_ended()
+        if ended < UNCLOSED:
+            # nothing to do, nearly always: the session movable, out of a transaction, its
+            # connection on the short wait_timeout (the test costs a few attribute reads)
+            if ended & _ATTENTION or self._unsettled or self._pins and self._follow_wait:
+                self._reply_ended(ended)
+            else:
+                self._reply_status = ended
+            if self._demand.waiting:
+                self._demand.reply_ended()
+
+    def _reply_ended(self, ended: int) -> None:
+        if ended & ERRED:
+            # no status: a failed statement leaves a transaction open as far as can be told when
+            # one was, or when autocommit is off (it may have opened one before failing)
+            status = self._reply_status
+            ended = status | (0 if status & _AUTOCOMMIT else _IN_TRANS)
+        self._reply_status = ended
+        if self._follow_wait and len(self._expected) <= 1:
+            self._wait_after_reply(ended)
 
     def _feed_tracker(self) -> None:
         tracker = self.tracker
@@ -504,7 +630,9 @@ class Relay:
         self._older.clear()
         self._older_size = 0
         self._last = None
-        self._simple = tracker.idle and self.scanner.at_boundary
+        self._simple = tracker.idle and self.scanner.at_boundary and self._held is None and self._candidate is None
+        self._ready = True  # nothing awaits a reply but what the tracker follows (then not _simple)
+        self._closing = -1
 
     def settle(self) -> bool:
         """At the end of a session, or before a command dbkeeper answers itself

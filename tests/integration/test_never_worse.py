@@ -277,6 +277,37 @@ def test_an_idle_upstream_carries_the_short_wait_timeout_and_a_lent_one_the_serv
     assert {e["reason"] for e in running.events("upstream_closed")} & {"closed", "stale"}
 
 
+@pytest.mark.parametrize("autocommit, begin", [(False, ""), (True, "BEGIN")], ids=["autocommit_off", "begin"])
+def test_a_session_idle_in_a_transaction_keeps_its_connection_past_the_short_wait_timeout(
+        dbkeeper_factory, fresh_mariadb, autocommit, begin):
+    """A lent connection has the pool's short wait_timeout only while its session could move: idle
+    in an open transaction it has the server's own (a direct connection would keep it for hours);
+    after the COMMIT the short one again (the server drops it, and the next statement moves)."""
+    db = fresh_mariadb
+    running = dbkeeper_factory(db, DBKEEPER_UPSTREAM_WAIT_TIMEOUT_S="1")
+    with pymysql.connect(**running.connect_kwargs(), autocommit=autocommit) as connection, \
+            connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS held (id INT PRIMARY KEY) ENGINE=InnoDB")
+        connection.commit()
+        if begin:
+            cursor.execute(begin)
+        cursor.execute("INSERT INTO held VALUES (1)")
+        cursor.execute("SELECT CONNECTION_ID()")
+        (first,) = cursor.fetchone()
+        time.sleep(2.5)  # the idleness under test: past the short wait_timeout (1 s), in a transaction
+        cursor.execute("INSERT INTO held VALUES (2)")
+        connection.commit()
+        assert db.query(f"SELECT COUNT(*) AS n FROM {db.database}.held")[0]["n"] == 2
+        assert not running.events("upstream_lost_while_idle")
+        # out of the transaction: the short wait_timeout applies again, the server ends the
+        # connection, and the session goes on on another one
+        assert wait_until(lambda: first not in {row["ID"] for row in db.processlist(user=db.user)}, timeout=1 + 5)
+        cursor.execute("SELECT COUNT(*), CONNECTION_ID() FROM held")
+        count, second = cursor.fetchone()
+        assert count == 2 and second != first
+        assert running.events("upstream_lost_while_idle")
+
+
 def test_connections_a_burst_opened_are_closed_once_idle_past_the_idle_timeout(dbkeeper_factory, fresh_mariadb):
     db = fresh_mariadb
     running = dbkeeper_factory(db, DBKEEPER_IDLE_TIMEOUT_S="1", DBKEEPER_POOL_SIZE="3")

@@ -12,6 +12,7 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 from relay_doubles import Side
 
 from dbkeeper.protocol.packets import frame
+from dbkeeper.protocol.responses import WARNED
 from dbkeeper.protocol.session import (
     SERVER_SESSION_STATE_CHANGED,
     Ending,
@@ -149,7 +150,7 @@ def test_an_open_transaction_warnings_an_error_or_affected_rows_hold_the_session
 
 def test_warnings_stay_until_a_statement_that_uses_a_table_ends_cleanly():
     session = model()
-    assert session.reply_ended(1) == [Pin.WARNINGS]  # e.g. INSERT with a truncated value
+    assert session.reply_ended(WARNED) == [Pin.WARNINGS]  # e.g. INSERT with a truncated value
     session.command(query("SELECT 1"), 4)  # uses no table: MariaDB keeps the warnings
     assert Pin.WARNINGS in session.blockers(Ending(AUTOCOMMIT, 0, False, None))
     session.command(query("SELECT COUNT(*) FROM t"), 4)

@@ -13,6 +13,9 @@ OK_HEADER = 0x00
 LOCAL_INFILE_HEADER = 0xFB
 EOF_HEADER = 0xFE
 ERR_HEADER = 0xFF
+# A status bit pymysql.constants.SERVER_STATUS lacks (MySQL's name): the OK's session-tracking
+# data reports a change (CLIENT_SESSION_TRACK), or an EOF's reply made one
+SERVER_SESSION_STATE_CHANGED = 0x4000
 
 # Error numbers, by MySQL's names, in one place: those dbkeeper answers with as a server would,
 # those it reads in the server's replies, and the client-side one it answers for a database it

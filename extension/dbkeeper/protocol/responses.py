@@ -13,13 +13,14 @@ what it cannot vouch for otherwise (see `closes_reply`).
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 from pymysql.constants import COMMAND, SERVER_STATUS
 
 from ..errors import ProtocolError
 from .commands import COM_RESET_CONNECTION
-from .messages import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
+from .messages import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, SERVER_SESSION_STATE_CHANGED
 from .packets import HEADER_SIZE, MAX_FRAME, read_lenenc_int
 
 _HEAD = 24  # enough payload bytes to classify any packet (OK status, prepare counts, EOF)
@@ -247,41 +248,63 @@ class ResponseTracker:
 _MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
 
 
-def closes_reply(chunk: bytes) -> bool:
-    """Does this last chunk of a reply end with a packet that closes the reply? An EOF with no
-    more results to follow, or a chunk that is one whole ERR, or one whole OK (with one-byte
-    counters) likewise. Inline byte checks: the relay runs this on every query. Anything it
-    cannot tell falls back to the exact path."""
-    size = len(chunk)
-    if size >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER:
-        return not chunk[-2] & _MORE_RESULTS
-    if size > 4 and (chunk[0] | chunk[1] << 8 | chunk[2] << 16) == size - 4:
-        if chunk[4] == ERR_HEADER:
-            return True
-        return size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB \
-            and not chunk[7] & _MORE_RESULTS
-    return False
-
-
-# reply_marks(): the reply left warnings or an error / its final EOF reports a session state change
+# reply_end(): what the last chunk of a reply says, in one small int (the relay asks once per reply
+# and keeps it; small: CPython compares ints below 2**30 fastest): the final EOF's or OK's status in
+# the low 16 bits, plus these; ordered so that one comparison separates a result set's end (below
+# WHOLE_OK) from the rest, and another a closed reply from one that goes on (UNCLOSED)
+REPLY_WARNED = 1 << 16  # the final EOF or OK reports warnings
+WHOLE_OK = 1 << 17      # the chunk is one whole OK packet
+ERRED = 1 << 18         # the chunk is one whole ERR packet (no status)
+UNCLOSED = 1 << 19      # the chunk does not (provably) close the reply
+# what the session model must hear of (reply_marks()): warnings, an error, a state change
+MARKS = REPLY_WARNED | ERRED | SERVER_SESSION_STATE_CHANGED
+# an EOF packet's frame: its length (two bytes, then one), sequence id skipped, 0xFE, warnings, status
+_EOF_FRAME = struct.Struct("<HBxBHH").unpack_from
+# ResponseTracker.marks / reply_marks(): the reply left warnings or an error (what SHOW WARNINGS /
+# SHOW ERRORS would show) / its final EOF has SERVER_SESSION_STATE_CHANGED (an OK's change is read
+# from its tracker data instead)
 WARNED = 1
 STATE_CHANGED = 2
+
+
+def reply_end(chunk: bytes) -> int:
+    """UNCLOSED unless this last chunk of a reply ends with a packet that closes the reply: an EOF with
+    no more results to follow, or a chunk that is one whole ERR, or one whole OK (with one-byte
+    counters) likewise. The relay runs this on every reply: one unpack of the last 9 bytes (an
+    EOF's frame) instead of a byte subscript each. Anything it cannot tell falls back to the exact
+    path (ResponseTracker)."""
+    size = len(chunk)
+    warnings: int  # (annotations only: no run-time cost)
+    status: int
+    if size >= 9:
+        low, high, kind, warnings, status = _EOF_FRAME(chunk, size - 9)
+        if low == 5 and high == 0 and kind == EOF_HEADER:
+            if status & _MORE_RESULTS:
+                return UNCLOSED
+            return status + REPLY_WARNED if warnings else status
+    if size > 4 and (chunk[0] | chunk[1] << 8 | chunk[2] << 16) == size - 4:
+        if chunk[4] == ERR_HEADER:
+            return ERRED
+        if size >= 11 and chunk[4] == OK_HEADER and chunk[5] < 0xFB and chunk[6] < 0xFB \
+                and not chunk[7] & _MORE_RESULTS:
+            return chunk[7] | chunk[8] << 8 | WHOLE_OK | (REPLY_WARNED if chunk[9] or chunk[10] else 0)
+    return UNCLOSED
+
+
+def reply_marks(ended: int) -> int:
+    """WARNED / STATE_CHANGED of a reply whose reply_end() is `ended` (< UNCLOSED). (An OK reporting a
+    change reaches reply_end() rewritten, without the flag: its change was read from its data.)"""
+    return (WARNED if ended & (REPLY_WARNED | ERRED) else 0) \
+        | (STATE_CHANGED if ended & SERVER_SESSION_STATE_CHANGED else 0)
+
+
+def closes_reply(chunk: bytes) -> bool:
+    return reply_end(chunk) < UNCLOSED
 
 
 def ends_with_eof(chunk: bytes) -> bool:
     """The chunk's last 9 bytes are an EOF packet (its payload is chunk[-5:])."""
     return len(chunk) >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER
-
-
-def reply_marks(chunk: bytes) -> int:
-    """For a last chunk that closes_reply() accepted: WARNED if the reply left warnings or an
-    error (what SHOW WARNINGS / SHOW ERRORS would show), STATE_CHANGED if its final EOF has
-    SERVER_SESSION_STATE_CHANGED (an OK's change is read from its tracker data instead)."""
-    if ends_with_eof(chunk):
-        return (WARNED if chunk[-4] or chunk[-3] else 0) | (STATE_CHANGED if chunk[-1] & 0x40 else 0)
-    if chunk[4] == ERR_HEADER:
-        return WARNED
-    return WARNED if chunk[9] or chunk[10] else 0  # a one-chunk OK with one-byte counters (closes_reply checked)
 
 
 def _warnings_of(head: bytes) -> int:

@@ -36,13 +36,12 @@ from typing import NamedTuple
 from pymysql.constants import COMMAND, SERVER_STATUS
 
 from ..errors import ProtocolError
-from .messages import OK_HEADER
+from .messages import OK_HEADER, SERVER_SESSION_STATE_CHANGED
 from .packets import lenenc_int, read_lenenc_bytes, read_lenenc_int
 from .responses import STATE_CHANGED, WARNED
 
-# Session state tracking (CLIENT_SESSION_TRACK): the status flag and the entry types of the block
-# an OK packet carries after its info string (MySQL's SESSION_TRACK_* / MariaDB's the same).
-SERVER_SESSION_STATE_CHANGED = 0x4000
+# Session state tracking (CLIENT_SESSION_TRACK): the entry types of the block an OK packet
+# carries after its info string (MySQL's SESSION_TRACK_* / MariaDB's the same).
 SESSION_TRACK_SYSTEM_VARIABLES = 0
 SESSION_TRACK_SCHEMA = 1
 SESSION_TRACK_STATE_CHANGE = 2
@@ -115,6 +114,53 @@ _TEXT_PINS: tuple[tuple[str, Pin, re.Pattern[str], bool], ...] = (
 )
 # A ';' with more text after it: a multi-statement query (CLIENT_MULTI_STATEMENTS)
 _MORE_STATEMENTS = re.compile(r";\s*\S")
+
+def _has_words(text: str) -> bool:
+    # nearly every statement has none of the words: one expression of substring tests in C,
+    # no loop, decides that (the exact patterns run only when a word is there)
+    return "@" in text or "LOCK" in text or "TEMPORARY" in text or "PREPARE" in text \
+        or "SQL_CALC" in text or "CALL" in text or "HANDLER" in text or "XA" in text \
+        or "TRANSACTION" in text or "LAST_INSERT_ID" in text or ";" in text
+
+
+# --- a statement in a few bits, for the relay's fast path ---------------------------------------
+# A relayed query costs the relay a few microseconds; reading its text is most of that. Most
+# sessions send the same few statements again and again (SELECT 1, COMMIT, the ORM's queries), so
+# what the text says is worked out once per distinct packet and remembered.
+Q_WORDS = 1        # a word of _TEXT_PINS or a ';': the session model must read the text (query_upper)
+Q_READS_WAIT = 2   # may read the session's wait_timeout ("TIMEOUT", "VARIABLES")
+Q_USES_TABLE = 4   # surely uses a table: with autocommit off it opens a transaction
+Q_BEGINS = 8       # BEGIN / START TRANSACTION
+Q_ENDS = 16        # COMMIT / ROLLBACK (without CHAIN or a savepoint): the transaction ends
+Q_NOT_QUERY = 32   # not a COM_QUERY (set by the relay): the session model must see the command
+_BEGINS = re.compile(r"\s*(?:BEGIN\b|START\s+TRANSACTION\b)")
+# (one `\s*` before the end, never two in a row: `\s*;?\s*\Z` backtracks quadratically on spaces)
+_ENDS = re.compile(r"\s*(?:COMMIT|ROLLBACK)(?:\s+WORK)?\s*(?:;\s*)?\Z")
+# whole COM_QUERY packets (header included) -> their Q_* flags; bounded: at most this many, this long
+QUERY_FLAGS: dict[bytes, int] = {}
+_FLAGS_KEPT = 256
+FLAGS_LONGEST = 1024
+
+
+def query_flags(packet: bytes) -> int:
+    """The Q_* flags of a whole COM_QUERY packet (its command byte at packets.HEADER_SIZE), kept
+    in QUERY_FLAGS for the next time (short packets only: the memory stays bounded)."""
+    text = packet[5:].decode("latin-1").upper()
+    flags = Q_WORDS if _has_words(text) else 0
+    if "TIMEOUT" in text or "VARIABLES" in text:
+        flags |= Q_READS_WAIT
+    if _USES_TABLE.match(text):
+        flags |= Q_USES_TABLE
+    elif _BEGINS.match(text):
+        flags |= Q_BEGINS
+    elif _ENDS.match(text):
+        flags |= Q_ENDS
+    if len(packet) <= FLAGS_LONGEST:
+        if len(QUERY_FLAGS) >= _FLAGS_KEPT:
+            QUERY_FLAGS.clear()
+        QUERY_FLAGS[packet] = flags
+    return flags
+
 
 _PIN_COMMANDS = {
     COMMAND.COM_STMT_PREPARE: Pin.PREPARED_STATEMENT,
@@ -239,11 +285,7 @@ class SessionModel:
         return self._classify(text.upper(), 0, anchored=False)
 
     def _classify(self, text: str, start: int, anchored: bool) -> list[Pin]:
-        # nearly every statement has none of the words: one expression of substring tests in C,
-        # no loop, decides that (the exact patterns run only when a word is there)
-        if not ("@" in text or "LOCK" in text or "TEMPORARY" in text or "PREPARE" in text
-                or "SQL_CALC" in text or "CALL" in text or "HANDLER" in text or "XA" in text
-                or "TRANSACTION" in text or "LAST_INSERT_ID" in text or ";" in text):
+        if not _has_words(text):
             return []
         new: list[Pin] = []
         for word, pin, exact, at_start in _TEXT_PINS:
