@@ -367,6 +367,9 @@ class Relay:
                 self._swallow += 1
                 self._own += 1
         self._unsettled = not self.upstream.short_wait
+        if self._unsettled and not self._watch:
+            # pinned for the session's life, on the server's wait_timeout: nothing left to follow
+            self._follow_wait = self._unsettled = False
 
     def _stop_following(self) -> bool:
         """The session set its own wait_timeout: from now on it is the session's to keep."""
@@ -596,21 +599,23 @@ class Relay:
         if ended < UNCLOSED:
             # nothing to do, nearly always: the session movable, out of a transaction, its
             # connection on the short wait_timeout (the test costs a few attribute reads)
-            if ended & _ATTENTION or self._unsettled or self._pins and self._follow_wait:
-                self._reply_ended(ended)
-            else:
-                self._reply_status = ended
+            if self._follow_wait:
+                if ended & _ATTENTION or self._unsettled or self._pins:
+                    self._reply_ended(ended)
+                else:
+                    self._reply_status = ended
             if self._demand.waiting:
                 self._demand.reply_ended()
 
     def _reply_ended(self, ended: int) -> None:
+        """A reply ended that the wait_timeout's following must look at."""
         if ended & ERRED:
             # no status: a failed statement leaves a transaction open as far as can be told when
             # one was, or when autocommit is off (it may have opened one before failing)
             status = self._reply_status
             ended = status | (0 if status & _AUTOCOMMIT else _IN_TRANS)
         self._reply_status = ended
-        if self._follow_wait and len(self._expected) <= 1:
+        if len(self._expected) <= 1:
             self._wait_after_reply(ended)
 
     def _feed_tracker(self) -> None:

@@ -139,7 +139,7 @@ _ENDS = re.compile(r"\s*(?:COMMIT|ROLLBACK)(?:\s+WORK)?\s*(?:;\s*)?\Z")
 # whole COM_QUERY packets (header included) -> their Q_* flags; bounded: at most this many, this long
 QUERY_FLAGS: dict[bytes, int] = {}
 _FLAGS_KEPT = 256
-FLAGS_LONGEST = 1024
+FLAGS_LONGEST = 512
 
 
 def query_flags(packet: bytes) -> int:
