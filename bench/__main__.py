@@ -38,13 +38,13 @@ from bench import coldstart, connect, cpu, latency, procstat, report, targets, t
 PHASES = ("latency", "cpu", "connect", "tlsreq", "coldstart", "imports")
 PLANS = {
     # select1 iterations, SELECT 1 after idle iterations, 1 MB iterations, cpu rounds, cpu SELECT 1 per
-    # block, cpu 1 MB per block,
+    # block, cpu 1 MB per block, cpu global-connection transactions per block (cpu.Transactions),
     # connect iterations, TLS-required iterations at full CPU, seconds at the 128 MB share, cold starts,
     # import repeats
-    "quick": dict(select=1500, idle=200, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, connect=12, tlsreq=30,
-                  share_s=4, cold=3, imports=3),
-    "full": dict(select=6000, idle=1200, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, connect=80, tlsreq=300,
-                 share_s=20, cold=8, imports=5),
+    "quick": dict(select=1500, idle=200, mb=50, cpu_rounds=3, cpu_select=500, cpu_mb=10, txn=10, connect=12,
+                  tlsreq=30, share_s=4, cold=3, imports=3),
+    "full": dict(select=6000, idle=1200, mb=300, cpu_rounds=10, cpu_select=1000, cpu_mb=20, txn=20, connect=80,
+                 tlsreq=300, share_s=20, cold=8, imports=5),
 }
 
 
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "cpu" in phases:
                     results["cpu"] = cpu.run(env, sessions, plan["cpu_rounds"], plan["cpu_select"], plan["cpu_mb"],
                                              progress)
+                    results["cpu"]["transactions"] = cpu.transactions_cpu(env, plan["cpu_rounds"], plan["txn"],
+                                                                          progress)
                 results["rss_after_load_kb"] = procstat.memory_kb(env.dbk.pid)
             finally:
                 for s in sessions.values():

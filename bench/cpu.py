@@ -42,6 +42,73 @@ def _idle_then_select1(session) -> None:
     session.pymysql_select1()
 
 
+# A function's global connection, one invocation: what the sample function does (PyMySQL autocommit
+# off: ping(), an INSERT, a SELECT, COMMIT) after TXN_IDLE_S of quiet (the sandbox between
+# invocations). Measured on the dbkeeper relays only: it is where the session model and its
+# wait_timeout statements cost most (a transaction opens and ends every invocation).
+TXN_ENDPOINTS = ("dbk_tcp", "dbkv_tcp", "dbkb_tcp")
+TXN_IDLE_S = 0.03
+TXN_TABLE = "CREATE TABLE IF NOT EXISTS bench_visits (id INT AUTO_INCREMENT PRIMARY KEY, page VARCHAR(255), " \
+            "request_id VARCHAR(64)) ENGINE=InnoDB"
+
+
+class Transactions:
+    def __init__(self, env, name: str):
+        import pymysql
+
+        self.conn = pymysql.connect(**env.connect_kwargs(env.endpoints[name]), autocommit=False, ssl_disabled=True)
+        self.cursor = self.conn.cursor()
+        self.cursor.execute(TXN_TABLE)
+        self.conn.commit()
+        self.count = 0
+
+    def invoke(self) -> None:
+        self.count += 1
+        self.conn.ping(reconnect=False)
+        self.cursor.execute("INSERT INTO bench_visits (page, request_id) VALUES (%s, %s)", ("/", f"req-{self.count}"))
+        self.cursor.execute("SELECT COUNT(*), SUM(page = %s), CONNECTION_ID() FROM bench_visits", ("/",))
+        self.cursor.fetchone()
+        self.conn.commit()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def _idle_then_invoke(transactions: Transactions) -> None:
+    time.sleep(TXN_IDLE_S)  # the idleness being measured (a sandbox between invocations), not synchronisation
+    transactions.invoke()
+
+
+def transactions_cpu(env, rounds: int, count: int, progress=print) -> dict:
+    """Extension CPU µs per global-connection invocation (see Transactions), per round, interleaved."""
+    names = [n for n in TXN_ENDPOINTS if n in env.endpoints]
+    progress(f"cpu: {rounds} rounds x {count} transactions after {TXN_IDLE_S * 1000:g} ms idle per relay "
+             f"({', '.join(names)}) ...")
+    started = time.monotonic()
+    txns = {n: Transactions(env, n) for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(7)
+    try:
+        for name in names:
+            for _ in range(10):
+                txns[name].invoke()
+        for _ in range(rounds):
+            order = names[:]
+            rng.shuffle(order)
+            for name in order:
+                cpu, _, _ = _block(txns[name], env.endpoints[name], count, _idle_then_invoke)
+                samples[name].append(cpu / 1e3)
+    finally:
+        for t in txns.values():
+            t.close()
+    progress(f"  {time.monotonic() - started:.1f} s")
+    return {"idle_s": TXN_IDLE_S, "count": count, "rounds": rounds, "samples": samples,
+            "per_invocation_us": {n: summary(v) for n, v in samples.items()}}
+
+
 def idle_cpu(endpoint, seconds: float) -> float:
     """Relay CPU ms per second while nobody talks to it (timers, polling)."""
     c0 = endpoint.cpu_ns()

@@ -384,6 +384,11 @@ def baseline_rows(results: dict) -> list[dict]:
                 c.get("select1_idle_us", {}).get(new), c.get("select1_idle_us", {}).get(old), "µs", digits=1)
         add("extension CPU per 1 MB result (raw, TCP)", c["mb1_ms"].get("dbk_tcp"), c["mb1_ms"].get("dbkb_tcp"), "ms",
             limit=None, digits=2)
+        t = cpu.get("transactions", {}).get("samples", {})
+        add("extension CPU per global-connection invocation (PyMySQL autocommit off: ping, INSERT, SELECT, COMMIT; "
+            "after 30 ms idle; TCP)", t.get("dbk_tcp"), t.get("dbkb_tcp"), "µs")
+        add("the same, this build with DBKEEPER_SESSION_MOVES=false (--variant-env)", t.get("dbkv_tcp"),
+            t.get("dbkb_tcp"), "µs", limit=None)
     con = results.get("connect")
     if con:
         v = con["variants"]
