@@ -419,17 +419,23 @@ class ClientConnection(asyncio.Protocol):
                             to_connection_id=upstream.connection_id, replayed=replayed,
                             ms=round((time.monotonic() - started) * 1000, 3))
         carried, self._carried = self._carried, None
-        follow = self._follows_wait(upstream) and not session.sets_own_wait_timeout
-        self._relay = Relay(self, upstream, self._pool.proven_setup if carried is not None and self._config.hold_setup
-                            else None, prefix=None if follow else upstream.restore_wait_timeout(), session=session,
-                            carried=carried, demand=self._pool.demand, follow_wait=follow)
-        upstream.attach(self._relay)
+        self._attach_relay(upstream, session, fresh=False, carried=carried)
         self._resume_relay()
 
-    def _follows_wait(self, upstream: UpstreamConnection) -> bool:
-        """Does the connection's wait_timeout follow the session (relay.py)? Only where a dead
-        connection can be hidden: the server tracks session state, and a short one is set."""
-        return upstream.tracked and self._config.upstream_wait_timeout > 0
+    def _attach_relay(self, upstream: UpstreamConnection, session: SessionModel, fresh: bool,
+                      carried: tuple[list[bytes], int] | None = None) -> None:
+        """A relay between this client and `upstream` for `session` (`fresh`: a new session;
+        else a moved one, with the setup statements it was answered but has not run, `carried`).
+        The connection's wait_timeout follows the session (relay.py) only where a dead connection
+        can be hidden (the server tracks session state, a short wait_timeout is set) and the
+        session did not set its own; otherwise the server's own is restored in front of the first
+        command."""
+        follow = upstream.tracked and self._config.upstream_wait_timeout > 0 and not session.sets_own_wait_timeout
+        hold = self._config.hold_setup and (fresh or carried is not None)
+        self._relay = Relay(self, upstream, self._pool.proven_setup if hold else None,
+                            prefix=None if follow else upstream.restore_wait_timeout(), session=session,
+                            carried=carried, demand=self._pool.demand, follow_wait=follow)
+        upstream.attach(self._relay)
 
     def _hand_back_leftover(self, relay: Relay, upstream: UpstreamConnection) -> None:
         replies, started = relay.leftover()
@@ -574,11 +580,7 @@ class ClientConnection(asyncio.Protocol):
         assert upstream is not None and settings is not None  # borrowed and prepared
         # a new session (after the handshake, a reset or a change of user): nothing set yet
         self._session = SessionModel(settings.database, settings.multi_statements, upstream.tracked)
-        follow = self._follows_wait(upstream)
-        self._relay = Relay(self, upstream, self._pool.proven_setup if self._config.hold_setup else None,
-                            prefix=None if follow else upstream.restore_wait_timeout(), session=self._session,
-                            demand=self._pool.demand, follow_wait=follow)
-        upstream.attach(self._relay)
+        self._attach_relay(upstream, self._session, fresh=True)
         self.state = ClientState.ATTACHED
         self._active_at, self._active_wall = time.monotonic(), time.time()
         self._write(ok, sequence_id)

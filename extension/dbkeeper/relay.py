@@ -266,8 +266,8 @@ class Relay:
             # bytes (never inside a command or a LOCAL INFILE's data), after every earlier reply
             # ended (its reply is read off the front of what comes back)
             if self._follow_wait and at_boundary and self.scanner.first_start == 0 and len(commands) == 1 \
-                    and commands[0] >= 0 and self.tracker.idle and self._last is None and len(self._expected) == 1:
-                flags = query_flags(forward) if commands[0] == COMMAND.COM_QUERY and self.scanner.at_boundary \
+                    and commands[0] >= 0 and self.tracker.idle and len(self._expected) == 1:
+                flags = query_flags(forward) if commands[0] == _COM_QUERY and self.scanner.at_boundary \
                     else Q_NOT_QUERY
                 own = self._wait_before(flags)
                 if own:
@@ -281,21 +281,21 @@ class Relay:
         return rest
 
     # --- the session model ----------------------------------------------------------------------
-    def _note(self, pins: list[Pin]) -> bool:
+    def _note(self, pins: list[Pin]) -> None:
         if pins:
             assert self.session is not None  # pins come from it
             self._watch = not self.session.pins - RELEASABLE
             self.client.session_pinned(pins)
-            return True
-        return False
 
     # --- the session wait_timeout follows the session ---------------------------------------
     # A lent connection keeps the short wait_timeout of the pool while its session could move
     # (were it dropped while the client is idle, the session's next command gets another one): a
     # sandbox reclaimed without SHUTDOWN leaves it on the server that long, not 8 hours. A session
     # that could not move (an open transaction, a user variable, ...) gets the server's own
-    # wait_timeout back before it idles, as a direct connection has it. The statements go
-    # between a reply's end and the next command, their replies dropped like held ones'.
+    # wait_timeout back before it idles, as a direct connection has it. dbkeeper's statement goes
+    # in the same write as the client's next command, in front of it, where the change is known
+    # then (_wait_before), else right after the reply that showed it (_wait_after_reply); its reply
+    # is dropped like a held statement's.
     def _watched(self, data: bytes, flags: int, ended: int) -> None:
         """The fast path's command when the session model must hear of it: the end of the reply
         before (`ended`: its reply_end(), UNCLOSED if none), the command, dbkeeper's own wait_timeout
@@ -352,8 +352,9 @@ class Relay:
         return bool(pins and pins - OBSERVABLES)
 
     def _wait_after_reply(self, ended: int) -> None:
-        """A reply just ended (`ended`: reply_end() of its last chunk, not an ERR): the wait_timeout
-        the session idles with must be right before the client can idle."""
+        """A reply just ended (`ended`: reply_end() of its last chunk; for an ERR, the status it is
+        taken to leave): the wait_timeout the session idles with must be right before the client
+        can idle."""
         short = not (ended & _FOLLOW_WAIT_BITS or self._pinned())
         if self._predicted:
             self._predicted = False
@@ -578,10 +579,11 @@ class Relay:
             if not data:
                 return
         ended = reply_end(data)
-        # An OK starting the reply to the one command outstanding (a result set's end is what
-        # nearly every reply shows here: one comparison)
-        if ended >= WHOLE_OK and ended != ERRED and self._last is None and self._tracked and len(self._expected) == 1 \
-                and self.tracker.idle and (ended < ERRED or len(data) > HEADER_SIZE and data[HEADER_SIZE] == OK_HEADER):
+        # An OK starting the reply to the one command outstanding: one whole OK, or a chunk that
+        # starts with one and goes on (a result set's end, nearly every reply: one comparison)
+        if ended >= WHOLE_OK and (ended < ERRED or ended == UNCLOSED and len(data) > HEADER_SIZE
+                                  and data[HEADER_SIZE] == OK_HEADER) \
+                and self._last is None and self._tracked and len(self._expected) == 1 and self.tracker.idle:
             rewritten = self._first_reply_packet(data)
             if rewritten is not data:
                 data = rewritten

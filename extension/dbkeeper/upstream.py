@@ -25,7 +25,7 @@ from .log import Logger
 from .protocol import auth, handshake, messages
 from .protocol.commands import COM_RESET_CONNECTION
 from .protocol.packets import Packet, PacketBuffer, frame, read_lenenc_bytes
-from .protocol.session import OBSERVE_STATEMENT, SESSION_TRACK_SYSTEM_VARIABLES, TRACKING_STATEMENT, parse_ok
+from .protocol.session import OBSERVE_STATEMENT, TRACKING_STATEMENT, tracked_variable
 from .relay import Relay, enable_nodelay
 
 if TYPE_CHECKING:  # pool imports this module
@@ -433,28 +433,19 @@ class UpstreamConnection(asyncio.Protocol):
     # closing it costs at most a reconnect; a session lent it gets the server's own value back
     # (restore_wait_timeout, sent in front of its first command).
     def _write_short_wait(self) -> bool:
-        seconds = self._config.upstream_wait_timeout
-        if not seconds:
+        if not self._config.upstream_wait_timeout:
             return False
-        # never longer than the server's own: a short server wait_timeout is the operator's choice
-        self.write_packet(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)"
-                          % seconds, 0)
+        self.write_packet(self._wait_statement(True), 0)
         return True
 
     async def _read_short_wait(self) -> None:
         reply = (await self.read_packet()).payload
-        if messages.is_ok(reply) and self.tracked:  # the value in effect: never above the server's own
-            try:
-                for kind, data in parse_ok(reply).changes:
-                    if kind != SESSION_TRACK_SYSTEM_VARIABLES:
-                        continue
-                    name, position = read_lenenc_bytes(data, 0)
-                    if name == b"wait_timeout":
-                        self.short_wait_s = int(read_lenenc_bytes(data, position)[0])
-            except (ProtocolError, ValueError):
-                pass  # the setting's value stands
         if not messages.is_ok(reply):
             raise _server_error("setting the idle wait_timeout failed", reply)
+        # the value in effect, never above the server's own (else the setting's value stands)
+        value = tracked_variable(reply, b"wait_timeout") if self.tracked else None
+        if value is not None and value.isdigit():
+            self.short_wait_s = int(value)
         self.short_wait = True
 
     async def _read_tracking(self) -> None:
@@ -475,12 +466,14 @@ class UpstreamConnection(asyncio.Protocol):
         the server's own (interactive clients: interactive_timeout, as the server does). For a
         relay that makes the wait_timeout follow its session (relay.py)."""
         self.short_wait = short
-        if short:
-            sql = b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)" % self._config.upstream_wait_timeout
-        else:
-            source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
-            sql = b"SET SESSION wait_timeout = @@GLOBAL." + source
-        return frame(bytes((COMMAND.COM_QUERY,)) + sql, 0)
+        return frame(self._wait_statement(short), 0)
+
+    def _wait_statement(self, short: bool) -> bytes:
+        if short:  # never longer than the server's own: a short server wait_timeout is the operator's choice
+            return bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = LEAST(@@GLOBAL.wait_timeout, %d)" \
+                % self._config.upstream_wait_timeout
+        source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
+        return bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = @@GLOBAL." + source
 
     def expect_leftover(self, replies: int, started: bytes) -> None:
         """A relay left this connection with replies to its own statements still on their way
@@ -492,11 +485,7 @@ class UpstreamConnection(asyncio.Protocol):
     def restore_wait_timeout(self) -> bytes | None:
         """The command (a whole packet) that gives a lent session the server's own wait_timeout
         back (interactive clients start from interactive_timeout, as the server does), or None."""
-        if not self.short_wait:
-            return None
-        self.short_wait = False
-        source = b"interactive_timeout" if self.profile & CLIENT.INTERACTIVE else b"wait_timeout"
-        return frame(bytes((COMMAND.COM_QUERY,)) + b"SET SESSION wait_timeout = @@GLOBAL." + source, 0)
+        return self.wait_command(False) if self.short_wait else None
 
     async def _read_counts(self) -> tuple[int, int] | None:
         """The row of OBSERVE_STATEMENT: two integers (None if the server said something else)."""

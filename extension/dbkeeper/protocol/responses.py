@@ -304,7 +304,10 @@ def closes_reply(chunk: bytes) -> bool:
 
 def ends_with_eof(chunk: bytes) -> bool:
     """The chunk's last 9 bytes are an EOF packet (its payload is chunk[-5:])."""
-    return len(chunk) >= 9 and chunk[-9] == 5 and chunk[-8] == 0 and chunk[-7] == 0 and chunk[-5] == EOF_HEADER
+    if len(chunk) < 9:
+        return False
+    low, high, kind, _, _ = _EOF_FRAME(chunk, len(chunk) - 9)
+    return bool(low == 5 and high == 0 and kind == EOF_HEADER)
 
 
 def _warnings_of(head: bytes) -> int:

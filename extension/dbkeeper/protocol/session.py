@@ -37,7 +37,7 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 
 from ..errors import ProtocolError
 from .messages import OK_HEADER, SERVER_SESSION_STATE_CHANGED
-from .packets import lenenc_int, read_lenenc_bytes, read_lenenc_int
+from .packets import HEADER_SIZE, lenenc_int, read_lenenc_bytes, read_lenenc_int
 from .responses import STATE_CHANGED, WARNED
 
 # Session state tracking (CLIENT_SESSION_TRACK): the entry types of the block an OK packet
@@ -145,7 +145,7 @@ FLAGS_LONGEST = 512
 def query_flags(packet: bytes) -> int:
     """The Q_* flags of a whole COM_QUERY packet (its command byte at packets.HEADER_SIZE), kept
     in QUERY_FLAGS for the next time (short packets only: the memory stays bounded)."""
-    text = packet[5:].decode("latin-1").upper()
+    text = packet[HEADER_SIZE + 1:].decode("latin-1").upper()
     flags = Q_WORDS if _has_words(text) else 0
     if "TIMEOUT" in text or "VARIABLES" in text:
         flags |= Q_READS_WAIT
@@ -209,6 +209,20 @@ def parse_ok(payload: bytes) -> OkPacket:
                 data, entry = read_lenenc_bytes(block, entry + 1)
                 changes.append((kind, data))
     return OkPacket(affected or 0, insert_id or 0, status, warnings, info, changes, info_at)
+
+
+def tracked_variable(payload: bytes, name: bytes) -> bytes | None:
+    """The value an OK packet's tracker data reports for system variable `name`, or None (not
+    reported, or the packet is malformed)."""
+    try:
+        for kind, data in parse_ok(payload).changes:
+            if kind == SESSION_TRACK_SYSTEM_VARIABLES:
+                entry, position = read_lenenc_bytes(data, 0)
+                if entry == name:
+                    return read_lenenc_bytes(data, position)[0]
+    except ProtocolError:
+        return None
+    return None
 
 
 def untracked_ok(ok: OkPacket, payload: bytes) -> bytes:
