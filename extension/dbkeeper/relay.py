@@ -131,7 +131,7 @@ class _Nobody:
     waiting = 0
 
     def reply_ended(self) -> None:
-        pass
+        """Never called: nobody is ever waiting."""
 
 
 _NOBODY = _Nobody()
